@@ -1,0 +1,152 @@
+"""Local generation with Hugging Face transformers: batched, left-padded, length-sorted, CPU or CUDA."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ..generation import GenerationParams
+from ..models import ModelSource, hub_error, resolve_model
+from ..prompts import PromptTemplate
+from .base import ResultCallback
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when available, else CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """``auto``: bfloat16 on CUDA and on CPUs with native bf16 support, else float32."""
+    import torch
+
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+class TransformersBackend:
+    """Generation with ``AutoModelForCausalLM.generate``.
+
+    Questions are sorted by token length and generated ``batch_size`` at a time with left padding;
+    a question too long for the model's context (minus ``max_new_tokens``) is cut with a warning.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 64,
+        local_files_only: bool | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.source: ModelSource = resolve_model(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        kwargs: dict[str, Any] = {}
+        if local_files_only is not None:
+            kwargs["local_files_only"] = local_files_only
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
+        except OSError as exc:
+            if self.source.local:
+                raise
+            raise hub_error(self.source.model_id, exc) from exc
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"model {self.source.model_id!r} has no chat template; use an instruct/chat model")
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
+        self.cache_id = f"transformers:{self.source.model_id}:{str(self.dtype).removeprefix('torch.')}"
+        self._torch = torch
+
+    def generate(
+        self,
+        questions: Sequence[str],
+        template: PromptTemplate,
+        params: GenerationParams,
+        on_result: ResultCallback | None = None,
+    ) -> list[str]:
+        """Completions for ``questions``, longest prompts first, in input order."""
+        prompts = [self._prompt_ids(q, template, params.max_new_tokens) for q in questions]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        results: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
+                results[i] = text
+                if on_result is not None:
+                    on_result(i, text)
+        return results
+
+    def _prompt_ids(self, question: str, template: PromptTemplate, max_new_tokens: int) -> list[int]:
+        budget = self.context_length - max_new_tokens
+        ids = self._render(template, question)
+        if len(ids) <= budget:
+            return ids
+        overhead = len(ids) - len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        keep = budget - overhead
+        if keep < 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
+                f"{self.context_length}-token context"
+            )
+        q_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"][:keep]
+        short = self.tokenizer.decode(q_ids, skip_special_tokens=True)
+        log.warning(
+            "query of %d characters truncated to %d tokens to fit the model's %d-token context "
+            "(with %d new tokens)", len(question), keep, self.context_length, max_new_tokens,
+        )
+        ids = self._render(template, short)
+        return ids[:budget]
+
+    def _render(self, template: PromptTemplate, question: str) -> list[int]:
+        out = self.tokenizer.apply_chat_template(
+            template.messages(question), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(out["input_ids"])
+
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
+        torch = self._torch
+        enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = (
+            dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            if params.do_sample
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_new_tokens,
+                repetition_penalty=params.repetition_penalty,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -1,0 +1,144 @@
+"""The ``tongsearch-qr`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import TongSearchError
+from .generation import GenerationParams
+from .modes import get_mode, mode_names
+from .queries import query_problem
+
+log = logging.getLogger("tongsearch_qr")
+
+
+def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose and configure the reasoner (shared by subcommands)."""
+    group = parser.add_argument_group("reasoner")
+    group.add_argument("--model", default="default",
+                       help="'default' (embedded SmolLM2-135M-Instruct), a local model directory, a hub id, "
+                            "or file:<json> for precomputed reasoning (default: %(default)s)")
+    group.add_argument("--fallback", default=None,
+                       help="with --model file:<json>: model that reasons about queries missing from the file")
+    group.add_argument("--backend", default="transformers", help="generation backend (default: %(default)s)")
+    group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
+    group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
+    group.add_argument("--max-new-tokens", type=int, default=500)
+    group.add_argument("--temperature", type=float, default=0.7)
+    group.add_argument("--top-p", type=float, default=0.8)
+    group.add_argument("--top-k", type=int, default=20)
+    group.add_argument("--repetition-penalty", type=float, default=1.05)
+    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    group.add_argument("--cache", default=None, help="reasoning cache file (default: the user cache)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the reasoning cache")
+
+
+def reasoner_from_args(args: argparse.Namespace):
+    """Build the :class:`QRReasoner` the reasoner options describe."""
+    from .reasoner import QRReasoner
+
+    if args.greedy:
+        params = GenerationParams.greedy(args.max_new_tokens, args.repetition_penalty)
+    else:
+        params = GenerationParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k,
+                                  args.repetition_penalty, seed=args.seed)
+    cache = False if args.no_cache else (args.cache or True)
+    common = dict(think=args.think, generation=params, cache=cache, progress=True)
+    if args.model.startswith("file:"):
+        fallback = None
+        if args.fallback:
+            from .backends import make_backend
+
+            fallback = make_backend(args.backend, args.fallback, device=args.device, dtype=args.dtype,
+                                    batch_size=args.batch_size)
+        return QRReasoner.from_file(args.model.removeprefix("file:"), fallback=fallback, **common)
+    return QRReasoner(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size, **common)
+
+
+def cmd_reason(args: argparse.Namespace) -> int:
+    from .query_io import read_queries, write_jsonl
+
+    mode = get_mode(args.mode)
+    records = read_queries(args.input)
+    bad = [(r, why) for r in records if (why := query_problem(r.query)) is not None]
+    if bad:
+        listing = "; ".join(f"line {r.line} (id {r.id}): {why}" for r, why in bad[:10])
+        if not args.skip_invalid:
+            raise TongSearchError(f"{len(bad)} invalid queries in {args.input}: {listing}. "
+                                  "Fix them or pass --skip-invalid to leave them out.")
+        log.warning("skipping %d invalid queries: %s", len(bad), listing)
+        skipped = {id(r) for r, _ in bad}
+        records = [r for r in records if id(r) not in skipped]
+        if not records:
+            raise TongSearchError(f"no valid queries left in {args.input}")
+    reasoner = reasoner_from_args(args)
+    queries = [str(r.query) for r in records]
+    cached = len(reasoner.cache.get_many(reasoner.config_hash, set(queries))) if reasoner.cache else 0
+    log.info("%d queries (%d unique), %d already in the reasoning cache", len(queries), len(set(queries)), cached)
+    reasoning = reasoner.reason(queries)
+    write_jsonl(args.output, (
+        {"id": r.id, "query": q, "reasoning": text, "rewritten": mode.apply(q, text)}
+        for r, q, text in zip(records, queries, reasoning)
+    ))
+    log.info("wrote %d rows to %s", len(records), args.output)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(reasoner_from_args(args), modes=args.modes, show=args.show)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tongsearch-qr", description="Reinforced query reasoning for retrieval.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    reason = sub.add_parser("reason", help="write the reasoning and rewritten query of every query in a file")
+    reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query) "
+                                                       "or BRIGHT examples (.jsonl.gz)")
+    reason.add_argument("--output", required=True, help="output JSONL: id, query, reasoning, rewritten")
+    reason.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
+    reason.add_argument("--skip-invalid", action="store_true", help="leave out empty/non-text queries with a warning")
+    add_reasoner_arguments(reason)
+    reason.set_defaults(func=cmd_reason)
+
+    demo = sub.add_parser("demo", help="BM25 on Python's documentation with and without reasoning (offline)")
+    demo.add_argument("--modes", nargs="+", default=["original", "replace", "concat", "weighted"],
+                      help="rewrite modes to compare (default: %(default)s)")
+    demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
+    add_reasoner_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="tongsearch-qr: %(levelname)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if getattr(args, "mode", None) is not None:
+            get_mode(args.mode)
+        return args.func(args)
+    except (TongSearchError, ValueError, OSError) as exc:
+        print(f"tongsearch-qr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tongsearch-qr: interrupted; finished items are in the reasoning cache", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

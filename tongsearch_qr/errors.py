@@ -1,0 +1,41 @@
+"""Exceptions raised by tongsearch-qr."""
+
+from __future__ import annotations
+
+
+class TongSearchError(Exception):
+    """Base class of the package's errors."""
+
+
+class InvalidQueryError(TongSearchError, ValueError):
+    """One or more queries are empty, missing or not text. ``positions`` lists their indices."""
+
+    def __init__(self, problems: list[tuple[int, str]]):
+        self.positions = [i for i, _ in problems]
+        shown = "; ".join(f"#{i}: {why}" for i, why in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(f"{len(problems)} invalid quer{'y' if len(problems) == 1 else 'ies'}: {shown}{more}")
+
+
+class MissingReasoningError(TongSearchError, KeyError):
+    """A precomputed reasoning file has no entry for a query."""
+
+    def __init__(self, queries: list[str], source: str):
+        self.queries = queries
+        shown = "; ".join(repr(q[:100]) for q in queries[:3])
+        more = f" (and {len(queries) - 3} more)" if len(queries) > 3 else ""
+        super().__init__(
+            f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} not in {source}: {shown}{more}. "
+            "Pass fallback=<model> to QRReasoner.from_file to generate missing ones."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ModelNotAvailableError(TongSearchError, OSError):
+    """Model weights could not be found locally nor downloaded."""
+
+
+class InputFormatError(TongSearchError, ValueError):
+    """A query file is missing, empty or malformed."""

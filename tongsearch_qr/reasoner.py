@@ -1,0 +1,142 @@
+"""The query reasoner: questions in, reasoning (and retriever-ready rewrites) out."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backends import Backend, make_backend
+from .cache import ReasoningCache, config_key
+from .generation import GenerationParams
+from .modes import RewriteMode, get_mode
+from .prompts import PromptTemplate
+from .queries import validate_queries
+
+CacheSpec = bool | str | os.PathLike[str] | ReasoningCache | None
+
+
+def _open_cache(cache: CacheSpec) -> ReasoningCache | None:
+    if cache is None or cache is False:
+        return None
+    if isinstance(cache, ReasoningCache):
+        return cache
+    if cache is True:
+        from .paths import default_reasoning_cache
+
+        return ReasoningCache(default_reasoning_cache())
+    return ReasoningCache(Path(cache))
+
+
+class QRReasoner:
+    """Writes out the reasoning an expert would do for each query, for a retriever to use.
+
+    >>> r = QRReasoner()                              # embedded SmolLM2-135M-Instruct, offline
+    >>> r = QRReasoner("TongSearch/TongSearch-QR-7B")  # hub id or local directory
+    >>> r.rewrite(["why can't humans drink sea water?"], mode="concat")
+
+    ``backend`` is a name (``transformers``, ``precomputed``) or a :class:`~tongsearch_qr.backends.Backend`
+    instance; extra keyword arguments go to the backend (e.g. ``device``, ``dtype``, ``batch_size``).
+    ``cache`` is ``None``/``False`` (off), ``True`` (the user cache file), a path or a
+    :class:`ReasoningCache`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        backend: str | Backend = "transformers",
+        think: bool = False,
+        template: PromptTemplate | None = None,
+        generation: GenerationParams | None = None,
+        mode: str | RewriteMode = "replace",
+        cache: CacheSpec = None,
+        progress: bool = False,
+        **backend_options: Any,
+    ):
+        if template is not None and think and not template.think:
+            raise ValueError("think=True conflicts with a template whose think flag is off")
+        self.template = template or PromptTemplate.paper(think=think)
+        self.generation = generation or GenerationParams()
+        self.mode = get_mode(mode)
+        self.progress = progress
+        if isinstance(backend, str):
+            self.backend = make_backend(backend, model, **backend_options)
+        else:
+            if model is not None or backend_options:
+                raise ValueError("pass model and backend options to the backend itself when giving a Backend instance")
+            self.backend = backend
+        self.cache = _open_cache(cache)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fallback: str | os.PathLike[str] | Backend | None = None,
+        **kwargs: Any,
+    ) -> "QRReasoner":
+        """A reasoner that returns precomputed reasoning (the paper's published JSON files).
+
+        A query missing from the file raises :class:`~tongsearch_qr.errors.MissingReasoningError`,
+        unless ``fallback`` (a model spec such as ``"default"``, or a backend) generates it.
+        """
+        from .backends.precomputed import PrecomputedBackend
+
+        if fallback is not None and not isinstance(fallback, Backend):
+            fallback = make_backend("transformers", fallback)
+        return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that determines a completion apart from the query."""
+        return config_key(
+            {"model": self.backend.cache_id, "template": self.template.key(), "generation": self.generation.key()}
+        )
+
+    def reason(self, queries: Sequence[str], *, progress: bool | None = None) -> list[str]:
+        """The reasoning for each query, in order. Repeated and cached queries are not regenerated."""
+        queries = validate_queries(queries)
+        unique = list(dict.fromkeys(queries))
+        config = self.config_hash
+        done: dict[str, str] = self.cache.get_many(config, unique) if self.cache else {}
+        pending = [q for q in unique if q not in done]
+        if pending:
+            self._generate(pending, config, done, self.progress if progress is None else progress)
+        return [self.template.extract(done[q]) for q in queries]
+
+    def _generate(self, pending: list[str], config: str, done: dict[str, str], progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), desc="reasoning", unit="query", disable=not progress)
+
+        def store(i: int, completion: str) -> None:
+            with self._lock:
+                done[pending[i]] = completion
+                if self.cache is not None:
+                    self.cache.put_many(config, [(pending[i], completion)])
+                bar.update(1)
+
+        try:
+            completions = self.backend.generate(pending, self.template, self.generation, store)
+        finally:
+            bar.close()
+        if len(completions) != len(pending):
+            raise RuntimeError(f"backend returned {len(completions)} completions for {len(pending)} queries")
+        for i, (query, completion) in enumerate(zip(pending, completions)):
+            if query not in done:
+                store(i, completion)
+
+    def rewrite(
+        self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, progress: bool | None = None
+    ) -> list[str]:
+        """What to send to a retriever for each query under ``mode`` (default: the reasoner's mode)."""
+        chosen = self.mode if mode is None else get_mode(mode)
+        queries = validate_queries(queries)
+        if not chosen.with_reasoning:
+            return [chosen.apply(q, None) for q in queries]
+        reasoning = self.reason(queries, progress=progress)
+        return [chosen.apply(q, r) for q, r in zip(queries, reasoning)]
