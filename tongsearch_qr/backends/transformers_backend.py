@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..generation import GenerationParams
-from ..models import ModelSource, hub_error, resolve_model
+from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
 from .base import ResultCallback
 
@@ -53,7 +53,6 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 64,
-        local_files_only: bool | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -64,16 +63,8 @@ class TransformersBackend:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.batch_size = batch_size
-        kwargs: dict[str, Any] = {}
-        if local_files_only is not None:
-            kwargs["local_files_only"] = local_files_only
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
-        except OSError as exc:
-            if self.source.local:
-                raise
-            raise hub_error(self.source.model_id, exc) from exc
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
+        self.model = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=self.dtype)
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

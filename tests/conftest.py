@@ -1,0 +1,57 @@
+"""Shared fixtures: the real shared data beside the repo and one loaded embedded model per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: real BRIGHT, SciFact and StackExchange data (never copied into the repo)."""
+    assert SHARED_DATA.is_dir(), f"tests read real data from {SHARED_DATA}; it is missing"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smol_backend():
+    """The embedded default model behind the transformers backend, loaded once."""
+    from tongsearch_qr.backends import make_backend
+
+    return make_backend("transformers", None, batch_size=8)
+
+
+@pytest.fixture
+def short_greedy():
+    from tongsearch_qr import GenerationParams
+
+    return GenerationParams.greedy(max_new_tokens=12)
+
+
+class CountingBackend:
+    """Wraps a real backend and records every question it is asked to generate."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.cache_id = inner.cache_id
+        self.calls: list[list[str]] = []
+
+    def generate(self, questions, template, params, on_result=None):
+        self.calls.append(list(questions))
+        return self.inner.generate(questions, template, params, on_result)
+
+    @property
+    def generated(self) -> list[str]:
+        return [q for call in self.calls for q in call]
+
+
+@pytest.fixture
+def counting(smol_backend) -> CountingBackend:
+    return CountingBackend(smol_backend)

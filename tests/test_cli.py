@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tongsearch_qr.cli import main
+from tongsearch_qr.demo_data import demo_collection
+
+FAST = ["--greedy", "--max-new-tokens", "12", "--batch-size", "4"]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_reason_writes_every_field(tmp_path):
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we dream?"},
+                                              {"id": "b", "query": "How do magnets work?"}])
+    out = tmp_path / "out.jsonl"
+    rc = main(["reason", "--input", str(src), "--output", str(out), "--mode", "concat",
+               "--cache", str(tmp_path / "c.sqlite"), *FAST])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    for row in rows:
+        assert set(row) == {"id", "query", "reasoning", "rewritten"}
+        assert row["reasoning"].strip() and row["rewritten"] == f"{row['query']}\n{row['reasoning']}"
+
+
+def test_reason_from_precomputed_file_and_tsv(tmp_path, shared_data):
+    published = json.loads((shared_data / "tongsearch-qr" / "TongSearch-QR-1.5B_reasoned_BRIGHT_queries.json")
+                           .read_text(encoding="utf-8"))
+    single_line = [q for q in published if "\n" not in q and "\t" not in q][:3]
+    src = tmp_path / "q.tsv"
+    src.write_text("".join(f"t{i}\t{q}\n" for i, q in enumerate(single_line)), encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    path = shared_data / "tongsearch-qr" / "TongSearch-QR-1.5B_reasoned_BRIGHT_queries.json"
+    assert main(["reason", "--input", str(src), "--output", str(out), "--model", f"file:{path}", "--no-cache"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["reasoning"] for r in rows] == [published[q].strip() for q in single_line]
+    assert all(r["rewritten"] == r["reasoning"] for r in rows)
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--mode", "sideways"], "unknown rewrite mode 'sideways'"),
+    (["--backend", "warp"], "unknown backend 'warp'"),
+    (["--model", "./missing-model-dir"], "does not exist"),
+    (["--model", "file:/no/such.json"], "does not exist"),
+])
+def test_reason_bad_options_exit_nonzero(tmp_path, capsys, argv_tail, message):
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why?"}])
+    rc = main(["reason", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--no-cache", *argv_tail])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_reason_invalid_queries_error_or_skip(tmp_path, capsys):
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we yawn?"}, {"id": "b", "query": "  "},
+                                              {"id": "c", "query": None}])
+    out = tmp_path / "o.jsonl"
+    args = ["reason", "--input", str(src), "--output", str(out), "--no-cache", *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "line 2 (id b): empty" in err and "line 3 (id c): None" in err and "--skip-invalid" in err
+    assert main([*args, "--skip-invalid"]) == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a"]
+
+
+def test_reason_missing_and_malformed_input(tmp_path, capsys):
+    assert main(["reason", "--input", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o")]) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "query": "ok"}\nnot json\n')
+    assert main(["reason", "--input", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def _cache_rows(path):
+    with sqlite3.connect(path) as conn:
+        return {k: (c, t) for k, c, t in conn.execute("SELECT key, completion, created FROM reasoning")}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path):
+    queries = [f"Question {i}: why does {topic} happen?" for i, topic in enumerate(
+        ["rain", "rust", "thunder", "fog", "tides", "frost", "wind", "hail", "snow", "dew", "lightning", "drought"])]
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": str(i), "query": q} for i, q in enumerate(queries)])
+    out, cache = tmp_path / "o.jsonl", tmp_path / "c.sqlite"
+    cmd = [sys.executable, "-m", "tongsearch_qr.cli", "reason", "--input", str(src), "--output", str(out),
+           "--cache", str(cache), "--batch-size", "1", "--max-new-tokens", "24", "--seed", "0"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if cache.exists() and len(_cache_rows(cache)) >= 4:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _cache_rows(cache)
+    assert 4 <= len(before) < len(queries) and not out.exists()
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{len(queries)} queries ({len(queries)} unique), {len(before)} already in the reasoning cache" in result.stderr
+    after = _cache_rows(cache)
+    assert len(after) == len(queries)
+    assert {k: after[k] for k in before} == before  # same text, same timestamp: nothing redone or lost
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [str(i) for i in range(len(queries))]
+    assert {r["reasoning"] for r in rows} == {c.strip() for c, _ in after.values()}
+
+
+def test_demo_collection_is_consistent():
+    corpus, questions, qrels = demo_collection()
+    assert len(corpus) > 60 and len(questions) >= 15
+    assert set(questions) == set(qrels)
+    assert all(doc in corpus for judged in qrels.values() for doc in judged)
+
+
+def test_demo_runs_end_to_end(capsys):
+    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "pydoc_data" in out and "[q01]" in out
+    table = out.split("mean over questions")[1].splitlines()
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[2:] if line.strip()}
+    assert set(rows) == {"original", "replace", "concat", "weighted"}
+    assert all(0 <= v <= 1 for values in rows.values() for v in values)
+    assert rows["original"][0] > 0.2  # plain BM25 finds documentation for these questions

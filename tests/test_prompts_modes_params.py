@@ -1,0 +1,100 @@
+import math
+
+import pytest
+
+from tongsearch_qr import GenerationParams, PromptTemplate, RewriteMode, get_mode
+from tongsearch_qr.modes import mode_names
+from tongsearch_qr.prompts import PAPER_USER_TEMPLATE, THINK_SYSTEM_PROMPT, parse_think_answer
+
+ISSUE_PROMPT = (
+    "Instructions:\n1. Identify the essential problem.\n2. Think step by step to reason and describe what "
+    "information could be relevant and helpful to address the questions in detail.\n3. Draft an answer with as "
+    "many thoughts as you have.\nQuery: {question}\n\n"
+)
+
+
+def test_paper_prompt_byte_for_byte():
+    assert PAPER_USER_TEMPLATE == ISSUE_PROMPT
+    messages = PromptTemplate.paper().messages("Why is the sea salty?")
+    assert messages == [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": ISSUE_PROMPT.replace("{question}", "Why is the sea salty?")},
+    ]
+
+
+def test_question_with_braces_is_inserted_verbatim():
+    text = "What does {x} or {question} mean in str.format?"
+    assert PromptTemplate.paper().messages(text)[-1]["content"].endswith(f"Query: {text}\n\n")
+
+
+def test_think_mode_uses_r1_system_prompt_and_extracts_answer():
+    template = PromptTemplate.paper(think=True)
+    assert template.messages("q")[0] == {"role": "system", "content": THINK_SYSTEM_PROMPT}
+    assert template.extract("<think> salt pulls water </think>\n<answer> osmosis, kidneys </answer>") == "osmosis, kidneys"
+
+
+@pytest.mark.parametrize("completion", [
+    "no tags at all, just reasoning",
+    "<think> started thinking but ran out of tokens",
+    "<answer> answer without think </answer>",
+    "",
+])
+def test_think_mode_without_tags_uses_the_whole_completion_like_the_paper(completion):
+    assert parse_think_answer(completion) is None
+    assert PromptTemplate.paper(think=True).extract(completion) == completion.strip()
+
+
+def test_template_needs_placeholder():
+    with pytest.raises(ValueError, match="placeholder"):
+        PromptTemplate(user="no placeholder")
+
+
+def test_system_none_leaves_system_turn_to_chat_template():
+    assert PromptTemplate(system=None).messages("q") == [{"role": "user", "content": ISSUE_PROMPT.replace("{question}", "q")}]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("replace", "R"),
+    ("concat", "Q\nR"),
+    ("weighted", "Q\nQ\nQ\nQ\nQ\nR"),
+    ("weighted:2", "Q\nQ\nR"),
+    ("original", "Q"),
+])
+def test_modes(name, expected):
+    assert get_mode(name).apply("Q", "R") == expected
+
+
+@pytest.mark.parametrize("bad", ["nope", "weighted:0", "weighted:x", "replace:3", ""])
+def test_unknown_modes_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="weighted"):
+        get_mode(bad)
+
+
+def test_mode_objects_and_validation():
+    mode = RewriteMode("double", query_repeats=2, separator=" ")
+    assert get_mode(mode).apply("q", "r") == "q q r"
+    with pytest.raises(ValueError):
+        RewriteMode("nothing", query_repeats=0, with_reasoning=False)
+    with pytest.raises(ValueError, match="needs the reasoning"):
+        get_mode("replace").apply("q", None)
+    with pytest.raises(TypeError):
+        get_mode(3)  # type: ignore[arg-type]
+    assert "weighted:K" in mode_names()
+
+
+def test_generation_defaults_are_the_papers():
+    p = GenerationParams()
+    assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.do_sample) == (
+        500, 0.7, 0.8, 20, 1.05, True)
+    greedy = GenerationParams.greedy()
+    assert not greedy.do_sample and "temperature" not in greedy.key()
+    assert GenerationParams().key() != GenerationParams(seed=1).key()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1},
+    {"repetition_penalty": 0.0}, {"temperature": -math.inf},
+])
+def test_generation_params_reject_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        GenerationParams(**kwargs)

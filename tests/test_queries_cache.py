@@ -1,0 +1,92 @@
+import math
+import multiprocessing
+import sqlite3
+import threading
+
+import pytest
+
+from tongsearch_qr import InvalidQueryError, ReasoningCache
+from tongsearch_qr.cache import config_key
+from tongsearch_qr.queries import validate_queries
+
+
+def test_validate_queries_names_every_bad_one():
+    with pytest.raises(InvalidQueryError) as info:
+        validate_queries(["fine", "", "   \n", None, math.nan, 7, "also fine"])
+    assert info.value.positions == [1, 2, 3, 4, 5]
+    message = str(info.value)
+    for fragment in ("#1: empty", "#3: None", "#4: NaN", "#5: not a string (int)"):
+        assert fragment in message
+
+
+def test_validate_queries_rejects_a_bare_string():
+    with pytest.raises(TypeError, match="list of queries"):
+        validate_queries("a single query")
+
+
+def test_cache_roundtrip_and_persistence(tmp_path):
+    path = tmp_path / "sub" / "cache.sqlite"
+    cache = ReasoningCache(path)
+    a, b = config_key({"model": "a"}), config_key({"model": "b"})
+    cache.put_many(a, [("q1", "r1"), ("q2", "r2")])
+    cache.put_many(b, [("q1", "other")])
+    cache.close()
+    reopened = ReasoningCache(path)
+    assert reopened.get_many(a, ["q1", "q2", "q3"]) == {"q1": "r1", "q2": "r2"}
+    assert reopened.get_many(b, ["q1"]) == {"q1": "other"}
+    assert len(reopened) == 3
+
+
+def test_cache_many_keys_in_one_lookup(tmp_path):
+    cache = ReasoningCache(tmp_path / "c.sqlite")
+    key = config_key({"m": 1})
+    items = [(f"q{i}", f"r{i}") for i in range(1234)]
+    cache.put_many(key, items)
+    assert cache.get_many(key, [q for q, _ in items]) == dict(items)
+
+
+def test_cache_shared_by_threads(tmp_path):
+    cache = ReasoningCache(tmp_path / "c.sqlite")
+    key = config_key({"m": "threads"})
+
+    def work(t: int) -> None:
+        for i in range(40):
+            cache.put_many(key, [(f"t{t}-{i}", f"r{t}-{i}")])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found = cache.get_many(key, [f"t{t}-{i}" for t in range(6) for i in range(40)])
+    assert len(found) == 240 and found["t5-39"] == "r5-39"
+
+
+def _process_writer(path: str, worker: int) -> None:
+    cache = ReasoningCache(path)
+    key = config_key({"m": "procs"})
+    for i in range(30):
+        cache.put_many(key, [(f"p{worker}-{i}", f"r{worker}-{i}")])
+
+
+def test_cache_shared_by_processes(tmp_path):
+    path = str(tmp_path / "c.sqlite")
+    ReasoningCache(path)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_writer, args=(path, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    found = ReasoningCache(path).get_many(config_key({"m": "procs"}), [f"p{w}-{i}" for w in range(3) for i in range(30)])
+    assert len(found) == 90
+
+
+def test_cache_rejects_directory_and_corrupt_file(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        ReasoningCache(tmp_path)
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError, match="not a usable reasoning cache"):
+        ReasoningCache(bad)
