@@ -98,3 +98,32 @@ def test_generation_defaults_are_the_papers():
 def test_generation_params_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         GenerationParams(**kwargs)
+
+
+def test_fast_sampler_draws_from_the_same_distribution_as_transformers():
+    import torch
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from tongsearch_qr.backends.sampling import TopKTopPSampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 500) * 3
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    expected = logits.clone()
+    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+        expected = warper(ids, expected)
+    expected = expected.softmax(-1)[0]
+
+    draws = 40000
+    sampler = TopKTopPSampler(temperature=0.7, top_k=20, top_p=0.8)
+    out = sampler(ids.repeat(draws, 1), logits.repeat(draws, 1))
+    assert torch.isfinite(out).sum(-1).eq(1).all()  # exactly one token left per row
+    freq = torch.bincount(out.argmax(-1), minlength=500).float() / draws
+    support = expected > 0
+    assert set(freq.nonzero().flatten().tolist()) <= set(support.nonzero().flatten().tolist())
+    assert support.sum() >= 2  # the case is not degenerate
+    assert (freq - expected).abs().max() < 0.012

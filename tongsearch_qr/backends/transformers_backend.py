@@ -11,6 +11,8 @@ from ..generation import GenerationParams
 from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
 from .base import ResultCallback
+from .batching import plan_batches
+from .sampling import TopKTopPSampler
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,12 @@ def pick_dtype(dtype: str, device: str) -> Any:
 class TransformersBackend:
     """Generation with ``AutoModelForCausalLM.generate``.
 
-    Questions are sorted by token length and generated ``batch_size`` at a time with left padding;
-    a question too long for the model's context (minus ``max_new_tokens``) is cut with a warning.
+    Questions are sorted by token length and cut into batches (of at most ``batch_size`` sequences
+    and ``max_batch_tokens`` padded tokens) that trade padding against per-step overhead (see
+    :func:`~tongsearch_qr.backends.batching.plan_batches`), generated with left padding; a
+    question too long for the model's context (minus ``max_new_tokens``) is cut with a warning.
+    Sampling uses :class:`~tongsearch_qr.backends.sampling.TopKTopPSampler` (same distribution as
+    transformers' sampler, far cheaper on large batches).
     """
 
     def __init__(
@@ -53,9 +59,11 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 64,
+        max_batch_tokens: int = 65536,
+        step_overhead_tokens: int | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,6 +71,9 @@ class TransformersBackend:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        # fixed cost of a decoding step in prompt-token equivalents: small on CPUs, large on GPUs
+        self.step_overhead_tokens = step_overhead_tokens or (32 if self.device == "cpu" else 1024)
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
         self.model = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=self.dtype)
         self.model.to(self.device).eval()
@@ -86,8 +97,10 @@ class TransformersBackend:
         prompts = [self._prompt_ids(q, template, params.max_new_tokens) for q in questions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        plan = plan_batches([len(prompts[i]) for i in order], params.max_new_tokens, max_batch_size=self.batch_size,
+                            max_batch_tokens=self.max_batch_tokens, step_overhead_tokens=self.step_overhead_tokens)
+        for positions in plan:
+            batch = [order[p] for p in positions]
             for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
                 results[i] = text
                 if on_result is not None:
@@ -126,18 +139,18 @@ class TransformersBackend:
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        sampling = (
-            dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-            if params.do_sample
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        )
+        processors = [TopKTopPSampler(params.temperature, params.top_k, params.top_p)] if params.do_sample else []
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
                 max_new_tokens=params.max_new_tokens,
                 repetition_penalty=params.repetition_penalty,
                 pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=processors,
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

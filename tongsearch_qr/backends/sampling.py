@@ -1,0 +1,34 @@
+"""Fast top-k/top-p sampling for ``transformers.generate`` on large batches.
+
+transformers samples by sorting the whole vocabulary for top-p and drawing over all of it, which at
+batch 64 on a CPU costs more than the model's forward pass. :class:`TopKTopPSampler` draws the token
+inside the logits-processor chain from the top-k candidates only (same distribution: temperature,
+then top-k, then top-p, then a multinomial draw) and leaves that token as the only finite score, so
+``generate`` run greedily picks exactly it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TopKTopPSampler:
+    """A logits processor that samples; pass with ``do_sample=False`` and ``logits_processor=[...]``."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError("temperature must be > 0, top_p in (0, 1], top_k >= 0")
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        k = scores.shape[-1] if self.top_k == 0 else min(self.top_k, scores.shape[-1])
+        values, candidates = (scores / self.temperature).topk(k, dim=-1)  # sorted, best first
+        probs = values.softmax(dim=-1)
+        # transformers' top-p keeps a token unless the mass of the tokens strictly better than it
+        # already reaches top_p; the best token is always kept.
+        mass_before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(mass_before >= self.top_p, 0.0)
+        choice = torch.multinomial(probs, num_samples=1)
+        token = candidates.gather(-1, choice)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, token, 0.0)
