@@ -1,7 +1,7 @@
 """Reasoning throughput of the embedded model: the seed's way (one query per generate call, float32)
 against the project's default batched path (QRReasoner: auto dtype, length-sorted batches), in one run.
 
-    python benchmarks/throughput.py [--queries 48] [--baseline-queries 12] [--max-new-tokens 96]
+    python benchmarks/throughput.py [--queries 48] [--baseline-queries 6] [--max-new-tokens 256]
 
 Both paths run the paper's sampling settings on real BRIGHT queries; tokens are counted the same way
 for both (the generated text re-tokenised). Prints tokens/s of each and their ratio.
@@ -55,8 +55,8 @@ def batched_default(queries: list[str], params: GenerationParams, batch_size: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=48, help="queries for the batched path")
-    parser.add_argument("--baseline-queries", type=int, default=12, help="first N of them for the slow baseline")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--baseline-queries", type=int, default=6, help="first N of them for the slow baseline")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=None, help="override the default batch size")
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
     args = parser.parse_args()
