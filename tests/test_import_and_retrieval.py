@@ -36,8 +36,7 @@ def test_bm25_on_scifact_reaches_the_reference(shared_data):
     with (root / "qrels" / "test.tsv").open() as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    retriever = BM25Retriever(k1=0.9, b=0.4).index([d["_id"] for d in corpus],
-                                                   [f"{d['title']} {d['text']}" for d in corpus])
+    retriever = BM25Retriever(k1=0.9, b=0.4).index((d["_id"], f"{d['title']} {d['text']}") for d in corpus)
     qids = list(qrels)
     rankings = retriever.search([queries[q] for q in qids], k=100)
     scores = mean(evaluate({q: dict(r) for q, r in zip(qids, rankings)}, qrels))

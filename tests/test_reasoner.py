@@ -114,11 +114,11 @@ def test_hub_model_offline_is_one_clear_error(monkeypatch):
 
 def test_hub_model_without_network_fails_fast():
     """No HF_HUB_OFFLINE: the hub is simply unreachable here; the probe turns that into the same error."""
-    from tongsearch_qr.models import _hub_unreachable
+    from tongsearch_qr.hub import hub_unreachable
 
     with pytest.raises(ModelNotAvailableError, match="hub could not be reached"):
         QRReasoner("TongSearch/TongSearch-QR-1.5B")
-    assert _hub_unreachable("https://127.0.0.1:9") is not None
+    assert hub_unreachable("https://127.0.0.1:9") is not None
 
 
 def _bright_examples(shared_data):

@@ -18,7 +18,7 @@ log = logging.getLogger("tongsearch_qr")
 def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose and configure the reasoner (shared by subcommands)."""
     group = parser.add_argument_group("reasoner")
-    group.add_argument("--model", default="default",
+    group.add_argument("--model", "--reasoner", dest="model", default="default",
                        help="'default' (embedded SmolLM2-135M-Instruct), a local model directory, a hub id, "
                             "or file:<json> for precomputed reasoning (default: %(default)s)")
     group.add_argument("--fallback", default=None,
@@ -91,6 +91,24 @@ def cmd_reason(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import load_datasets, print_table, run_collection, write_results
+
+    collections = load_datasets(args.dataset, bright_dir=args.bright_dir, documents=args.documents, long=args.long)
+    for collection in collections:  # fail before any indexing or reasoning
+        if collection.documents is None:
+            raise TongSearchError(f"{collection.name}: documents are not available; pass --documents DIR "
+                                  "(parquet layout documents/<task>-00000-of-00001.parquet) or load from the hub")
+    reasoner = None if args.model == "none" else reasoner_from_args(args)
+    options = {"model": args.dense_model, "max_length": args.max_length} if args.retriever == "dense" else {}
+    results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=args.mode, baseline=args.baseline,
+                                      k=args.k, retriever_options=options) for c in collections}
+    out = write_results(args.output, results)
+    print_table(results)
+    log.info("wrote metrics, runs and ndcg10.png to %s", out)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -112,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_reasoner_arguments(reason)
     reason.set_defaults(func=cmd_reason)
 
+    evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
+    evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all or beir:<dir>[@split]")
+    evaluate.add_argument("--retriever", default="bm25", help="bm25 or dense (default: %(default)s)")
+    evaluate.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
+    evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")
+    evaluate.add_argument("--output", required=True, help="directory for metrics.json, run.trec, per-query metrics, PNG")
+    evaluate.add_argument("--bright-dir", default=None,
+                          help="local BRIGHT examples+qrels (shared layout or hub parquet layout); default: the hub")
+    evaluate.add_argument("--documents", default=None, help="directory with documents/ (or long_documents/) parquet")
+    evaluate.add_argument("--long", action="store_true", help="BRIGHT long documents and gold_ids_long")
+    evaluate.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
+    evaluate.add_argument("--dense-model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
+    evaluate.add_argument("--max-length", type=int, default=None, help="dense: max tokens per text (model default)")
+    add_reasoner_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
     demo = sub.add_parser("demo", help="BM25 on Python's documentation with and without reasoning (offline)")
     demo.add_argument("--modes", nargs="+", default=["original", "replace", "concat", "weighted"],
                       help="rewrite modes to compare (default: %(default)s)")
@@ -126,11 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="tongsearch-qr: %(levelname)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "bm25s", "matplotlib",
+                  "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if getattr(args, "mode", None) is not None:
             get_mode(args.mode)
+        if getattr(args, "retriever", None) is not None:
+            from .retrieval import RETRIEVERS
+
+            if args.retriever not in RETRIEVERS:
+                raise ValueError(f"unknown retriever {args.retriever!r}; choose one of: {', '.join(RETRIEVERS)}")
         return args.func(args)
     except (TongSearchError, ValueError, OSError) as exc:
         print(f"tongsearch-qr: error: {exc}", file=sys.stderr)

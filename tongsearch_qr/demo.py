@@ -21,7 +21,7 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] = ("original", "replace"
     chosen = [get_mode(m) for m in modes]
     corpus, questions, qrels = demo_collection()
     print(f"corpus: {len(corpus)} Python documentation topics (pydoc_data); {len(questions)} questions\n")
-    retriever = BM25Retriever().index(corpus.keys(), corpus.values())
+    retriever = BM25Retriever().index(corpus.items())
     qids, texts = list(questions), list(questions.values())
     reasoning = reasoner.reason(texts) if any(m.with_reasoning for m in chosen) else [None] * len(texts)
 

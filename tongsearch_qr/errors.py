@@ -39,3 +39,7 @@ class ModelNotAvailableError(TongSearchError, OSError):
 
 class InputFormatError(TongSearchError, ValueError):
     """A query file is missing, empty or malformed."""
+
+
+class DataNotAvailableError(TongSearchError, OSError):
+    """A data set (or one of its splits) is neither available locally nor reachable on the hub."""

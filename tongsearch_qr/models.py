@@ -13,15 +13,14 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from .errors import ModelNotAvailableError
+from .hub import hub_offline, hub_unreachable
 from .paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -71,29 +70,15 @@ def load_pretrained(load: Callable[..., T], source: ModelSource, **kwargs: Any) 
         return load(source.path, local_files_only=True, **kwargs)
     except OSError:
         pass
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
+    if hub_offline():
         raise hub_error(source.model_id, OSError("HF_HUB_OFFLINE is set"))
-    unreachable = _hub_unreachable(constants.ENDPOINT)
+    unreachable = hub_unreachable()
     if unreachable:
         raise hub_error(source.model_id, unreachable)
     try:
         return load(source.path, **kwargs)
     except OSError as exc:
         raise hub_error(source.model_id, exc) from exc
-
-
-def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> OSError | None:
-    """A quick TCP probe of the hub (skipped behind a proxy), so offline use fails in seconds, not minutes."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError as exc:
-        return OSError(f"cannot connect to {url.hostname}: {exc}")
-    return None
 
 
 def hub_error(model_id: str, cause: BaseException) -> ModelNotAvailableError:

@@ -1,61 +1,89 @@
-"""BM25 over bm25s sparse matrices, with English stemming and stopwords."""
+"""BM25 over bm25s sparse matrices, with Snowball English stemming and English stopwords."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import os
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
 
-Ranking = list[tuple[str, float]]
+from .base import Ranking, check_search_args, collect_documents, drop_excluded
 
 
 class BM25Retriever:
-    """BM25 (Lucene variant by default) with Snowball English stemming and English stopwords."""
+    """BM25 (Lucene scoring by default, k1=0.9, b=0.4 as in BRIGHT) through bm25s.
+
+    Documents that share no term with a query score 0 and are not returned.
+    """
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", stemmer: str | None = "english",
-                 stopwords: str | None = "en"):
-        self.k1, self.b, self.method = k1, b, method
-        self.stopwords = stopwords
-        self._stemmer_lang = stemmer
+                 stopwords: str | None = "en", show_progress: bool = False):
+        self.config = {"k1": k1, "b": b, "method": method, "stemmer": stemmer, "stopwords": stopwords}
+        self.show_progress = show_progress
         self._model = None
         self.doc_ids: list[str] = []
 
-    def _stemmer(self):
-        if self._stemmer_lang is None:
-            return None
-        import Stemmer
-
-        return Stemmer.Stemmer(self._stemmer_lang)
-
-    def _tokenize(self, texts: list[str], show_progress: bool = False):
+    def _tokenize(self, texts: list[str]):
         import bm25s
 
-        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self._stemmer(), show_progress=show_progress)
+        stemmer = None
+        if self.config["stemmer"]:
+            import Stemmer
 
-    def index(self, ids: Iterable[str], texts: Iterable[str], *, show_progress: bool = False) -> "BM25Retriever":
-        """Index documents (``ids`` and ``texts`` in the same order); ids must be unique."""
+            stemmer = Stemmer.Stemmer(self.config["stemmer"])
+        return bm25s.tokenize(texts, stopwords=self.config["stopwords"], stemmer=stemmer,
+                              show_progress=self.show_progress)
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> "BM25Retriever":
+        """Index ``(doc id, text)`` pairs (ids unique, corpus non-empty)."""
         import bm25s
 
-        ids, texts = [str(i) for i in ids], list(texts)
-        if len(ids) != len(texts):
-            raise ValueError(f"got {len(ids)} document ids but {len(texts)} texts")
-        if not ids:
-            raise ValueError("cannot index an empty corpus")
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise ValueError(f"duplicate document id {dup!r} in corpus")
-        self._model = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        self._model.index(self._tokenize(texts, show_progress), show_progress=show_progress)
+        ids, texts = collect_documents(docs)
+        self._model = bm25s.BM25(k1=self.config["k1"], b=self.config["b"], method=self.config["method"])
+        self._model.index(self._tokenize(texts), show_progress=self.show_progress)
         self.doc_ids = ids
         return self
 
-    def search(self, queries: Sequence[str], k: int = 10, *, show_progress: bool = False) -> list[Ranking]:
-        """Top-``k`` (doc id, score) per query, best first; documents scoring 0 are left out."""
+    def search(self, queries: Sequence[str], k: int = 1000,
+               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+        """Top-``k`` (doc id, score) per query, best first, without each query's ``exclude`` ids."""
         if self._model is None:
-            raise RuntimeError("index documents before searching")
-        k = min(k, len(self.doc_ids))
-        tokens = self._tokenize(list(queries), show_progress)
-        docs, scores = self._model.retrieve(tokens, k=k, show_progress=show_progress, n_threads=1)
-        return [
-            [(self.doc_ids[d], float(s)) for d, s in zip(row_docs, row_scores) if s > 0]
-            for row_docs, row_scores in zip(docs, scores)
-        ]
+            raise RuntimeError("index documents (or load an index) before searching")
+        check_search_args(queries, k, exclude)
+        if not queries:
+            return []
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        depth = min(k + extra, len(self.doc_ids))
+        docs, scores = self._model.retrieve(self._tokenize(list(queries)), k=depth,
+                                            show_progress=self.show_progress, n_threads=1)
+        rankings = []
+        for row, (row_docs, row_scores) in enumerate(zip(docs, scores)):
+            candidates = ((self.doc_ids[d], float(s)) for d, s in zip(row_docs, row_scores) if s > 0)
+            rankings.append(drop_excluded(candidates, exclude[row] if exclude else (), k))
+        return rankings
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the index, document ids and settings to ``directory``."""
+        if self._model is None:
+            raise RuntimeError("nothing to save: the retriever has no index")
+        path = Path(directory)
+        self._model.save(str(path / "bm25s"))
+        (path / "retriever.json").write_text(json.dumps({"type": "bm25", **self.config, "doc_ids": self.doc_ids}))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> "BM25Retriever":
+        """Load an index written by :meth:`save`."""
+        import bm25s
+
+        path = Path(directory)
+        meta_file = path / "retriever.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} holds no saved BM25 index (retriever.json missing)")
+        meta = json.loads(meta_file.read_text())
+        if meta.pop("type", None) != "bm25":
+            raise ValueError(f"{path} holds a different kind of index")
+        doc_ids = meta.pop("doc_ids")
+        retriever = cls(**meta)
+        retriever._model = bm25s.BM25.load(str(path / "bm25s"))
+        retriever.doc_ids = doc_ids
+        return retriever

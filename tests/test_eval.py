@@ -1,0 +1,94 @@
+import json
+import math
+
+import pytest
+from test_data import make_bright_fixture
+
+from tongsearch_qr.cli import main
+from tongsearch_qr.evaluation import bright_names
+
+# query 0: relevant d1, d3; d2 (ranked first by BM25) is excluded -> ranking d1, d4, d3; query 1: d5 first
+NDCG10_Q0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+
+
+def _eval(tmp_path, *extra):
+    out = tmp_path / "out"
+    rc = main(["eval", "--dataset", "bright:biology", "--bright-dir", str(tmp_path / "b"), "--output", str(out),
+               "--retriever", "bm25", *extra])
+    return rc, out
+
+
+def test_eval_on_a_bright_parquet_fixture_matches_hand_computed_metrics(tmp_path):
+    make_bright_fixture(tmp_path / "b")
+    rc, out = _eval(tmp_path, "--reasoner", "none")
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    task = metrics["bright:biology"]
+    assert task["ndcg_cut_10"] == pytest.approx((NDCG10_Q0 + 1) / 2, abs=1e-12)
+    assert task["NDCG@10"] == task["ndcg_cut_10"]
+    assert task["recip_rank"] == 1.0 and task["MRR"] == 1.0
+    assert task["P_1"] == 1.0 and task["P_5"] == pytest.approx((2 / 5 + 1 / 5) / 2)
+    assert task["recall_1"] == pytest.approx((1 / 2 + 1) / 2)
+    assert task["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    assert metrics["average"]["ndcg_cut_10"] == task["ndcg_cut_10"]
+    per_query = json.loads((out / "per_query.json").read_text())["bright:biology"]
+    assert per_query["0"]["ndcg_cut_10"] == pytest.approx(NDCG10_Q0, abs=1e-12)
+    lines = (out / "run.trec").read_text().splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("0 ")] == ["d1", "d4", "d3"]  # d2 excluded
+    assert (out / "ndcg10.png").stat().st_size > 1000
+
+
+def test_eval_with_precomputed_reasoning_and_baseline(tmp_path):
+    make_bright_fixture(tmp_path / "b")
+    reasoning = tmp_path / "r.json"
+    reasoning.write_text(json.dumps({"salt water kidneys": "kidneys filter blood", "volcano eruption": "lava"}))
+    rc, out = _eval(tmp_path, "--reasoner", f"file:{reasoning}", "--mode", "concat", "--baseline", "--no-cache")
+    assert rc == 0
+    with_reasoning = json.loads((out / "metrics.json").read_text())["bright:biology"]
+    baseline = json.loads((out / "metrics.baseline.json").read_text())["bright:biology"]
+    assert baseline["ndcg_cut_10"] == pytest.approx((NDCG10_Q0 + 1) / 2, abs=1e-12)
+    assert with_reasoning["ndcg_cut_10"] == pytest.approx(1.0)  # both relevant documents now in the top 2
+    assert (out / "run.baseline.trec").is_file() and (out / "ndcg10.png").is_file()
+
+
+def test_fusion_modes_through_eval_with_the_embedded_reasoner(tmp_path, shared_data):
+    """A small BEIR collection (SciFact corpus, 12 test queries) through every rewrite mode."""
+    beir = tmp_path / "scifact-small"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").symlink_to(shared_data / "scifact" / "corpus.jsonl")
+    (beir / "queries.jsonl").symlink_to(shared_data / "scifact" / "queries.jsonl")
+    lines = (shared_data / "scifact" / "qrels" / "test.tsv").read_text().splitlines()
+    (beir / "qrels" / "test.tsv").write_text("\n".join(lines[:13]) + "\n")
+    summaries = {}
+    for mode in ("replace", "concat", "weighted:3", "original"):
+        out = tmp_path / mode.replace(":", "_")
+        rc = main(["eval", "--dataset", f"beir:{beir}", "--output", str(out), "--mode", mode, "--greedy",
+                   "--max-new-tokens", "16", "--cache", str(tmp_path / "cache.sqlite")])
+        assert rc == 0
+        summaries[mode] = json.loads((out / "metrics.json").read_text())["beir:scifact-small"]["ndcg_cut_10"]
+    assert all(0 <= v <= 1 for v in summaries.values())
+    assert summaries["original"] > 0.5  # plain BM25 on SciFact
+    assert len(set(summaries.values())) > 1  # the modes really send different queries
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "msmarco:dev"], "unknown dataset 'msmarco:dev'"),
+    (["--dataset", "bright:biology", "--retriever", "bm99"], "unknown retriever 'bm99'"),
+    (["--dataset", "bright:chemistry"], "unknown BRIGHT task 'chemistry'"),
+])
+def test_eval_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(["eval", *argv, "--output", str(tmp_path / "o"), "--reasoner", "none"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_without_documents_fails_before_any_work(tmp_path, capsys, shared_data):
+    rc = main(["eval", "--dataset", "bright:all", "--bright-dir", str(shared_data / "bright"),
+               "--output", str(tmp_path / "o")])
+    assert rc == 2
+    assert "documents are not available; pass --documents DIR" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bright_names():
+    assert bright_names({"ndcg_cut_10": 0.5, "recall_100": 0.9, "map_cut_5": 0.1, "P_1": 1.0, "recip_rank": 0.7,
+                         "map": 0.3}) == {"NDCG@10": 0.5, "Recall@100": 0.9, "MAP@5": 0.1, "P@1": 1.0, "MRR": 0.7}

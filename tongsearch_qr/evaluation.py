@@ -1,0 +1,150 @@
+"""Retrieval experiments: a dataset, a retriever and an optional reasoner, scored with trec_eval measures.
+
+``tongsearch-qr eval`` writes ``metrics.json`` (``{"<task>": {...}, "average": {...}}`` with trec_eval
+names such as ``ndcg_cut_10`` and BRIGHT's names such as ``NDCG@10``), ``run.trec``, per-query metrics
+and a bar chart of per-task nDCG@10; with ``baseline`` the original queries are run too
+(``*.baseline.*`` files) and drawn beside the reasoning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, write_run
+from .metrics import evaluate, mean
+from .modes import RewriteMode, get_mode
+from .retrieval import make_retriever
+
+log = logging.getLogger(__name__)
+
+CUTOFFS = (1, 5, 10, 25, 50, 100)
+MEASURES = tuple(f"{m}.{','.join(map(str, CUTOFFS))}" for m in ("ndcg_cut", "recall", "map_cut", "P")) + (
+    "map", "recip_rank")
+_BRIGHT_NAMES = {"ndcg_cut": "NDCG", "recall": "Recall", "map_cut": "MAP", "P": "P"}
+
+
+def bright_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """BRIGHT's names for trec_eval metrics (``ndcg_cut_10`` -> ``NDCG@10``, ``recip_rank`` -> ``MRR``)."""
+    named = {}
+    for key, value in metrics.items():
+        base, _, cutoff = key.rpartition("_")
+        if base in _BRIGHT_NAMES and cutoff.isdigit():
+            named[f"{_BRIGHT_NAMES[base]}@{cutoff}"] = value
+        elif key == "recip_rank":
+            named["MRR"] = value
+    return named
+
+
+def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | None = None,
+                  long: bool = False) -> list[Collection]:
+    """``bright:<task>``, ``bright:all`` or ``beir:<dir>[@split]`` as collections."""
+    kind, _, rest = spec.partition(":")
+    if kind == "bright" and rest:
+        tasks = BRIGHT_TASKS if rest == "all" else [rest]
+        return [load_bright(t, source=bright_dir, documents=documents, long=long) for t in tasks]
+    if kind == "beir" and rest:
+        directory, _, split = rest.partition("@")
+        return [load_beir(directory, split or "test")]
+    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all or beir:<dir>[@split]")
+
+
+@dataclass
+class RunResult:
+    """Rankings and per-query metrics of one collection under one query formulation."""
+
+    run: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, float]]
+    summary: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        means = mean(self.per_query)
+        self.summary = {**means, **bright_names(means)}
+
+
+def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
+                   baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
+                   ) -> dict[str, RunResult]:
+    """Index the collection once, search with rewritten queries (``"reasoning"``) when a reasoner is
+    given, and with the original queries (``"baseline"``) when asked or when there is no reasoner."""
+    index = make_retriever(retriever, **dict(retriever_options or {}))
+    log.info("%s: indexing documents with %s", collection.name, retriever)
+    index.index(collection.iter_documents())
+    qids = list(collection.queries)
+    texts = [collection.queries[q] for q in qids]
+    exclude = [collection.excluded.get(q, set()) for q in qids]
+    formulations: dict[str, list[str]] = {}
+    if reasoner is not None:
+        formulations["reasoning"] = reasoner.rewrite(texts, mode=get_mode(mode), progress=True)
+    if reasoner is None or baseline:
+        formulations["baseline"] = texts
+    results = {}
+    for name, queries in formulations.items():
+        rankings = index.search(queries, k=k, exclude=exclude)
+        run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+        results[name] = RunResult(run, evaluate(run, collection.qrels, MEASURES))
+    return results
+
+
+def write_results(output: str | os.PathLike[str], results: Mapping[str, Mapping[str, RunResult]]) -> Path:
+    """Write metrics, runs, per-query metrics and the nDCG@10 chart; ``results``: collection -> formulation -> result.
+
+    The main files hold the reasoning run when there is one; the baseline goes to ``*.baseline.*``.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    formulations = sorted({f for by_formulation in results.values() for f in by_formulation},
+                          key=lambda f: f != "reasoning")
+    for formulation in formulations:
+        suffix = "" if formulation == formulations[0] else f".{formulation}"
+        per_task = {name: r[formulation] for name, r in results.items() if formulation in r}
+        metrics = {name: result.summary for name, result in per_task.items()}
+        metrics["average"] = mean(metrics)
+        (out / f"metrics{suffix}.json").write_text(json.dumps(metrics, indent=2))
+        (out / f"per_query{suffix}.json").write_text(json.dumps({n: r.per_query for n, r in per_task.items()}, indent=1))
+        merged_run = {f"{name}/{qid}" if len(per_task) > 1 else qid: docs
+                      for name, result in per_task.items() for qid, docs in result.run.items()}
+        write_run(out / f"run{suffix}.trec", merged_run, tag=formulation)
+    plot_ndcg(out / "ndcg10.png", results)
+    return out
+
+
+def plot_ndcg(path: Path, results: Mapping[str, Mapping[str, RunResult]]) -> None:
+    """Bar chart of nDCG@10 per collection, one bar per formulation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    formulations = sorted({f for r in results.values() for f in r}, key=lambda f: f != "baseline")
+    width = 0.8 / len(formulations)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4))
+    for i, formulation in enumerate(formulations):
+        values = [results[n][formulation].summary["ndcg_cut_10"] if formulation in results[n] else 0.0 for n in names]
+        bars = ax.bar([x + i * width for x in range(len(names))], values, width, label=formulation)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks([x + width * (len(formulations) - 1) / 2 for x in range(len(names))])
+    ax.set_xticklabels([n.split(":", 1)[-1] for n in names], rotation=30, ha="right")
+    ax.set_ylabel("nDCG@10")
+    ax.set_ylim(0, 1.15)
+    ax.legend(loc="upper right", ncols=len(formulations))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(results: Mapping[str, Mapping[str, RunResult]], columns: Sequence[str] = ("NDCG@10", "Recall@100")) -> None:
+    """Per-collection metrics side by side for each formulation."""
+    formulations = sorted({f for r in results.values() for f in r}, key=lambda f: f != "baseline")
+    header = f"{'collection':<32}" + "".join(f"{f + ' ' + c:>24}" for f in formulations for c in columns)
+    print(header)
+    for name, by_formulation in results.items():
+        cells = "".join(f"{by_formulation[f].summary[c]:>24.4f}" if f in by_formulation else f"{'-':>24}"
+                        for f in formulations for c in columns)
+        print(f"{name:<32}{cells}")

@@ -1,0 +1,68 @@
+"""What every retriever provides, and helpers they share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+from ..errors import InputFormatError
+
+#: ranked (doc id, score) pairs, best first
+Ranking = list[tuple[str, float]]
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Index ``(doc id, text)`` pairs, then search batches of queries; saveable to a directory."""
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> "Retriever": ...
+
+    def search(self, queries: Sequence[str], k: int = 1000,
+               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]: ...
+
+    def save(self, directory: str | os.PathLike[str]) -> None: ...
+
+
+def collect_documents(docs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Materialise ``(id, text)`` pairs as two lists, rejecting an empty corpus, duplicate ids and non-text."""
+    ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    for position, pair in enumerate(docs):
+        try:
+            doc_id, text = pair
+        except (TypeError, ValueError):
+            raise InputFormatError(f"document #{position} is not an (id, text) pair: {pair!r:.80}") from None
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise InputFormatError(f"duplicate document id {doc_id!r} (document #{position})")
+        if not isinstance(text, str):
+            raise InputFormatError(f"document {doc_id!r} has no text ({type(text).__name__})")
+        seen.add(doc_id)
+        ids.append(doc_id)
+        texts.append(text)
+    if not ids:
+        raise InputFormatError("cannot index an empty corpus")
+    return ids, texts
+
+
+def check_search_args(queries: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None) -> None:
+    """Validate the arguments of ``search``."""
+    if isinstance(queries, str):
+        raise TypeError("pass a list of queries, not a single string")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if exclude is not None and len(exclude) != len(queries):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+
+
+def drop_excluded(candidates: Iterable[tuple[str, float]], excluded: Collection[str], k: int) -> Ranking:
+    """The first ``k`` candidates not in ``excluded``."""
+    ranking: Ranking = []
+    for doc_id, score in candidates:
+        if doc_id not in excluded:
+            ranking.append((doc_id, score))
+            if len(ranking) == k:
+                break
+    return ranking
