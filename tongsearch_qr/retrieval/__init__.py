@@ -14,7 +14,9 @@ from .bm25 import BM25Retriever
 #: retriever name -> "module:class" in this package
 RETRIEVERS: dict[str, str] = {
     "bm25": "bm25:BM25Retriever",
+    "bm25-bright": "bm25_bright:BrightBM25Retriever",
     "dense": "dense:DenseRetriever",
+    "pyserini": "pyserini:PyseriniRetriever",
 }
 
 

