@@ -100,7 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise TongSearchError(f"{collection.name}: documents are not available; pass --documents DIR "
                                   "(parquet layout documents/<task>-00000-of-00001.parquet) or load from the hub")
     reasoner = None if args.model == "none" else reasoner_from_args(args)
-    options = {"model": args.dense_model, "max_length": args.max_length} if args.retriever == "dense" else {}
+    options: dict[str, object] = {"show_progress": True}
+    if args.retriever == "dense":
+        options.update(model=args.dense_model, max_length=args.max_length)
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=args.mode, baseline=args.baseline,
                                       k=args.k, retriever_options=options) for c in collections}
     out = write_results(args.output, results)

@@ -27,8 +27,8 @@ from .lucene import analyze
 class BrightBM25Retriever:
     """BM25 exactly as BRIGHT scores it (needs the ``pyserini`` extra for the Lucene analyzer)."""
 
-    def __init__(self, k1: float = 0.9, b: float = 0.4, query_batch_size: int = 256):
-        self.k1, self.b, self.query_batch_size = k1, b, query_batch_size
+    def __init__(self, k1: float = 0.9, b: float = 0.4, query_batch_size: int = 256, show_progress: bool = False):
+        self.k1, self.b, self.query_batch_size, self.show_progress = k1, b, query_batch_size, show_progress
         self.doc_ids: list[str] = []
         self.vocabulary: dict[str, int] = {}
         self.idfs: np.ndarray | None = None
@@ -40,7 +40,7 @@ class BrightBM25Retriever:
         import pandas as pd
 
         ids, texts = collect_documents(docs)
-        tokens = analyze(texts)
+        tokens = analyze(texts, show_progress=self.show_progress)
         lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
         flat = np.fromiter((token for doc in tokens for token in doc), dtype=object, count=int(lengths.sum()))
         codes, uniques = pd.factorize(flat, sort=False)
@@ -93,8 +93,11 @@ class BrightBM25Retriever:
             raise RuntimeError("index documents (or load an index) before searching")
         check_search_args(queries, k, exclude)
         position = {doc: i for i, doc in enumerate(self.doc_ids)} if exclude else {}
+        from tqdm.auto import tqdm
+
         rankings: list[Ranking] = []
-        for start in range(0, len(queries), self.query_batch_size):
+        batches = range(0, len(queries), self.query_batch_size)
+        for start in tqdm(batches, desc="searching", unit="batch", disable=not self.show_progress):
             scores = (self._query_matrix(queries[start : start + self.query_batch_size]) @ self.weights).tocsr()
             for offset in range(scores.shape[0]):
                 row = start + offset

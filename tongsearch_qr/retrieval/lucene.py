@@ -53,7 +53,7 @@ def _analyzer() -> tuple[Any, Any, Any, Any]:
     return get_lucene_analyzer(), utils, autoclass("java.lang.String"), cast
 
 
-def analyze(texts: Sequence[str], batch_size: int = 200) -> list[list[str]]:
+def analyze(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False) -> list[list[str]]:
     """Tokens of each text under pyserini's default Lucene analyzer (as BRIGHT uses), many texts per call.
 
     Texts are joined around a separator token and analysed together; a batch whose split does not
@@ -65,8 +65,10 @@ def analyze(texts: Sequence[str], batch_size: int = 200) -> list[list[str]]:
     def joined_tokens(text: str) -> str:
         return str(jstring.join(space, cast("java.lang.Iterable", utils.analyze(analyzer, text))))
 
+    from tqdm.auto import tqdm
+
     out: list[list[str]] = []
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), desc="analyzing", unit="batch", disable=not show_progress):
         chunk = texts[start : start + batch_size]
         parts = f" {joined_tokens(f' {_SEPARATOR} '.join(chunk))} ".split(f" {_SEPARATOR} ")
         if len(parts) == len(chunk):

@@ -20,8 +20,8 @@ class PyseriniRetriever:
     """Lucene BM25 (k1, b) over an index directory: an existing Lucene index, or one :meth:`index` builds."""
 
     def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
-                 threads: int = 1):
-        self.k1, self.b, self.threads = k1, b, threads
+                 threads: int = 1, show_progress: bool = False):
+        self.k1, self.b, self.threads, self.show_progress = k1, b, threads, show_progress
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._searcher = None
         if self.index_dir is not None and not self.index_dir.is_dir():
@@ -39,8 +39,10 @@ class PyseriniRetriever:
             self.index_dir = Path(tempfile.mkdtemp(prefix="tongsearch-qr-lucene-"))
         elif any(self.index_dir.iterdir()):
             raise FileExistsError(f"{self.index_dir} is not empty; index into a new directory")
+        from tqdm.auto import tqdm
+
         indexer = LuceneIndexer(str(self.index_dir), threads=self.threads)
-        for start in range(0, len(ids), 1000):
+        for start in tqdm(range(0, len(ids), 1000), desc="indexing", unit="batch", disable=not self.show_progress):
             indexer.add_batch_dict([{"id": i, "contents": t} for i, t in zip(ids[start:start + 1000],
                                                                               texts[start:start + 1000])])
         indexer.close()
