@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from .base import Ranking, check_search_args, collect_documents, drop_excluded
+
+
+def _bm25s():
+    """bm25s, with its logger back at WARNING (bm25s sets it to DEBUG when imported)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 class BM25Retriever:
@@ -24,8 +33,7 @@ class BM25Retriever:
         self.doc_ids: list[str] = []
 
     def _tokenize(self, texts: list[str]):
-        import bm25s
-
+        bm25s = _bm25s()
         stemmer = None
         if self.config["stemmer"]:
             import Stemmer
@@ -36,8 +44,7 @@ class BM25Retriever:
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "BM25Retriever":
         """Index ``(doc id, text)`` pairs (ids unique, corpus non-empty)."""
-        import bm25s
-
+        bm25s = _bm25s()
         ids, texts = collect_documents(docs)
         self._model = bm25s.BM25(k1=self.config["k1"], b=self.config["b"], method=self.config["method"])
         self._model.index(self._tokenize(texts), show_progress=self.show_progress)
@@ -73,8 +80,7 @@ class BM25Retriever:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "BM25Retriever":
         """Load an index written by :meth:`save`."""
-        import bm25s
-
+        bm25s = _bm25s()
         path = Path(directory)
         meta_file = path / "retriever.json"
         if not meta_file.is_file():

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import Ranking, check_search_args, collect_documents
-from .lucene import analyze
+from .lucene import analyze, analyze_flat
 
 
 class BrightBM25Retriever:
@@ -40,9 +40,7 @@ class BrightBM25Retriever:
         import pandas as pd
 
         ids, texts = collect_documents(docs)
-        tokens = analyze(texts, show_progress=self.show_progress)
-        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-        flat = np.fromiter((token for doc in tokens for token in doc), dtype=object, count=int(lengths.sum()))
+        flat, lengths = analyze_flat(texts, show_progress=self.show_progress)
         codes, uniques = pd.factorize(flat, sort=False)
         uniques = uniques.tolist()
         doc_of_token = np.repeat(np.arange(len(ids)), lengths)

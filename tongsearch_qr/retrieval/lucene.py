@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 _SEPARATOR = "qqzxsepxzqq"  # a token the analyzer keeps as is, used to analyse many texts per JVM call
 
 
@@ -53,26 +55,53 @@ def _analyzer() -> tuple[Any, Any, Any, Any]:
     return get_lucene_analyzer(), utils, autoclass("java.lang.String"), cast
 
 
-def analyze(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False) -> list[list[str]]:
-    """Tokens of each text under pyserini's default Lucene analyzer (as BRIGHT uses), many texts per call.
+def analyze(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
+            threads: int | None = None) -> list[list[str]]:
+    """Tokens of each text under pyserini's default Lucene analyzer (as BRIGHT uses)."""
+    tokens, lengths = analyze_flat(texts, batch_size, show_progress, threads)
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    return [tokens[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
 
-    Texts are joined around a separator token and analysed together; a batch whose split does not
-    give back one token list per text (a text containing the separator) is analysed text by text.
+
+def analyze_flat(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
+                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All tokens of all texts in one object array, and the number of tokens of each text.
+
+    Texts are joined around a separator token and analysed together, batches spread over ``threads``
+    (default: the CPU count; the JVM analyses in parallel); a batch that does not give back exactly
+    one separator between texts (a text containing the separator) is analysed text by text.
     """
-    analyzer, utils, jstring, cast = _analyzer()
-    space = jstring(" ")
-
-    def joined_tokens(text: str) -> str:
-        return str(jstring.join(space, cast("java.lang.Iterable", utils.analyze(analyzer, text))))
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    out: list[list[str]] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="analyzing", unit="batch", disable=not show_progress):
+    analyzer, utils, jstring, cast = _analyzer()
+    space = jstring(" ")
+
+    def joined_tokens(text: str) -> list[str]:
+        return str(jstring.join(space, cast("java.lang.Iterable", utils.analyze(analyzer, text)))).split()
+
+    def one_batch(start: int) -> tuple[np.ndarray, np.ndarray]:
         chunk = texts[start : start + batch_size]
-        parts = f" {joined_tokens(f' {_SEPARATOR} '.join(chunk))} ".split(f" {_SEPARATOR} ")
-        if len(parts) == len(chunk):
-            out.extend(part.split() for part in parts)
-        else:
-            out.extend(joined_tokens(text).split() for text in chunk)
-    return out
+        tokens = joined_tokens(f" {_SEPARATOR} ".join(chunk))
+        if tokens.count(_SEPARATOR) == len(chunk) - 1:
+            array = np.empty(len(tokens) + 1, dtype=object)
+            array[:-1], array[-1] = tokens, _SEPARATOR
+            separators = np.flatnonzero(array == _SEPARATOR)
+            return np.delete(array, separators), np.diff(separators, prepend=-1) - 1
+        per_text = [joined_tokens(text) for text in chunk]
+        array = np.empty(sum(map(len, per_text)), dtype=object)
+        array[:] = [t for tokens in per_text for t in tokens]
+        return array, np.array([len(tokens) for tokens in per_text])
+
+    starts = range(0, len(texts), batch_size)
+    workers = max(1, min(threads or os.cpu_count() or 1, len(starts)))
+    arrays, lengths = [], []
+    with ThreadPoolExecutor(workers) as pool:
+        for batch_tokens, batch_lengths in tqdm(pool.map(one_batch, starts), total=len(starts), desc="analyzing",
+                                                unit="batch", disable=not show_progress):
+            arrays.append(batch_tokens)
+            lengths.append(batch_lengths)
+    if not arrays:
+        return np.empty(0, dtype=object), np.zeros(0, dtype=np.int64)
+    return np.concatenate(arrays), np.concatenate(lengths).astype(np.int64)
