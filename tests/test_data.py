@@ -6,7 +6,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from tongsearch_qr import DataNotAvailableError, InputFormatError
-from tongsearch_qr.data import BRIGHT_TASKS, Collection, load_beir, load_bright, read_qrels, read_run, write_qrels, write_run
+from tongsearch_qr.data import (
+    BRIGHT_TASKS,
+    Collection,
+    load_beir,
+    load_bright,
+    read_qrels,
+    read_run,
+    write_qrels,
+    write_run,
+)
 
 FIXTURE_DOCS = {"d1": "salt water kidneys", "d2": "salt water kidneys salt water kidneys", "d3": "kidneys filter blood",
                 "d4": "salt mines", "d5": "volcano lava eruption", "d6": "deep ocean"}

