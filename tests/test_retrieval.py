@@ -33,6 +33,7 @@ def test_bm25_save_and_load(tmp_path):
 
 @pytest.mark.parametrize("docs, match", [
     ([], "empty corpus"),
+    ([("a", "a b"), ("b", "the")], "no indexable terms"),
     ([("a", "x"), ("a", "y")], "duplicate document id 'a'"),
     ([("a", None)], "has no text"),
     (["not a pair"], "not an \\(id, text\\) pair"),

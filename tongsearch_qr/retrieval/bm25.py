@@ -7,6 +7,7 @@ import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
+from ..errors import InputFormatError
 from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, write_index_meta
 
 
@@ -45,8 +46,11 @@ class BM25Retriever:
         """Index ``(doc id, text)`` pairs (ids unique, corpus non-empty)."""
         bm25s = _bm25s()
         ids, texts = collect_documents(docs)
+        tokens = self._tokenize(texts)
+        if not tokens.vocab:
+            raise InputFormatError("the corpus has no indexable terms (every token is a stopword or too short)")
         self._model = bm25s.BM25(k1=self.config["k1"], b=self.config["b"], method=self.config["method"])
-        self._model.index(self._tokenize(texts), show_progress=self.show_progress)
+        self._model.index(tokens, show_progress=self.show_progress)
         self.doc_ids = ids
         return self
 
