@@ -1,0 +1,93 @@
+"""Haystack adapter: the reasoner as a pipeline component.
+
+    from haystack import Pipeline
+    from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+    from tongsearch_qr.integrations.haystack import QRQueryRewriter
+
+    p = Pipeline()
+    p.add_component("reasoner", QRQueryRewriter(mode="concat"))
+    p.add_component("bm25", InMemoryBM25Retriever(document_store=store))
+    p.connect("reasoner.query", "bm25.query")
+    p.run({"reasoner": {"query": "why can't humans drink sea water?"}})
+
+``__init__`` stores JSON-serialisable settings only; the model loads in ``warm_up`` (pipelines call it).
+This module registers itself on Haystack's deserialization allowlist, so pipelines that use it load
+from YAML without extra flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from haystack import component, default_from_dict, default_to_dict
+from haystack.core.serialization_security import allow_deserialization_module
+
+from .. import GenerationParams, QRReasoner
+from ..modes import get_mode
+
+allow_deserialization_module(__name__)
+
+
+@component
+class QRQueryRewriter:
+    """Turns a query into the reasoner's rewrite.
+
+    Outputs: ``query`` (the rewrite, for text retrievers), ``queries`` (for multi-query retrievers:
+    the rewrite, preceded by the original when ``include_original``), ``original_query`` and ``reasoning``.
+    """
+
+    def __init__(self, model: str | None = None, *, mode: str = "replace", think: bool = False,
+                 generation: dict[str, Any] | None = None, reasoning_file: str | None = None,
+                 cache: str | None = None, include_original: bool = False, backend_options: dict[str, Any] | None = None):
+        get_mode(mode)  # fail early on a bad mode
+        self.model, self.mode, self.think = model, mode, think
+        self.generation = dict(generation or {})
+        GenerationParams(**self.generation)  # fail early on bad settings
+        self.reasoning_file, self.cache = reasoning_file, cache
+        self.include_original = include_original
+        self.backend_options = dict(backend_options or {})
+        self._reasoner: QRReasoner | None = None
+
+    def warm_up(self) -> None:
+        """Load the model (or the reasoning file)."""
+        if self._reasoner is not None:
+            return
+        common = dict(think=self.think, generation=GenerationParams(**self.generation), cache=self.cache)
+        if self.reasoning_file:
+            self._reasoner = QRReasoner.from_file(self.reasoning_file, **common)
+        else:
+            self._reasoner = QRReasoner(self.model, **common, **self.backend_options)
+
+    @component.output_types(query=str, queries=list[str], original_query=str, reasoning=str)
+    def run(self, query: str) -> dict[str, Any]:
+        """Rewrite one query."""
+        if self._reasoner is None:
+            raise RuntimeError("QRQueryRewriter is not warmed up: call warm_up() (pipelines do it on run)")
+        return self._outputs(query, self._reasoner.reason([query])[0])
+
+    def _outputs(self, query: str, reasoning: str) -> dict[str, Any]:
+        rewritten = get_mode(self.mode).apply(query, reasoning)
+        queries = [query, rewritten] if self.include_original else [rewritten]
+        return {"query": rewritten, "queries": queries, "original_query": query, "reasoning": reasoning}
+
+    @component.output_types(query=str, queries=list[str], original_query=str, reasoning=str)
+    async def run_async(self, query: str) -> dict[str, Any]:
+        """Rewrite one query without blocking the event loop."""
+        return await asyncio.to_thread(self.run, query)
+
+    def run_batch(self, queries: list[str]) -> list[dict[str, Any]]:
+        """Rewrite many queries with one batched reasoning call (outside pipelines)."""
+        if self._reasoner is None:
+            self.warm_up()
+        assert self._reasoner is not None
+        return [self._outputs(q, r) for q, r in zip(queries, self._reasoner.reason(queries))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, model=self.model, mode=self.mode, think=self.think, generation=self.generation,
+                               reasoning_file=self.reasoning_file, cache=self.cache,
+                               include_original=self.include_original, backend_options=self.backend_options)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QRQueryRewriter:
+        return default_from_dict(cls, data)

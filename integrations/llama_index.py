@@ -1,0 +1,100 @@
+"""LlamaIndex adapter: the reasoner as a ``BaseQueryTransform``.
+
+    from llama_index.core.retrievers import TransformRetriever
+    from tongsearch_qr.integrations.llama_index import QRQueryTransform
+
+    retriever = TransformRetriever(bm25_retriever, QRQueryTransform(mode="concat"))            # BM25: query_str
+    retriever = TransformRetriever(vector_retriever, QRQueryTransform(target="embedding",
+                                                                      include_original=True))  # vectors
+
+BM25 retrievers tokenize ``query_str``, so by default the rewrite goes there. Vector retrievers embed
+``custom_embedding_strs``: with ``target="embedding"`` the rewrite goes there (``query_str`` is left
+as asked), and ``include_original`` keeps the original embedding strings too, as HyDE does. The
+reasoning prompt is exposed through the PromptMixin as ``reasoning_prompt`` (variable ``question``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.indices.query.query_transform.base import BaseQueryTransform
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
+
+from .. import QRReasoner
+from ..modes import RewriteMode, get_mode
+from ..retrieval import Retriever, make_retriever
+
+
+class QRQueryTransform(BaseQueryTransform):
+    """Rewrites a query with the reasoner's reasoning (``model``/options build a
+    :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``)."""
+
+    def __init__(self, model: str | None = None, *, reasoner: QRReasoner | None = None,
+                 mode: str | RewriteMode = "replace", target: Literal["query_str", "embedding"] = "query_str",
+                 include_original: bool = False, **reasoner_options: Any):
+        super().__init__()
+        if reasoner is not None and (model is not None or reasoner_options):
+            raise ValueError("pass either a ready reasoner or model/options to build one, not both")
+        if target not in ("query_str", "embedding"):
+            raise ValueError(f"target must be 'query_str' or 'embedding', got {target!r}")
+        self._reasoner = reasoner if reasoner is not None else QRReasoner(model, **reasoner_options)
+        self._mode = get_mode(mode)
+        self._target = target
+        self._include_original = include_original
+
+    @property
+    def reasoner(self) -> QRReasoner:
+        return self._reasoner
+
+    def _get_prompts(self) -> PromptDictType:
+        return {"reasoning_prompt": PromptTemplate(self._reasoner.template.user)}
+
+    def _update_prompts(self, prompts: PromptDictType) -> None:
+        if "reasoning_prompt" in prompts:
+            self._reasoner.template = replace(self._reasoner.template, user=prompts["reasoning_prompt"].get_template())
+
+    def _run(self, query_bundle: QueryBundle, metadata: dict) -> QueryBundle:
+        return self.run_many([query_bundle])[0]
+
+    def run_many(self, queries: Sequence[str | QueryBundle]) -> list[QueryBundle]:
+        """Transform many queries with one batched reasoning call."""
+        bundles = [q if isinstance(q, QueryBundle) else QueryBundle(query_str=q, custom_embedding_strs=[q])
+                   for q in queries]
+        rewritten = self._reasoner.rewrite([b.query_str for b in bundles], mode=self._mode)
+        out = []
+        for bundle, text in zip(bundles, rewritten):
+            if self._target == "query_str":
+                out.append(QueryBundle(query_str=text, custom_embedding_strs=bundle.custom_embedding_strs,
+                                       image_path=bundle.image_path, embedding=bundle.embedding))
+            else:
+                strings = [text, *(bundle.embedding_strs if self._include_original else [])]
+                out.append(QueryBundle(query_str=bundle.query_str, custom_embedding_strs=strings,
+                                       image_path=bundle.image_path))
+        return out
+
+
+class CoreLlamaRetriever(BaseRetriever):
+    """A tongsearch-qr retriever (``bm25``, ``bm25-bright``, ``dense``, ``pyserini``) as a LlamaIndex
+    retriever over ``TextNode``s (node ids are the document ids); it searches ``query_str``."""
+
+    def __init__(self, retriever: Retriever, nodes: Sequence[BaseNode], similarity_top_k: int = 10):
+        super().__init__()
+        self._retriever, self._nodes = retriever, {node.node_id: node for node in nodes}
+        self._top_k = similarity_top_k
+
+    @classmethod
+    def from_nodes(cls, nodes: Sequence[BaseNode], kind: str = "bm25", *, similarity_top_k: int = 10,
+                   **options: Any) -> CoreLlamaRetriever:
+        """Index the nodes' text with the core retriever ``kind``."""
+        nodes = list(nodes)
+        retriever = make_retriever(kind, **options).index((n.node_id, n.get_content()) for n in nodes)
+        return cls(retriever, nodes, similarity_top_k)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        ranking = self._retriever.search([query_bundle.query_str], k=self._top_k)[0]
+        return [NodeWithScore(node=self._nodes[doc_id], score=score) for doc_id, score in ranking]

@@ -1,0 +1,96 @@
+"""The LlamaIndex adapters against the real llama-index-core and its BM25 retriever."""
+
+import pytest
+from llama_index.core import Settings, get_response_synthesizer
+from llama_index.core.llms.mock import MockLLM
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.query_engine import RetrieverQueryEngine, TransformQueryEngine
+from llama_index.core.retrievers import TransformRetriever
+from llama_index.core.schema import QueryBundle, TextNode
+from llama_index.retrievers.bm25 import BM25Retriever
+
+from tongsearch_qr import GenerationParams
+from tongsearch_qr import QRReasoner as CoreReasoner
+from tongsearch_qr.data import load_beir
+from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
+from tongsearch_qr.retrieval import make_retriever
+
+pytestmark = pytest.mark.llama_index
+
+
+@pytest.fixture(scope="module")
+def scifact(shared_data):
+    c = load_beir(shared_data / "scifact")
+    nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in c.iter_documents()]
+    return c, nodes, [c.queries[q] for q in list(c.queries)[:8]]
+
+
+@pytest.fixture(scope="module")
+def reasoner(smol_backend, tmp_path_factory):
+    return CoreReasoner(backend=smol_backend, generation=GenerationParams.greedy(16),
+                        cache=tmp_path_factory.mktemp("cache") / "r.sqlite")
+
+
+def test_transform_retriever_equals_the_core_pipeline(scifact, reasoner):
+    c, nodes, queries = scifact
+    transform = QRQueryTransform(reasoner=reasoner, mode="concat")
+    retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, "bm25", similarity_top_k=10), transform)
+    core = make_retriever("bm25").index(c.iter_documents())
+    expected = core.search(reasoner.rewrite(queries, mode="concat"), k=10)
+    for query, ranking in zip(queries, expected):
+        got = retriever.retrieve(query)
+        assert [n.node.node_id for n in got] == [d for d, _ in ranking]
+        assert [n.score for n in got] == pytest.approx([s for _, s in ranking])
+
+
+def test_with_llama_index_bm25_and_query_engine(scifact, reasoner):
+    _, nodes, queries = scifact
+    bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=5)
+    transform = QRQueryTransform(reasoner=reasoner, mode="weighted:2")
+    results = TransformRetriever(bm25, transform).retrieve(queries[0])
+    assert len(results) == 5 and all(r.score > 0 for r in results)
+    bundle = transform.run(queries[0])
+    assert bundle.query_str.startswith(f"{queries[0]}\n{queries[0]}\n") and bundle.embedding_strs == [queries[0]]
+    Settings.llm = MockLLM()  # no_text synthesis calls no LLM, but llama-index resolves one anyway
+    try:
+        synthesizer = get_response_synthesizer(llm=MockLLM(), response_mode="no_text")
+    finally:
+        Settings._llm = None
+    inner = RetrieverQueryEngine(bm25, response_synthesizer=synthesizer)
+    engine = TransformQueryEngine(inner, query_transform=transform)
+    response = engine.query(queries[0])
+    assert [n.node.node_id for n in response.source_nodes] == [r.node.node_id for r in results]
+    assert "query_transform:reasoning_prompt" in engine.get_prompts()
+
+
+def test_embedding_target_and_include_original(reasoner):
+    q = "Why is the sea salty?"
+    only = QRQueryTransform(reasoner=reasoner, target="embedding").run(q)
+    assert only.query_str == q and len(only.embedding_strs) == 1 and only.embedding_strs[0] != q
+    both = QRQueryTransform(reasoner=reasoner, target="embedding", include_original=True, mode="concat").run(q)
+    assert both.embedding_strs[1] == q and both.embedding_strs[0].startswith(q + "\n")
+    many = QRQueryTransform(reasoner=reasoner).run_many([q, QueryBundle(query_str="Why do cats purr?")])
+    assert len(many) == 2 and many[0].query_str == only.embedding_strs[0]
+
+
+def test_prompts_through_the_prompt_mixin(reasoner):
+    transform = QRQueryTransform(reasoner=reasoner)
+    prompts = transform.get_prompts()
+    assert "Identify the essential problem" in prompts["reasoning_prompt"].get_template()
+    assert prompts["reasoning_prompt"].template_vars == ["question"]
+    before = reasoner.config_hash
+    transform.update_prompts({"reasoning_prompt": PromptTemplate("Explain: {question}")})
+    assert reasoner.template.user == "Explain: {question}" and reasoner.config_hash != before
+    transform.update_prompts({"reasoning_prompt": prompts["reasoning_prompt"]})
+    assert reasoner.config_hash == before
+
+
+def test_bad_inputs(reasoner):
+    transform = QRQueryTransform(reasoner=reasoner)
+    for bad in ["", "   "]:
+        with pytest.raises(ValueError, match="invalid quer"):
+            transform.run(bad)
+    with pytest.raises(ValueError, match="target"):
+        QRQueryTransform(reasoner=reasoner, target="vector")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown rewrite mode"):
+        QRQueryTransform(reasoner=reasoner, mode="sideways")
