@@ -18,13 +18,15 @@ from YAML without extra flags.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
-from haystack import component, default_from_dict, default_to_dict
+from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.core.serialization_security import allow_deserialization_module
 
 from .. import GenerationParams, QRReasoner
 from ..modes import get_mode
+from ..retrieval import make_retriever
 
 allow_deserialization_module(__name__)
 
@@ -91,3 +93,27 @@ class QRQueryRewriter:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QRQueryRewriter:
         return default_from_dict(cls, data)
+
+
+@component
+class CoreRetrieverComponent:
+    """A tongsearch-qr retriever over Haystack ``Document``s (``bm25``, ``bm25-bright``, ``dense``,
+    ``pyserini``): ``query`` in, ``documents`` (with ``score``) out. Documents are indexed in ``warm_up``."""
+
+    def __init__(self, documents: list[Document], kind: str = "bm25", top_k: int = 10,
+                 options: dict[str, Any] | None = None):
+        self.kind, self.top_k, self.options = kind, top_k, dict(options or {})
+        self._documents = {doc.id: doc for doc in documents}
+        self._retriever = None
+
+    def warm_up(self) -> None:
+        if self._retriever is None:
+            pairs = ((doc_id, doc.content or "") for doc_id, doc in self._documents.items())
+            self._retriever = make_retriever(self.kind, **self.options).index(pairs)
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, top_k: int | None = None) -> dict[str, Any]:
+        if self._retriever is None:
+            raise RuntimeError("CoreRetrieverComponent is not warmed up: call warm_up() (pipelines do it on run)")
+        ranking = self._retriever.search([query], k=top_k or self.top_k)[0]
+        return {"documents": [replace(self._documents[doc_id], score=score) for doc_id, score in ranking]}

@@ -8,11 +8,11 @@ from llama_index.core.query_engine import RetrieverQueryEngine, TransformQueryEn
 from llama_index.core.retrievers import TransformRetriever
 from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
+from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
 
 from tongsearch_qr import GenerationParams
 from tongsearch_qr import QRReasoner as CoreReasoner
 from tongsearch_qr.data import load_beir
-from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.llama_index

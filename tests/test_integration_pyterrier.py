@@ -3,15 +3,14 @@
 import json
 
 import pandas as pd
+import pyterrier as pt
 import pytest
 
-import pyterrier as pt  # noqa: E402
-
-from tongsearch_qr import GenerationParams  # noqa: E402
-from tongsearch_qr import QRReasoner as CoreReasoner  # noqa: E402
-from tongsearch_qr.data import load_beir  # noqa: E402
-from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner  # noqa: E402
-from tongsearch_qr.retrieval import make_retriever  # noqa: E402
+from tongsearch_qr import GenerationParams
+from tongsearch_qr import QRReasoner as CoreReasoner
+from tongsearch_qr.data import load_beir
+from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner
+from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.pyterrier
 

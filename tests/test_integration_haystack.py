@@ -1,0 +1,105 @@
+"""The Haystack component against real Haystack pipelines (BM25 and embedding retrievers, YAML round trip)."""
+
+import asyncio
+import json
+
+import pytest
+from haystack import Document, Pipeline
+from haystack.components.retrievers.in_memory import InMemoryBM25Retriever, InMemoryEmbeddingRetriever
+from haystack.document_stores.in_memory import InMemoryDocumentStore
+from haystack_integrations.components.embedders.sentence_transformers import (
+    SentenceTransformersDocumentEmbedder,
+    SentenceTransformersTextEmbedder,
+)
+from tongsearch_qr.integrations.haystack import CoreRetrieverComponent, QRQueryRewriter
+
+from tongsearch_qr import GenerationParams
+from tongsearch_qr import QRReasoner as CoreReasoner
+from tongsearch_qr.data import load_beir
+from tongsearch_qr.retrieval import make_retriever
+from tongsearch_qr.retrieval.dense import default_embedder_path
+
+pytestmark = pytest.mark.haystack
+
+
+@pytest.fixture(scope="module")
+def scifact(shared_data):
+    c = load_beir(shared_data / "scifact")
+    docs = [Document(id=doc_id, content=text) for doc_id, text in c.iter_documents()]
+    return c, docs, [c.queries[q] for q in list(c.queries)[:6]]
+
+
+@pytest.fixture(scope="module")
+def cache_file(tmp_path_factory, smol_backend):
+    return str(tmp_path_factory.mktemp("cache") / "r.sqlite")
+
+
+def _rewriter(cache_file, **kwargs):
+    return QRQueryRewriter(generation={"max_new_tokens": 16, "do_sample": False}, cache=cache_file, **kwargs)
+
+
+def test_pipeline_with_core_bm25_equals_the_core(scifact, cache_file):
+    c, docs, queries = scifact
+    p = Pipeline()
+    p.add_component("reasoner", _rewriter(cache_file, mode="concat"))
+    p.add_component("bm25", CoreRetrieverComponent(docs, "bm25", top_k=10))
+    p.connect("reasoner.query", "bm25.query")
+    reasoner = CoreReasoner(generation=GenerationParams.greedy(16), cache=cache_file)
+    core = make_retriever("bm25").index(c.iter_documents())
+    expected = core.search(reasoner.rewrite(queries, mode="concat"), k=10)
+    for query, ranking in zip(queries, expected):
+        got = p.run({"reasoner": {"query": query}})["bm25"]["documents"]
+        assert [d.id for d in got] == [d for d, _ in ranking]
+        assert [d.score for d in got] == pytest.approx([s for _, s in ranking])
+
+
+def test_in_memory_bm25_and_embedding_retrievers(scifact, cache_file):
+    _, docs, queries = scifact
+    store = InMemoryDocumentStore()
+    embedder_path = default_embedder_path()
+    doc_embedder = SentenceTransformersDocumentEmbedder(model=embedder_path, progress_bar=False)
+    doc_embedder.warm_up()
+    store.write_documents(doc_embedder.run(docs[:300])["documents"])
+    p = Pipeline()
+    p.add_component("reasoner", _rewriter(cache_file, mode="weighted:2"))
+    p.add_component("bm25", InMemoryBM25Retriever(document_store=store, top_k=5))
+    p.add_component("embed", SentenceTransformersTextEmbedder(model=embedder_path, progress_bar=False))
+    p.add_component("dense", InMemoryEmbeddingRetriever(document_store=store, top_k=5))
+    p.connect("reasoner.query", "bm25.query")
+    p.connect("reasoner.query", "embed.text")
+    p.connect("embed.embedding", "dense.query_embedding")
+    out = p.run({"reasoner": {"query": queries[0]}}, include_outputs_from={"reasoner"})
+    assert len(out["bm25"]["documents"]) == 5 and len(out["dense"]["documents"]) == 5
+    assert out["reasoner"]["original_query"] == queries[0]
+    assert out["reasoner"]["query"].startswith(f"{queries[0]}\n{queries[0]}\n")
+
+
+def test_yaml_round_trip_async_and_batch(cache_file, tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"q one": "reasoning one", "q two": "reasoning two"}))
+    p = Pipeline()
+    p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True))
+    loaded = Pipeline.loads(p.dumps())
+    out = loaded.run({"reasoner": {"query": "q one"}})["reasoner"]
+    assert out == {"query": "q one\nreasoning one", "queries": ["q one", "q one\nreasoning one"],
+                   "original_query": "q one", "reasoning": "reasoning one"}
+    component = loaded.get_component("reasoner")
+    assert component.to_dict()["init_parameters"]["reasoning_file"] == str(path)
+    assert asyncio.run(component.run_async(query="q two"))["query"] == "q two\nreasoning two"
+    assert [r["reasoning"] for r in component.run_batch(["q two", "q one"])] == ["reasoning two", "reasoning one"]
+
+
+def test_bad_inputs(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"q": "r"}))
+    with pytest.raises(ValueError, match="unknown rewrite mode"):
+        QRQueryRewriter(mode="sideways")
+    with pytest.raises(TypeError):
+        QRQueryRewriter(generation={"nonsense": 1})
+    rewriter = QRQueryRewriter(reasoning_file=str(path))
+    with pytest.raises(RuntimeError, match="warm_up"):
+        rewriter.run(query="q")
+    rewriter.warm_up()
+    for bad in ["", "  "]:
+        with pytest.raises(ValueError, match="invalid quer"):
+            rewriter.run(query=bad)
