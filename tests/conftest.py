@@ -55,3 +55,25 @@ class CountingBackend:
 @pytest.fixture
 def counting(smol_backend) -> CountingBackend:
     return CountingBackend(smol_backend)
+
+
+@pytest.fixture(scope="session")
+def scifact_collection(shared_data):
+    """The real SciFact collection (BEIR layout, test split)."""
+    from tongsearch_qr.data import load_beir
+
+    return load_beir(shared_data / "scifact")
+
+
+@pytest.fixture(scope="session")
+def reasoning_cache_file(tmp_path_factory):
+    """One reasoning cache for the integration tests, so each stack reuses the same reasoning."""
+    return tmp_path_factory.mktemp("reasoning-cache") / "reasoning.sqlite"
+
+
+@pytest.fixture(scope="session")
+def greedy_reasoner(smol_backend, reasoning_cache_file):
+    """The embedded model, greedy, 16 new tokens, with the shared cache."""
+    from tongsearch_qr import GenerationParams, QRReasoner
+
+    return QRReasoner(backend=smol_backend, generation=GenerationParams.greedy(16), cache=reasoning_cache_file)

@@ -15,7 +15,6 @@ from tongsearch_qr.integrations.haystack import CoreRetrieverComponent, QRQueryR
 
 from tongsearch_qr import GenerationParams
 from tongsearch_qr import QRReasoner as CoreReasoner
-from tongsearch_qr.data import load_beir
 from tongsearch_qr.retrieval import make_retriever
 from tongsearch_qr.retrieval.dense import default_embedder_path
 
@@ -23,15 +22,15 @@ pytestmark = pytest.mark.haystack
 
 
 @pytest.fixture(scope="module")
-def scifact(shared_data):
-    c = load_beir(shared_data / "scifact")
+def scifact(scifact_collection):
+    c = scifact_collection
     docs = [Document(id=doc_id, content=text) for doc_id, text in c.iter_documents()]
     return c, docs, [c.queries[q] for q in list(c.queries)[:6]]
 
 
 @pytest.fixture(scope="module")
-def cache_file(tmp_path_factory, smol_backend):
-    return str(tmp_path_factory.mktemp("cache") / "r.sqlite")
+def cache_file(reasoning_cache_file, smol_backend):
+    return str(reasoning_cache_file)
 
 
 def _rewriter(cache_file, **kwargs):

@@ -10,25 +10,21 @@ from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
 from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
 
-from tongsearch_qr import GenerationParams
-from tongsearch_qr import QRReasoner as CoreReasoner
-from tongsearch_qr.data import load_beir
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.llama_index
 
 
 @pytest.fixture(scope="module")
-def scifact(shared_data):
-    c = load_beir(shared_data / "scifact")
+def scifact(scifact_collection):
+    c = scifact_collection
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in c.iter_documents()]
     return c, nodes, [c.queries[q] for q in list(c.queries)[:8]]
 
 
 @pytest.fixture(scope="module")
-def reasoner(smol_backend, tmp_path_factory):
-    return CoreReasoner(backend=smol_backend, generation=GenerationParams.greedy(16),
-                        cache=tmp_path_factory.mktemp("cache") / "r.sqlite")
+def reasoner(greedy_reasoner):
+    return greedy_reasoner
 
 
 def test_transform_retriever_equals_the_core_pipeline(scifact, reasoner):

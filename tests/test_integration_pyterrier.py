@@ -6,9 +6,6 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 
-from tongsearch_qr import GenerationParams
-from tongsearch_qr import QRReasoner as CoreReasoner
-from tongsearch_qr.data import load_beir
 from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner
 from tongsearch_qr.retrieval import make_retriever
 
@@ -16,8 +13,8 @@ pytestmark = pytest.mark.pyterrier
 
 
 @pytest.fixture(scope="module")
-def scifact(shared_data):
-    c = load_beir(shared_data / "scifact")
+def scifact(scifact_collection):
+    c = scifact_collection
     qids = list(c.queries)[:12]
     topics = pd.DataFrame({"qid": qids, "query": [c.queries[q] for q in qids]})
     qrels = pd.DataFrame([{"qid": q, "docno": d, "label": g} for q in qids for d, g in c.qrels[q].items()])
@@ -25,9 +22,8 @@ def scifact(shared_data):
 
 
 @pytest.fixture(scope="module")
-def reasoner(smol_backend, tmp_path_factory):
-    return CoreReasoner(backend=smol_backend, generation=GenerationParams.greedy(16),
-                        cache=tmp_path_factory.mktemp("cache") / "r.sqlite")
+def reasoner(greedy_reasoner):
+    return greedy_reasoner
 
 
 @pytest.fixture(scope="module")
