@@ -48,19 +48,18 @@ def via_core(c, docs, reasoner, mode, k):
 
 
 def via_pyterrier(c, docs, reasoner, mode, k, native):
-    from tongsearch_qr.integrations.pyterrier import CoreRetriever
     from tongsearch_qr.integrations.pyterrier import QRReasoner as PtReasoner
+    from tongsearch_qr.integrations.pyterrier import rank_queries
 
-    if native:
-        from pyterrier_pisa import PisaIndex
+    if not native:
+        return rank_queries(docs, c.queries, reasoner, mode, depth(c, k))
+    from pyterrier_pisa import PisaIndex
 
-        index = PisaIndex(tempfile.mkdtemp(prefix="pisa-"), text_field="text")
-        index.index({"docno": d, "text": t} for d, t in docs)
-        stage = index.bm25(num_results=depth(c, k))
-    else:
-        stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), num_results=depth(c, k))
+    index = PisaIndex(tempfile.mkdtemp(prefix="pisa-"), text_field="text")
+    index.index({"docno": d, "text": t} for d, t in docs)
+    stage = index.bm25(num_results=depth(c, k))
     topics = pd.DataFrame({"qid": list(c.queries), "query": list(c.queries.values())})
-    res = (PtReasoner(reasoner=reasoner, mode=mode, clean=native) >> stage).transform(topics)
+    res = (PtReasoner(reasoner=reasoner, mode=mode, clean=True) >> stage).transform(topics)
     return {qid: list(zip(g.sort_values("rank").docno, g.sort_values("rank").score)) for qid, g in res.groupby("qid")}
 
 
@@ -69,11 +68,12 @@ def via_llama_index(c, docs, reasoner, mode, k, native):
     from llama_index.core.schema import TextNode
     from llama_index.retrievers.bm25 import BM25Retriever
 
-    from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
+    from tongsearch_qr.integrations.llama_index import QRQueryTransform, rank_queries
 
+    if not native:
+        return rank_queries(docs, c.queries, reasoner, mode, depth(c, k))
     nodes = [TextNode(text=t, id_=d) for d, t in docs]
-    base = (BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=depth(c, k)) if native
-            else CoreLlamaRetriever.from_nodes(nodes, similarity_top_k=depth(c, k)))
+    base = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=depth(c, k))
     retriever = TransformRetriever(base, QRQueryTransform(reasoner=reasoner, mode=mode))
     return {qid: [(n.node.node_id, n.score) for n in retriever.retrieve(q)] for qid, q in c.queries.items()}
 
@@ -83,15 +83,13 @@ def via_haystack(c, docs, reasoner, mode, k, native, reasoning_file):
     from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
     from haystack.document_stores.in_memory import InMemoryDocumentStore
 
-    from tongsearch_qr.integrations.haystack import CoreRetrieverComponent, QRQueryRewriter
+    from tongsearch_qr.integrations.haystack import QRQueryRewriter, rank_queries
 
-    documents = [Document(id=d, content=t) for d, t in docs]
-    if native:
-        store = InMemoryDocumentStore()
-        store.write_documents(documents)
-        stage = InMemoryBM25Retriever(document_store=store, top_k=depth(c, k))
-    else:
-        stage = CoreRetrieverComponent(documents, top_k=depth(c, k))
+    if not native:
+        return rank_queries(docs, c.queries, reasoner, mode, depth(c, k))
+    store = InMemoryDocumentStore()
+    store.write_documents([Document(id=d, content=t) for d, t in docs])
+    stage = InMemoryBM25Retriever(document_store=store, top_k=depth(c, k))
     p = Pipeline()
     p.add_component("reasoner", QRQueryRewriter(reasoning_file=reasoning_file, mode=mode))
     p.add_component("retriever", stage)

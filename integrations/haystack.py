@@ -18,6 +18,7 @@ from YAML without extra flags.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +52,13 @@ class QRQueryRewriter:
         self.backend_options = dict(backend_options or {})
         self._reasoner: QRReasoner | None = None
 
+    @classmethod
+    def from_reasoner(cls, reasoner: QRReasoner, *, mode: str = "replace", include_original: bool = False) -> QRQueryRewriter:
+        """A rewriter around a ready :class:`tongsearch_qr.QRReasoner` (for programmatic use; not serialisable)."""
+        rewriter = cls(mode=mode, include_original=include_original)
+        rewriter._reasoner = reasoner
+        return rewriter
+
     def warm_up(self) -> None:
         """Load the model (or the reasoning file)."""
         if self._reasoner is not None:
@@ -66,12 +74,18 @@ class QRQueryRewriter:
         """Rewrite one query."""
         if self._reasoner is None:
             raise RuntimeError("QRQueryRewriter is not warmed up: call warm_up() (pipelines do it on run)")
-        return self._outputs(query, self._reasoner.reason([query])[0])
+        return self._outputs([query])[0]
 
-    def _outputs(self, query: str, reasoning: str) -> dict[str, Any]:
-        rewritten = get_mode(self.mode).apply(query, reasoning)
-        queries = [query, rewritten] if self.include_original else [rewritten]
-        return {"query": rewritten, "queries": queries, "original_query": query, "reasoning": reasoning}
+    def _outputs(self, queries: list[str]) -> list[dict[str, Any]]:
+        assert self._reasoner is not None
+        mode = get_mode(self.mode)
+        reasoning = self._reasoner.reason(queries) if mode.with_reasoning else [""] * len(queries)
+        out = []
+        for query, text in zip(queries, reasoning):
+            rewritten = mode.apply(query, text)
+            variants = [query, rewritten] if self.include_original else [rewritten]
+            out.append({"query": rewritten, "queries": variants, "original_query": query, "reasoning": text})
+        return out
 
     @component.output_types(query=str, queries=list[str], original_query=str, reasoning=str)
     async def run_async(self, query: str) -> dict[str, Any]:
@@ -83,7 +97,7 @@ class QRQueryRewriter:
         if self._reasoner is None:
             self.warm_up()
         assert self._reasoner is not None
-        return [self._outputs(q, r) for q, r in zip(queries, self._reasoner.reason(queries))]
+        return self._outputs(list(queries))
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, model=self.model, mode=self.mode, think=self.think, generation=self.generation,
@@ -117,3 +131,16 @@ class CoreRetrieverComponent:
             raise RuntimeError("CoreRetrieverComponent is not warmed up: call warm_up() (pipelines do it on run)")
         ranking = self._retriever.search([query], k=top_k or self.top_k)[0]
         return {"documents": [replace(self._documents[doc_id], score=score) for doc_id, score in ranking]}
+
+
+def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
+                 k: int, kind: str = "bm25") -> dict[str, list[tuple[str, float]]]:
+    """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``)."""
+    from haystack import Pipeline
+
+    pipeline = Pipeline()
+    pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(reasoner, mode=mode))
+    pipeline.add_component("retriever", CoreRetrieverComponent([Document(id=d, content=t) for d, t in docs], kind, k))
+    pipeline.connect("reasoner.query", "retriever.query")
+    return {qid: [(d.id, float(d.score or 0.0)) for d in pipeline.run({"reasoner": {"query": q}})["retriever"]["documents"]]
+            for qid, q in queries.items()}

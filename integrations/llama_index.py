@@ -15,7 +15,7 @@ reasoning prompt is exposed through the PromptMixin as ``reasoning_prompt`` (var
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -98,3 +98,15 @@ class CoreLlamaRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         ranking = self._retriever.search([query_bundle.query_str], k=self._top_k)[0]
         return [NodeWithScore(node=self._nodes[doc_id], score=score) for doc_id, score in ranking]
+
+
+def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
+                 k: int, kind: str = "bm25") -> dict[str, list[tuple[str, float]]]:
+    """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` per query (``eval --via llama-index``)."""
+    from llama_index.core.retrievers import TransformRetriever
+    from llama_index.core.schema import TextNode
+
+    nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
+    retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k),
+                                   QRQueryTransform(reasoner=reasoner, mode=mode))
+    return {qid: [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(q)] for qid, q in queries.items()}

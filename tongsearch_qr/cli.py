@@ -104,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.retriever == "dense":
         options.update(model=args.dense_model, max_length=args.max_length)
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=args.mode, baseline=args.baseline,
-                                      k=args.k, retriever_options=options) for c in collections}
+                                      k=args.k, retriever_options=options, via=args.via) for c in collections}
     out = write_results(args.output, results)
     print_table(results)
     log.info("wrote metrics, runs and ndcg10.png to %s", out)
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--retriever", default="bm25", help="bm25 or dense (default: %(default)s)")
     evaluate.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
     evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")
+    evaluate.add_argument("--via", default="core", choices=["core", "pyterrier", "llama-index", "haystack"],
+                          help="run reasoner and retriever through the core or a stack's adapter (default: %(default)s)")
     evaluate.add_argument("--output", required=True, help="directory for metrics.json, run.trec, per-query metrics, PNG")
     evaluate.add_argument("--bright-dir", default=None,
                           help="local BRIGHT examples+qrels (shared layout or hub parquet layout); default: the hub")

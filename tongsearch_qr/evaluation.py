@@ -19,7 +19,8 @@ from typing import Any
 from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, write_run
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
-from .retrieval import make_retriever
+from .retrieval import Ranking, make_retriever
+from .retrieval.base import drop_excluded
 
 log = logging.getLogger(__name__)
 
@@ -67,28 +68,63 @@ class RunResult:
         self.summary = {**means, **bright_names(means)}
 
 
+#: ``--via`` names -> integration modules that implement ``rank_queries``
+VIA_STACKS = {"pyterrier": "pyterrier", "llama-index": "llama_index", "haystack": "haystack"}
+
+
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
                    baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
-                   ) -> dict[str, RunResult]:
-    """Index the collection once, search with rewritten queries (``"reasoning"``) when a reasoner is
-    given, and with the original queries (``"baseline"``) when asked or when there is no reasoner."""
-    index = make_retriever(retriever, **dict(retriever_options or {}))
-    log.info("%s: indexing documents with %s", collection.name, retriever)
-    index.index(collection.iter_documents())
+                   via: str = "core") -> dict[str, RunResult]:
+    """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
+    queries (``"baseline"``) when asked or when there is no reasoner.
+
+    ``via="core"`` indexes once with the core retriever; ``via`` a stack (``pyterrier``, ``llama-index``,
+    ``haystack``) runs the same reasoner and retriever through that stack's adapter, retrieving deep
+    enough to remove each query's excluded ids afterwards.
+    """
     qids = list(collection.queries)
-    texts = [collection.queries[q] for q in qids]
     exclude = [collection.excluded.get(q, set()) for q in qids]
-    formulations: dict[str, list[str]] = {}
+    formulations: dict[str, tuple[Any, RewriteMode]] = {}
     if reasoner is not None:
-        formulations["reasoning"] = reasoner.rewrite(texts, mode=get_mode(mode), progress=True)
+        formulations["reasoning"] = (reasoner, get_mode(mode))
     if reasoner is None or baseline:
-        formulations["baseline"] = texts
+        formulations["baseline"] = (_no_reasoning(), get_mode("original"))
+    if via == "core":
+        index = make_retriever(retriever, **dict(retriever_options or {}))
+        log.info("%s: indexing documents with %s", collection.name, retriever)
+        index.index(collection.iter_documents())
+        texts = [collection.queries[q] for q in qids]
+
+        def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
+            queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True)
+            return index.search(queries, k=k, exclude=exclude)
+    elif via in VIA_STACKS:
+        import importlib
+
+        stack = importlib.import_module(f"tongsearch_qr.integrations.{VIA_STACKS[via]}")
+        docs = list(collection.iter_documents())
+        depth = k + max((len(e) for e in exclude), default=0)
+
+        def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
+            by_qid = stack.rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
+                                        kind=retriever)
+            return [drop_excluded(by_qid[q], excluded, k) for q, excluded in zip(qids, exclude)]
+    else:
+        raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(VIA_STACKS)}")
     results = {}
-    for name, queries in formulations.items():
-        rankings = index.search(queries, k=k, exclude=exclude)
+    for name, (formulation_reasoner, formulation_mode) in formulations.items():
+        rankings = search(formulation_reasoner, formulation_mode)
         run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
         results[name] = RunResult(run, evaluate(run, collection.qrels, MEASURES))
     return results
+
+
+def _no_reasoning() -> Any:
+    """A reasoner for the ``original`` mode, which never asks for reasoning."""
+    from .backends.precomputed import PrecomputedBackend
+    from .reasoner import QRReasoner
+
+    return QRReasoner(backend=PrecomputedBackend({}, source="no reasoning"))
 
 
 def write_results(output: str | os.PathLike[str], results: Mapping[str, Mapping[str, RunResult]]) -> Path:
