@@ -80,8 +80,6 @@ def cmd_reason(args: argparse.Namespace) -> int:
             raise TongSearchError(f"no valid queries left in {args.input}")
     reasoner = reasoner_from_args(args)
     queries = [str(r.query) for r in records]
-    cached = len(reasoner.cache.get_many(reasoner.config_hash, set(queries))) if reasoner.cache else 0
-    log.info("%d queries (%d unique), %d already in the reasoning cache", len(queries), len(set(queries)), cached)
     reasoning = reasoner.reason(queries)
     write_jsonl(args.output, (
         {"id": r.id, "query": q, "reasoning": text, "rewritten": mode.apply(q, text)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from .generation import GenerationParams
 from .modes import RewriteMode, get_mode
 from .prompts import PromptTemplate
 from .queries import validate_queries
+
+log = logging.getLogger(__name__)
 
 CacheSpec = bool | str | os.PathLike[str] | ReasoningCache | None
 
@@ -104,6 +107,7 @@ class QRReasoner:
         config = self.config_hash
         done: dict[str, str] = self.cache.get_many(config, unique) if self.cache else {}
         pending = [q for q in unique if q not in done]
+        log.info("%d queries (%d unique), %d already in the reasoning cache", len(queries), len(unique), len(done))
         if pending:
             self._generate(pending, config, done, self.progress if progress is None else progress)
         return [self.template.extract(done[q]) for q in queries]

@@ -112,15 +112,14 @@ class TransformersBackend:
         ids = self._render(template, question)
         if len(ids) <= budget:
             return ids
-        overhead = len(ids) - len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
-        keep = budget - overhead
+        q_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
+        keep = budget - (len(ids) - len(q_ids))
         if keep < 1:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
                 f"{self.context_length}-token context"
             )
-        q_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"][:keep]
-        short = self.tokenizer.decode(q_ids, skip_special_tokens=True)
+        short = self.tokenizer.decode(q_ids[:keep], skip_special_tokens=True)
         log.warning(
             "query of %d characters truncated to %d tokens to fit the model's %d-token context "
             "(with %d new tokens)", len(question), keep, self.context_length, max_new_tokens,
