@@ -134,13 +134,13 @@ class CoreRetrieverComponent:
 
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25") -> dict[str, list[tuple[str, float]]]:
+                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``)."""
     from haystack import Pipeline
 
     pipeline = Pipeline()
     pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(reasoner, mode=mode))
-    pipeline.add_component("retriever", CoreRetrieverComponent([Document(id=d, content=t) for d, t in docs], kind, k))
+    pipeline.add_component("retriever", CoreRetrieverComponent([Document(id=d, content=t) for d, t in docs], kind, k, options))
     pipeline.connect("reasoner.query", "retriever.query")
     return {qid: [(d.id, float(d.score or 0.0)) for d in pipeline.run({"reasoner": {"query": q}})["retriever"]["documents"]]
             for qid, q in queries.items()}

@@ -101,12 +101,12 @@ class CoreLlamaRetriever(BaseRetriever):
 
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25") -> dict[str, list[tuple[str, float]]]:
+                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` per query (``eval --via llama-index``)."""
     from llama_index.core.retrievers import TransformRetriever
     from llama_index.core.schema import TextNode
 
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
-    retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k),
+    retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options),
                                    QRQueryTransform(reasoner=reasoner, mode=mode))
     return {qid: [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(q)] for qid, q in queries.items()}

@@ -96,9 +96,9 @@ class CoreRetriever(pt.Transformer):
 
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: CoreReasoner, mode: str,
-                 k: int, kind: str = "bm25") -> dict[str, list[tuple[str, float]]]:
+                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``QRReasoner >> CoreRetriever`` over a topics frame (what ``tongsearch-qr eval --via pyterrier`` does)."""
-    stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k)
+    stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k, **options)
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
     res = (QRReasoner(reasoner=reasoner, mode=mode) >> stage).transform(topics)
     ranked = {qid: group.sort_values("rank") for qid, group in res.groupby("qid", sort=False)}

@@ -107,7 +107,7 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
 
         def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
             by_qid = stack.rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
-                                        kind=retriever)
+                                        kind=retriever, **dict(retriever_options or {}))
             return [drop_excluded(by_qid[q], excluded, k) for q, excluded in zip(qids, exclude)]
     else:
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(VIA_STACKS)}")
