@@ -53,6 +53,12 @@ class CountingBackend:
 
 
 @pytest.fixture
+def counting_wrapper() -> type[CountingBackend]:
+    """The :class:`CountingBackend` class, to wrap any backend."""
+    return CountingBackend
+
+
+@pytest.fixture
 def counting(smol_backend) -> CountingBackend:
     return CountingBackend(smol_backend)
 

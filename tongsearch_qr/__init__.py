@@ -7,6 +7,7 @@ retrieval framework; backends import their libraries when first used.
 
 from .cache import ReasoningCache
 from .errors import (
+    BackendUnavailableError,
     DataNotAvailableError,
     InputFormatError,
     InvalidQueryError,
@@ -22,6 +23,7 @@ from .reasoner import QRReasoner
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailableError",
     "DataNotAvailableError",
     "PAPER_USER_TEMPLATE",
     "THINK_SYSTEM_PROMPT",

@@ -23,7 +23,8 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
                             "or file:<json> for precomputed reasoning (default: %(default)s)")
     group.add_argument("--fallback", default=None,
                        help="with --model file:<json>: model that reasons about queries missing from the file")
-    group.add_argument("--backend", default="transformers", help="generation backend (default: %(default)s)")
+    group.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "openai"],
+                       help="generation backend; with openai, --model is the served model's name (default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
     group.add_argument("--max-new-tokens", type=int, default=500)
@@ -32,11 +33,31 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=20)
     group.add_argument("--repetition-penalty", type=float, default=1.05)
     group.add_argument("--seed", type=int, default=None)
-    group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
+    group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
+    group.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                       help="vllm: fraction of GPU memory (vLLM-CPU: of RAM) for weights and KV cache")
+    group.add_argument("--base-url", default=None,
+                       help="openai: server URL (default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1); "
+                            "the API key is read from $OPENAI_API_KEY")
+    group.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
+    group.add_argument("--timeout", type=float, default=300.0, help="openai: seconds per request")
+    group.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/connection errors")
     group.add_argument("--cache", default=None, help="reasoning cache file (default: the user cache)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the reasoning cache")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options of the chosen ``--backend``."""
+    if args.backend == "vllm":
+        return {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size,
+                "gpu_memory_utilization": args.gpu_memory_utilization}
+    if args.backend == "openai":
+        return {"base_url": args.base_url, "concurrency": args.concurrency, "timeout": args.timeout,
+                "max_retries": args.max_retries}
+    return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
 
 
 def reasoner_from_args(args: argparse.Namespace):
@@ -55,11 +76,9 @@ def reasoner_from_args(args: argparse.Namespace):
         if args.fallback:
             from .backends import make_backend
 
-            fallback = make_backend(args.backend, args.fallback, device=args.device, dtype=args.dtype,
-                                    batch_size=args.batch_size)
+            fallback = make_backend(args.backend, args.fallback, **backend_options(args))
         return QRReasoner.from_file(args.model.removeprefix("file:"), fallback=fallback, **common)
-    return QRReasoner(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                      batch_size=args.batch_size, **common)
+    return QRReasoner(args.model, backend=args.backend, **backend_options(args), **common)
 
 
 def cmd_reason(args: argparse.Namespace) -> int:
@@ -116,6 +135,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .serving import server_command
+
+    cmd, name = server_command(args.engine, args.model, host=args.host, port=args.port, python=args.python,
+                               extra=args.extra[1:] if args.extra[:1] == ["--"] else args.extra)
+    print(f"serving {name} with {args.engine} at http://{args.host}:{args.port}/v1\n"
+          f"use: --backend openai --base-url http://{args.host}:{args.port}/v1 --model {name}", flush=True)
+    os.execvp(cmd[0], cmd)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tongsearch-qr", description="Reinforced query reasoning for retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -154,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="run an OpenAI-compatible reasoning server (vLLM or transformers serve)")
+    serve.add_argument("--engine", default="vllm", choices=["vllm", "transformers"], help="(default: %(default)s)")
+    serve.add_argument("--model", default="default", help="'default' (embedded model), a directory or a hub id")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--python", default=None, help="interpreter of the environment with the engine (vLLM-CPU "
+                                                      "lives in its own venv; default: this one)")
+    serve.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to the server as they are")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

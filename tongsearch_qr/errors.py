@@ -43,3 +43,7 @@ class InputFormatError(TongSearchError, ValueError):
 
 class DataNotAvailableError(TongSearchError, OSError):
     """A data set (or one of its splits) is neither available locally nor reachable on the hub."""
+
+
+class BackendUnavailableError(TongSearchError, ConnectionError):
+    """A generation server could not be reached, kept failing, or refused a request."""

@@ -1,6 +1,7 @@
 """Generating backends behind one protocol, created by name.
 
-``transformers`` (local, default) and ``precomputed`` (a JSON file of reasoning) are built in; each
+``transformers`` (local, default), ``vllm`` (vLLM's offline engine), ``openai`` (any OpenAI-compatible
+server) and ``precomputed`` (a JSON file of reasoning) are built in; each
 entry of :data:`BACKENDS` imports its module only when used, so optional dependencies stay optional.
 """
 
@@ -15,6 +16,8 @@ from .base import Backend, ResultCallback
 BACKENDS: dict[str, str] = {
     "transformers": "transformers_backend:TransformersBackend",
     "precomputed": "precomputed:PrecomputedBackend.from_file",
+    "vllm": "vllm_backend:VLLMBackend",
+    "openai": "openai_backend:OpenAIBackend",
 }
 
 

