@@ -23,8 +23,9 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
                             "or file:<json> for precomputed reasoning (default: %(default)s)")
     group.add_argument("--fallback", default=None,
                        help="with --model file:<json>: model that reasons about queries missing from the file")
-    group.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "openai"],
-                       help="generation backend; with openai, --model is the served model's name (default: %(default)s)")
+    group.add_argument("--backend", default="transformers",
+                       help="transformers, vllm or openai; with openai, --model is the served model's name "
+                            "(default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
     group.add_argument("--max-new-tokens", type=int, default=500)
