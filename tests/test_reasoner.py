@@ -40,7 +40,9 @@ def test_default_reasoner_runs_offline_with_the_papers_sampling():
 
 
 def test_prompt_is_rendered_with_the_models_chat_template(smol_backend):
-    ids = smol_backend._render(PromptTemplate.paper(), "Why?")
+    from tongsearch_qr.backends.prompting import render
+
+    ids = render(smol_backend.tokenizer, PromptTemplate.paper(), "Why?")
     text = smol_backend.tokenizer.decode(ids)
     user = PAPER_USER_TEMPLATE.replace("{question}", "Why?")
     assert text == f"<|im_start|>system\n<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
