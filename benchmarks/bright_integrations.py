@@ -67,6 +67,7 @@ def via_llama_index(c, docs, reasoner, mode, k, native):
     from llama_index.core.retrievers import TransformRetriever
     from llama_index.core.schema import TextNode
     from llama_index.retrievers.bm25 import BM25Retriever
+
     from tongsearch_qr.integrations.llama_index import QRQueryTransform, rank_queries
 
     if not native:
@@ -81,6 +82,7 @@ def via_haystack(c, docs, reasoner, mode, k, native, reasoning_file):
     from haystack import Document, Pipeline
     from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
     from haystack.document_stores.in_memory import InMemoryDocumentStore
+
     from tongsearch_qr.integrations.haystack import QRQueryRewriter, rank_queries
 
     if not native:

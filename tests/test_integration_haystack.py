@@ -11,10 +11,10 @@ from haystack_integrations.components.embedders.sentence_transformers import (
     SentenceTransformersDocumentEmbedder,
     SentenceTransformersTextEmbedder,
 )
-from tongsearch_qr.integrations.haystack import CoreRetrieverComponent, QRQueryRewriter
 
 from tongsearch_qr import GenerationParams
 from tongsearch_qr import QRReasoner as CoreReasoner
+from tongsearch_qr.integrations.haystack import CoreRetrieverComponent, QRQueryRewriter
 from tongsearch_qr.retrieval import make_retriever
 from tongsearch_qr.retrieval.dense import default_embedder_path
 

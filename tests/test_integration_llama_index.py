@@ -8,8 +8,8 @@ from llama_index.core.query_engine import RetrieverQueryEngine, TransformQueryEn
 from llama_index.core.retrievers import TransformRetriever
 from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
-from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
 
+from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.llama_index

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pyterrier as pt
 import pytest
-from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner
 
+from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.pyterrier

@@ -136,6 +136,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .training import config_path, dry_run, load_config, train
+
+    config = load_config(config_path(args.config), output_dir=args.output_dir)
+    if args.dry_run:
+        print(json.dumps(dry_run(config), indent=2, default=str))
+        return 0
+    final = train(config, resume=args.resume, max_steps=args.max_steps)
+    print(f"final model: {final}\nuse it: tongsearch-qr eval --model {final} ...  /  QRReasoner({str(final)!r})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -187,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+
+    training = sub.add_parser("train", help="GRPO-train a query reasoner with TRL (needs the train extra)")
+    training.add_argument("--config", required=True,
+                          help="YAML config, or a bundled one by name: cpu-tiny, qwen2.5-1.5b, qwen2.5-7b")
+    training.add_argument("--dry-run", action="store_true",
+                          help="check the config (GRPOConfig, data, rewards on sample completions) without training")
+    training.add_argument("--resume", default=None, help="checkpoint folder to resume from, or 'latest'")
+    training.add_argument("--max-steps", type=int, default=None, help="override grpo.max_steps")
+    training.add_argument("--output-dir", default=None, help="override output_dir")
+    training.set_defaults(func=cmd_train)
 
     serve = sub.add_parser("serve", help="run an OpenAI-compatible reasoning server (vLLM or transformers serve)")
     serve.add_argument("--engine", default="vllm", choices=["vllm", "transformers"], help="(default: %(default)s)")

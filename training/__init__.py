@@ -1,4 +1,40 @@
 """GRPO training of query reasoners with TRL, imported as ``tongsearch_qr.training``.
 
 Needs the ``train`` extra (``pip install tongsearch-qr[train]``); the core never imports it.
+
+>>> from tongsearch_qr.training import load_config, train
+>>> final_dir = train(load_config("training/configs/cpu-tiny.yaml"))   # then QRReasoner(final_dir)
+
+Data builders live in ``.data``, reward callables (plain TRL reward functions) in ``.rewards``.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name_or_path: str) -> Path:
+    """A bundled config by name (``cpu-tiny``, ``qwen2.5-1.5b``, ``qwen2.5-7b``) or a path as given."""
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    return bundled if bundled.is_file() and not Path(name_or_path).suffix else Path(name_or_path)
+
+
+def train(config: TrainConfig, **options):
+    """Run GRPO training (see :func:`tongsearch_qr.training.trainer.train`)."""
+    from .trainer import train as run
+
+    return run(config, **options)
+
+
+def dry_run(config: TrainConfig, **options):
+    """Validate a config without training (see :func:`tongsearch_qr.training.trainer.dry_run`)."""
+    from .trainer import dry_run as check
+
+    return check(config, **options)
+
+
+__all__ = ["CONFIG_DIR", "TrainConfig", "config_path", "dry_run", "load_config", "train"]

@@ -60,28 +60,44 @@ class TransformersBackend:
         max_batch_tokens: int = 65536,
         step_overhead_tokens: int | None = None,
     ):
-        if batch_size < 1 or max_batch_tokens < 1:
-            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.source: ModelSource = resolve_model(model)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        device = pick_device(device)
+        dtype_ = pick_dtype(dtype, device)
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
+        loaded = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=dtype_).to(device)
+        self._attach(loaded, tokenizer, self.source.model_id, batch_size, max_batch_tokens, step_overhead_tokens)
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
+                    step_overhead_tokens: int | None = None) -> TransformersBackend:
+        """Generate with a model already in memory (e.g. one being trained), as it is: not moved nor cast.
+        ``generate`` switches it to eval mode; switch it back to train mode yourself."""
+        backend = cls.__new__(cls)
+        backend._attach(model, tokenizer, name, batch_size, max_batch_tokens, step_overhead_tokens)
+        return backend
+
+    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int, max_batch_tokens: int,
+                step_overhead_tokens: int | None) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
+        import torch
+
+        self.model, self.tokenizer = model, tokenizer
+        self.device, self.dtype = str(model.device), model.dtype
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         # fixed cost of a decoding step in prompt-token equivalents: small on CPUs, large on GPUs
         self.step_overhead_tokens = step_overhead_tokens or (32 if self.device == "cpu" else 1024)
-        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
-        self.model = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
-            raise ValueError(f"model {self.source.model_id!r} has no chat template; use an instruct/chat model")
+            raise ValueError(f"model {name!r} has no chat template; use an instruct/chat model")
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
-        self.cache_id = f"transformers:{self.source.model_id}:{str(self.dtype).removeprefix('torch.')}"
+        self.cache_id = f"transformers:{name}:{str(self.dtype).removeprefix('torch.')}"
         self._torch = torch
 
     def generate(
@@ -92,6 +108,7 @@ class TransformersBackend:
         on_result: ResultCallback | None = None,
     ) -> list[str]:
         """Completions for ``questions``, longest prompts first, in input order."""
+        self.model.eval()
         prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[str] = [""] * len(prompts)

@@ -55,8 +55,15 @@ class DenseRetriever:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            try:
-                self._model = SentenceTransformer(self.model_name, device=self.device)
+            from ..models import ModelSource, load_pretrained
+
+            local = Path(self.model_name).expanduser().exists()
+            source = ModelSource(self.model_name, self.model_name, local=local)
+            try:  # hub ids: local HF cache first, then the hub, failing fast offline
+                self._model = load_pretrained(lambda path, **kw: SentenceTransformer(path, device=self.device, **kw),
+                                              source)
+            except ModelNotAvailableError:
+                raise
             except OSError as exc:
                 raise ModelNotAvailableError(f"cannot load sentence-transformers model {self.model_name!r}: {exc}") from exc
             if self.max_length is not None:

@@ -1,0 +1,284 @@
+"""GRPO training module: rewards on hand-computed cases, data builders on the real StackExchange Q/A data,
+configs (the GPU recipes dry-run here), bad inputs, and a short real TRL run that saves, resumes and loads."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tongsearch_qr.errors import InputFormatError
+from tongsearch_qr.training import CONFIG_DIR, config_path, dry_run, load_config
+from tongsearch_qr.training import data as tdata
+from tongsearch_qr.training.rewards import (
+    BM25Rank,
+    EmbeddingAdvantage,
+    LengthPenalty,
+    ThinkFormat,
+    checked,
+    make_reward,
+    ndcg_at,
+    reciprocal_rank,
+)
+
+
+def msg(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+class TableEmbedder:
+    """Fixed unit vectors per text, so the reward's arithmetic can be checked by hand."""
+
+    def __init__(self, table: dict[str, list[float]]):
+        self.table = {k: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for k, v in table.items()}
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts, **_):
+        self.calls.append(list(texts))
+        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 2))
+
+
+def test_embedding_advantage_by_hand():
+    emb = TableEmbedder({"q": [1, 0], "doc a": [0, 1], "doc b": [1, 1], "good": [0, 1], "bad": [1, 0]})
+    reward = EmbeddingAdvantage(emb)
+    # good: cos(good,a)=1, cos(good,b)=1/sqrt2; question: cos(q,a)=0, cos(q,b)=1/sqrt2 -> 10*mean(1, 0) = 5
+    # bad = the question's direction -> 0; empty -> -1
+    out = reward([msg("good"), msg("bad"), msg("  ")], question=["q"] * 3, positives=[["doc a", "doc b"]] * 3)
+    assert out == pytest.approx([5.0, 0.0, -1.0], abs=1e-6)
+    # one encode call for the fixed texts and one for the whole group's completions; fixed texts remembered
+    reward([msg("good")], question=["q"], positives=[["doc a", "doc b"]])
+    assert emb.calls[-1] == ["good"]
+
+
+def test_embedding_advantage_think_mode_needs_answer_tags():
+    emb = TableEmbedder({"q": [1, 0], "d": [0, 1], "good": [0, 1]})
+    reward = EmbeddingAdvantage(emb, think=True)
+    out = reward([msg("<think>hm</think><answer>good</answer>"), msg("good")], question=["q", "q"],
+                 positives=[["d"], ["d"]])
+    assert out == pytest.approx([10.0, -1.0])
+
+
+@pytest.mark.slow
+def test_embedding_advantage_with_the_real_default_embedder():
+    reward = EmbeddingAdvantage()
+    answer = "Sea water is hypertonic: the kidneys must excrete more water than was drunk to remove the salt."
+    out = reward([msg("Kidneys cannot excrete salt at sea-water concentration, so drinking it dehydrates."),
+                  msg("The football match ended in a draw after extra time.")],
+                 question=["Why can't humans drink sea water?"] * 2, positives=[[answer]] * 2)
+    assert out[0] > 0 > out[1]
+
+
+POOL = {"question": "how do I grind coffee beans",
+        "positives": ["use a burr grinder for even coffee grounds"],
+        "negatives": ["how do I grind coffee beans without noise at night", "tea leaves steep in hot water"]}
+
+
+def test_bm25_rank_by_hand():
+    # BM25 over the pool: the question alone ranks the near-duplicate negative first -> RR 1/2;
+    # "burr grinder even grounds" puts the positive first -> RR 1 -> gain 0.5; an unrelated text finds nothing.
+    reward = BM25Rank(mode="replace", metric="rr", gain=True)
+    columns = {k: [v] * 3 for k, v in POOL.items()}
+    out = reward([msg("burr grinder even grounds"), msg("zebra"), msg("")], **columns)
+    assert out == pytest.approx([0.5, -0.5, -1.0])
+    plain = BM25Rank(mode="replace", metric="rr", gain=False)
+    assert plain([msg("burr grinder even grounds")], **{k: [v] for k, v in POOL.items()}) == [1.0]
+    ndcg = BM25Rank(mode="replace", metric="ndcg", gain=False)
+    assert ndcg.score([POOL["question"]], **POOL) == pytest.approx([1 / math.log2(3)])
+
+
+def test_rank_metrics_by_hand():
+    assert reciprocal_rank([False, False, True]) == pytest.approx(1 / 3)
+    assert reciprocal_rank([False]) == 0.0
+    assert ndcg_at([False, True, True], 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
+
+
+def test_shaping_rewards():
+    assert LengthPenalty(max_words=4)([msg("a b c"), msg("a b c d e f"), msg("a " * 20), msg("")]) == [0.0, -0.5, -1.0, -1.0]
+    assert ThinkFormat()([msg("<think>x</think><answer>y</answer>"), msg("y"), "<think>x</think><answer> </answer>"]) == [1, 0, 0]
+
+
+def test_a_nan_reward_is_a_clear_error():
+    def broken(completions, **_):
+        return [float("nan")] * len(completions)
+
+    with pytest.raises(ValueError, match=r"reward 'broken' returned a non-finite value \(nan\) for completion #0"):
+        checked(broken)([msg("x")], question=["why?"])
+    with pytest.raises(ValueError, match="returned 0 values for 1"):
+        checked(lambda completions, **_: [])([msg("x")])
+    with pytest.raises(ValueError, match="unknown reward"):
+        make_reward("magic")
+
+
+def test_qa_jsonl_builder_on_the_shared_stackexchange_data(shared_data):
+    files = sorted((shared_data / "stackexchange-qa").glob("*/qa_pairs.jsonl"))
+    examples = tdata.from_qa_jsonl(files)
+    assert len(examples) == 1305 and {ex.source for ex in examples} == {"ai", "beer", "coffee", "matheducators",
+                                                                        "quantumcomputing"}
+    first = json.loads(files[0].read_text().splitlines()[0])
+    assert examples[0].question == f"{first['title'].strip()}\n\n{first['question_body'].strip()}"
+    assert examples[0].positives == [first["answer_body"]]
+    train, validation = tdata.split(examples, validation_size=50)
+    again = tdata.split(list(reversed(examples)), validation_size=50)
+    assert [e.question for e in validation] == [e.question for e in again[1]] and len(train) == 1255
+    tdata.mine_negatives(validation, 5)
+    assert all(len(e.negatives) == 5 and not set(e.negatives) & set(e.positives) for e in validation)
+
+
+def test_grpo_dataset_is_conversational_with_truncated_prompts(smol_backend):
+    from tongsearch_qr.prompts import PromptTemplate
+
+    examples = [tdata.TrainingExample("word " * 1000, ["an answer"], ["a negative"])]
+    ds = tdata.to_grpo_dataset(examples, PromptTemplate.paper(), smol_backend.tokenizer, max_question_tokens=32)
+    row = ds[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert len(smol_backend.tokenizer(row["prompt"][1]["content"])["input_ids"]) < 32 + 120  # template + 32
+    assert row["question"] == "word " * 1000 and row["positives"] == ["an answer"] and row["negatives"] == ["a negative"]
+
+
+def test_stack_exchange_domain_parsing_fixes_the_seed_bug():
+    assert "https://superuser.com".strip("https://") == "uperuser.com"  # the seed's bug
+    assert tdata.site_of("https://superuser.com") == "superuser"
+    assert tdata.site_of("https://coffee.stackexchange.com") == "coffee"
+    assert tdata.site_of("https://stackoverflow.com/questions/1") == "stackoverflow"
+
+
+def test_bad_training_data_is_rejected(tmp_path):
+    with pytest.raises(InputFormatError, match="no training examples"):
+        tdata.from_mapping({})
+    with pytest.raises(InputFormatError, match="has no positive"):
+        tdata.from_mapping({"why is the sky blue?": []})
+    with pytest.raises(InputFormatError, match="has no positive"):
+        tdata.from_mapping({"why is the sky blue?": ["   "]})
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"title": "t", "question_body": "b"}\n')
+    with pytest.raises(InputFormatError, match=r"qa.jsonl:1: missing field\(s\) \['answer_body'\]"):
+        tdata.from_qa_jsonl([bad])
+    with pytest.raises(InputFormatError, match="does not exist"):
+        tdata.from_qa_jsonl([tmp_path / "nope.jsonl"])
+
+
+def test_bad_configs_are_rejected(tmp_path):
+    with pytest.raises(InputFormatError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: default\ndata: {qa_jsonl: ['*.jsonl']}\nsurprise: 1\n")
+    with pytest.raises(InputFormatError, match="surprise"):
+        load_config(cfg)
+    cfg.write_text("model: default\n")
+    with pytest.raises(InputFormatError, match="qa_jsonl, mapping or preferences"):
+        load_config(cfg)
+    cfg.write_text("data: {mapping: m.json}\ngrpo: {num_generations: 3, per_device_train_batch_size: 4, "
+                   "gradient_accumulation_steps: 1}\n")
+    with pytest.raises(InputFormatError, match="GRPOConfig"):
+        load_config(cfg).grpo_config()
+
+
+@pytest.mark.parametrize("name", ["cpu-tiny", "qwen2.5-1.5b", "qwen2.5-7b"])
+def test_bundled_configs_pass_the_dry_run(name):
+    report = dry_run(load_config(config_path(name)))
+    assert report["grpo_config"] == "GRPOConfig" and report["examples"] == 1305
+    values = next(iter(report["rewards"].values()))
+    assert len(values) == 5 and values[-1] == -1.0  # the empty sample completion
+    if name != "cpu-tiny":
+        config = load_config(CONFIG_DIR / f"{name}.yaml").grpo_config()
+        assert config.use_vllm and config.vllm_mode == "server" and config.bf16 and config.beta == 0.008
+        assert config.num_generations == 16 and config.max_steps == 150 and config.learning_rate == 1e-6
+
+
+def test_resume_from_missing_or_corrupt_checkpoints_is_a_clear_error(tmp_path):
+    from tongsearch_qr.training.trainer import check_checkpoint, latest_checkpoint
+
+    with pytest.raises(InputFormatError, match="does not exist"):
+        check_checkpoint(tmp_path / "checkpoint-9")
+    broken = tmp_path / "checkpoint-3"
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text("{not json")
+    with pytest.raises(InputFormatError, match="not a usable checkpoint"):
+        check_checkpoint(broken)
+    (broken / "trainer_state.json").write_text("{}")
+    with pytest.raises(InputFormatError, match="no model weights"):
+        check_checkpoint(broken)
+    with pytest.raises(InputFormatError, match="no checkpoint"):
+        latest_checkpoint(tmp_path / "empty")
+
+
+def tiny_config(tmp_path: Path, shared_data: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""
+model: default
+output_dir: run
+data:
+  qa_jsonl: ["{shared_data}/stackexchange-qa/coffee/qa_pairs.jsonl"]
+  negatives: 10
+  validation_size: 6
+  max_question_tokens: 96
+  limit: 8
+rewards:
+  - name: bm25_rank
+    options: {{mode: concat}}
+  - name: length_penalty
+    weight: 0.1
+    options: {{max_words: 40}}
+validation: {{every_steps: 1, max_new_tokens: 12, modes: [concat]}}
+grpo:
+  max_steps: 2
+  learning_rate: 1.0e-5
+  per_device_train_batch_size: 4
+  gradient_accumulation_steps: 2
+  num_generations: 4
+  max_completion_length: 12
+  beta: 0.0
+  loss_type: dapo
+  gradient_checkpointing: false
+  logging_steps: 1
+  save_strategy: steps
+  save_steps: 1
+  report_to: none
+  seed: 0
+""")
+    return cfg
+
+
+@pytest.mark.slow
+def test_short_real_grpo_run_saves_resumes_and_the_result_runs_through_eval(tmp_path, shared_data):
+    from tongsearch_qr import GenerationParams, QRReasoner
+    from tongsearch_qr.cli import main
+    from tongsearch_qr.training import train
+
+    config = load_config(tiny_config(tmp_path, shared_data))
+    final = train(config)
+    run = tmp_path / "run"
+    assert (run / "checkpoint-2" / "trainer_state.json").is_file()
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,name,value"
+    logged = {tuple(r.split(",")[:2]) for r in rows[1:]}
+    for step in ("0", "2"):  # validation before and after training
+        assert (step, "val/reward") in logged and (step, "val/ndcg@10/concat") in logged
+    assert ("0", "val/ndcg@10/original") in logged and any(name == "loss" for _, name in logged)
+
+    resumed = train(config, resume="latest", max_steps=3)  # one more step from checkpoint-2
+    assert json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert resumed == final
+
+    reasoner = QRReasoner(final, generation=GenerationParams.greedy(8))
+    assert reasoner.reason(["How fine should espresso be ground?"])[0].strip()
+    out = tmp_path / "eval"
+    rc = main(["eval", "--dataset", f"beir:{run / 'validation'}", "--model", str(final), "--greedy",
+               "--max-new-tokens", "8", "--mode", "concat", "--baseline", "--output", str(out), "--no-cache"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= next(iter(metrics.values()))["NDCG@10"] <= 1
+
+
+@pytest.mark.slow
+def test_resume_errors_come_before_any_model_loading(tmp_path, shared_data):
+    from tongsearch_qr.training import train
+
+    config = load_config(tiny_config(tmp_path, shared_data))
+    with pytest.raises(InputFormatError, match="no checkpoint"):
+        train(config, resume="latest")
+    with pytest.raises(InputFormatError, match="does not exist"):
+        train(config, resume=str(tmp_path / "nowhere"))

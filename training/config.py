@@ -1,0 +1,102 @@
+"""Training configuration: one YAML file with the model, data, rewards, validation and TRL ``GRPOConfig``
+settings (``grpo:`` is passed to ``GRPOConfig`` as is). Relative paths are read from the config file's folder."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tongsearch_qr.errors import InputFormatError
+
+
+@dataclass
+class DataConfig:
+    """Where the questions come from and how they are prepared."""
+
+    qa_jsonl: list[str] = field(default_factory=list)  # globs of Q/A JSONL files
+    mapping: str | None = None  # JSON question -> positive text(s)
+    preferences: dict[str, Any] | None = None  # options of from_stack_exchange_preferences (hub)
+    negatives: int = 30
+    validation_size: int = 32
+    max_question_tokens: int = 384
+    limit: int | None = None  # first N training examples after the split (quick runs)
+
+
+@dataclass
+class ValidationConfig:
+    """Periodic evaluation on the validation split (greedy reasoning, one per question)."""
+
+    every_steps: int = 10
+    max_new_tokens: int = 128
+    modes: list[str] = field(default_factory=lambda: ["concat", "replace"])
+    batch_size: int = 32
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see ``training/configs/*.yaml``."""
+
+    model: str = "default"
+    output_dir: str = "runs/grpo"
+    think: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "bm25_rank"}])
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def path(self, value: str) -> Path:
+        """``value`` (with ``~`` and ``$VARS`` expanded) relative to the config file's folder."""
+        expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+        return expanded if expanded.is_absolute() else self.base_dir / expanded
+
+    def qa_files(self) -> list[Path]:
+        """The Q/A JSONL files the globs name (each glob must match something)."""
+        files: list[Path] = []
+        for pattern in self.data.qa_jsonl:
+            matched = sorted(glob.glob(str(self.path(pattern))))
+            if not matched:
+                raise InputFormatError(f"data.qa_jsonl: {pattern!r} matches no file (looked in {self.base_dir})")
+            files += map(Path, matched)
+        return files
+
+    def grpo_config(self, **overrides: Any) -> Any:
+        """TRL ``GRPOConfig`` from ``grpo:`` (output_dir from the config unless given there)."""
+        from trl import GRPOConfig
+
+        options = {"output_dir": str(self.path(self.output_dir)), **self.grpo, **overrides}
+        try:
+            return GRPOConfig(**options)
+        except (TypeError, ValueError) as exc:
+            raise InputFormatError(f"grpo: settings rejected by TRL's GRPOConfig: {exc}") from exc
+
+
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+    """Read a YAML training config; unknown keys are errors. ``overrides`` replace top-level keys."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputFormatError(f"training config {file} does not exist")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputFormatError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputFormatError(f"{file}: expected a mapping at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        data = DataConfig(**(raw.pop("data", None) or {}))
+        validation = ValidationConfig(**(raw.pop("validation", None) or {}))
+        config = TrainConfig(**raw, data=data, validation=validation, base_dir=file.resolve().parent)
+    except TypeError as exc:
+        raise InputFormatError(f"{file}: {exc}") from exc
+    if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
+        raise InputFormatError(f"{file}: data needs qa_jsonl, mapping or preferences")
+    for reward in config.rewards:
+        if not isinstance(reward, dict) or "name" not in reward:
+            raise InputFormatError(f"{file}: each reward needs a name (got {reward!r})")
+    return config

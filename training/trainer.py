@@ -1,0 +1,278 @@
+"""GRPO training of a query reasoner with TRL: data -> rewards -> ``GRPOTrainer``, with validation before,
+during and after training, CSV logs, checkpoints, resume, and a final model ``QRReasoner(path)`` loads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tongsearch_qr.errors import InputFormatError, ModelNotAvailableError
+from tongsearch_qr.generation import GenerationParams
+from tongsearch_qr.prompts import PromptTemplate
+
+from . import data as data_mod
+from .config import TrainConfig
+from .rewards import BM25Rank, make_reward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Train and validation examples (with negatives) and the TRL datasets built from them."""
+
+    train: list[data_mod.TrainingExample]
+    validation: list[data_mod.TrainingExample]
+    train_dataset: Any
+    validation_dataset: Any
+
+
+def build_examples(config: TrainConfig) -> list[data_mod.TrainingExample]:
+    """All examples the config's data section names."""
+    examples: list[data_mod.TrainingExample] = []
+    if config.data.qa_jsonl:
+        examples += data_mod.from_qa_jsonl(config.qa_files())
+    if config.data.mapping:
+        examples += data_mod.from_mapping(config.path(config.data.mapping))
+    if config.data.preferences is not None:
+        examples += data_mod.from_stack_exchange_preferences(**config.data.preferences)
+    return data_mod.check_examples(examples, "training data")
+
+
+def prepare_data(config: TrainConfig, tokenizer: Any, template: PromptTemplate) -> PreparedData:
+    """Build, split (deterministically), mine negatives for and format the config's data."""
+    examples = build_examples(config)
+    data_mod.mine_negatives(examples, config.data.negatives)
+    train, validation = data_mod.split(examples, validation_size=config.data.validation_size)
+    if config.data.limit:
+        train = train[: config.data.limit]
+    to_dataset = data_mod.to_grpo_dataset
+    return PreparedData(train, validation, to_dataset(train, template, tokenizer, config.data.max_question_tokens),
+                        to_dataset(validation, template, tokenizer, config.data.max_question_tokens)
+                        if validation else None)
+
+
+def build_rewards(config: TrainConfig) -> tuple[list[Any], list[float]]:
+    """The reward callables and their weights (``rewards: [{name, weight, options}]``)."""
+    funcs, weights = [], []
+    for spec in config.rewards:
+        options = dict(spec.get("options") or {})
+        if spec["name"] in ("embedding_advantage", "bm25_rank"):
+            options.setdefault("think", config.think)
+        funcs.append(make_reward(spec["name"], **options))
+        weights.append(float(spec.get("weight", 1.0)))
+    return funcs, weights
+
+
+class CSVLog:
+    """Appends ``step, name, value`` rows to ``<output_dir>/log.csv`` (and prints validation results)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "name", "value"])
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    writer.writerow([step, name, value])
+
+
+class Validator:
+    """Greedy reasoning for the validation questions with the model being trained; reports each reward's
+    mean (and the weighted total) and BM25 nDCG@10 of the positives in each question's pool, per mode,
+    next to the original question's nDCG@10."""
+
+    def __init__(self, config: TrainConfig, examples: list[data_mod.TrainingExample], rewards: list[Any],
+                 weights: list[float], template: PromptTemplate):
+        self.config, self.examples, self.rewards, self.weights = config, examples, rewards, weights
+        self.template = template
+        self.params = GenerationParams.greedy(config.validation.max_new_tokens)
+        self.rankers = {mode: BM25Rank(mode=mode, metric="ndcg", gain=False, think=config.think)
+                        for mode in config.validation.modes}
+
+    def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        from tongsearch_qr.backends.transformers_backend import TransformersBackend
+
+        was_training = model.training
+        questions = [ex.question for ex in self.examples]
+        shortened = [data_mod.truncate_question(q, tokenizer, self.config.data.max_question_tokens) for q in questions]
+        backend = TransformersBackend.from_loaded(model, tokenizer, "training",
+                                                  batch_size=self.config.validation.batch_size)
+        padding_side = tokenizer.padding_side
+        try:
+            completions = backend.generate(shortened, self.template, self.params)
+        finally:
+            tokenizer.padding_side = padding_side
+            model.train(was_training)
+        columns = {"question": questions, "positives": [ex.positives for ex in self.examples],
+                   "negatives": [ex.negatives for ex in self.examples]}
+        results: dict[str, float] = {}
+        total = 0.0
+        for reward, weight in zip(self.rewards, self.weights):
+            mean = sum(reward(completions, **columns)) / len(completions)
+            results[f"val/reward/{reward.__name__}"] = mean
+            total += weight * mean
+        results["val/reward"] = total
+        any_ranker = next(iter(self.rankers.values()))
+        results["val/ndcg@10/original"] = self._mean_ndcg(any_ranker, questions)
+        for mode, ranker in self.rankers.items():
+            reasoning = [ranker.mode.apply(q, self.template.extract(c)) for q, c in zip(questions, completions)]
+            results[f"val/ndcg@10/{mode}"] = self._mean_ndcg(ranker, reasoning)
+        return results
+
+    def _mean_ndcg(self, ranker: BM25Rank, queries: list[str]) -> float:
+        scores = [ranker.score([query], ex.question, ex.positives, ex.negatives)[0]
+                  for query, ex in zip(queries, self.examples)]
+        return sum(scores) / len(scores)
+
+
+def check_checkpoint(path: str | os.PathLike[str]) -> str:
+    """A checkpoint directory the trainer can resume from, or a clear error."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputFormatError(f"cannot resume: checkpoint {folder} does not exist")
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFormatError(f"cannot resume: {folder} is not a usable checkpoint ({state.name}: {exc})") from exc
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                       "pytorch_model.bin", "adapter_model.safetensors")):
+        raise InputFormatError(f"cannot resume: {folder} holds no model weights")
+    return str(folder)
+
+
+def latest_checkpoint(output_dir: Path) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if found is None:
+        raise InputFormatError(f"cannot resume: no checkpoint-* folder in {output_dir}")
+    return found
+
+
+def load_model(config: TrainConfig) -> tuple[Any, Any]:
+    """The policy model (float32 unless ``grpo.bf16``) and its tokenizer, via the core's model resolution."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tongsearch_qr.models import load_pretrained, resolve_model
+
+    source = resolve_model(config.model)
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if config.grpo.get("bf16") else torch.float32
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, source, dtype=dtype)
+    return model, tokenizer
+
+
+def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None,
+          callbacks: list[Any] | None = None) -> Path:
+    """Run GRPO as configured; returns the folder of the final model (``<output_dir>/final``).
+
+    ``resume``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in the output folder.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
+    """
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    output_dir = config.path(config.output_dir)
+    overrides = {"max_steps": max_steps} if max_steps else {}
+    grpo_config = config.grpo_config(**overrides)
+    checkpoint = None
+    if resume:
+        checkpoint = latest_checkpoint(output_dir) if resume == "latest" else check_checkpoint(resume)
+    template = PromptTemplate.paper(think=config.think)
+    model, tokenizer = load_model(config)
+    prepared = prepare_data(config, tokenizer, template)
+    rewards, weights = build_rewards(config)
+    grpo_config.reward_weights = weights
+    csv_log = CSVLog(output_dir / "log.csv")
+    if prepared.validation:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores the result
+        data_mod.write_beir(prepared.validation, output_dir / "validation")
+    validator = Validator(config, prepared.validation, rewards, weights, template) if prepared.validation else None
+    log.info("GRPO: %d training questions, %d validation, rewards %s, output %s", len(prepared.train),
+             len(prepared.validation), [r.__name__ for r in rewards], output_dir)
+
+    class Logging(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            csv_log.write(state.global_step, logs or {})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            every = config.validation.every_steps
+            if validator and every and state.global_step % every == 0 and state.global_step < state.max_steps:
+                self._validate(state.global_step, kwargs["model"])
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if validator and state.global_step == 0:
+                self._validate(0, kwargs["model"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if validator:
+                self._validate(state.global_step, kwargs["model"])
+
+        def _validate(self, step: int, policy: Any) -> None:
+            results = validator(policy, tokenizer)
+            csv_log.write(step, results)
+            print(f"[validation step {step}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_config, train_dataset=prepared.train_dataset,
+                          processing_class=tokenizer, callbacks=[Logging(), *(callbacks or [])])
+    trainer.train(resume_from_checkpoint=checkpoint)
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    log.info("final model saved to %s (load it with QRReasoner(%r))", final, str(final))
+    return final
+
+
+def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
+    """Check a config without a model: GRPOConfig parses, the data builds, every reward runs on sample
+    completions (each question's positive, and an empty one) and returns finite values."""
+    from transformers import AutoTokenizer
+
+    grpo_config = config.grpo_config()
+    examples = build_examples(config)
+    sample = examples[:sample_size]
+    data_mod.mine_negatives(sample, config.data.negatives, corpus=[p for ex in examples for p in ex.positives])
+    rewards, weights = build_rewards(config)
+    completions = [[{"role": "assistant", "content": ex.positives[0][:1000]}] for ex in sample]
+    completions.append([{"role": "assistant", "content": ""}])
+    columns = {"question": [ex.question for ex in sample] + [sample[0].question],
+               "positives": [ex.positives for ex in sample] + [sample[0].positives],
+               "negatives": [ex.negatives for ex in sample] + [sample[0].negatives]}
+    values, notes = {}, []
+    for reward in rewards:
+        try:
+            values[reward.__name__] = reward(completions, **columns)
+        except ModelNotAvailableError as exc:  # e.g. the paper's bge embedder, offline: check the maths with the default
+            inner = reward.inner
+            notes.append(f"{reward.__name__}: {inner.model_spec!r} not available here ({str(exc)[:120]}); "
+                         "ran with the offline default embedder instead")
+            inner.model_spec, inner._model = None, None
+            values[reward.__name__] = reward(completions, **columns)
+    if any(not math.isfinite(v) for vals in values.values() for v in vals):
+        raise ValueError(f"a reward returned a non-finite value: {values}")
+    from tongsearch_qr.models import resolve_model
+
+    source = resolve_model(config.model)
+    tokenizer = None
+    if source.local:
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        data_mod.to_grpo_dataset(sample, PromptTemplate.paper(think=config.think), tokenizer,
+                                 config.data.max_question_tokens)
+    return {"grpo_config": type(grpo_config).__name__, "examples": len(examples), "rewards": values,
+            "reward_weights": weights, "use_vllm": grpo_config.use_vllm, "tokenizer_checked": tokenizer is not None,
+            "notes": notes}
