@@ -46,6 +46,7 @@ grpo:
   beta: 0.0
   loss_type: dapo
   gradient_checkpointing: false
+  bf16: false
   logging_steps: 1
   save_strategy: "no"
   report_to: none

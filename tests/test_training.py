@@ -183,7 +183,10 @@ def test_bundled_configs_pass_the_dry_run(name):
     values = next(iter(report["rewards"].values()))
     assert len(values) == 5 and values[-1] == -1.0  # the empty sample completion
     if name != "cpu-tiny":
-        config = load_config(CONFIG_DIR / f"{name}.yaml").grpo_config()
+        import torch
+
+        config = load_config(CONFIG_DIR / f"{name}.yaml").grpo_config(use_cpu=not torch.cuda.is_available())
+        assert any("use_cpu" in note for note in report["notes"]) or torch.cuda.is_available()
         assert config.use_vllm and config.vllm_mode == "server" and config.bf16 and config.beta == 0.008
         assert config.num_generations == 16 and config.max_steps == 150 and config.learning_rate == 1e-6
 
@@ -233,6 +236,7 @@ grpo:
   beta: 0.0
   loss_type: dapo
   gradient_checkpointing: false
+  bf16: false
   logging_steps: 1
   save_strategy: steps
   save_steps: 1

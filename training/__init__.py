@@ -20,7 +20,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 def config_path(name_or_path: str) -> Path:
     """A bundled config by name (``cpu-tiny``, ``qwen2.5-1.5b``, ``qwen2.5-7b``) or a path as given."""
     bundled = CONFIG_DIR / f"{name_or_path}.yaml"
-    return bundled if bundled.is_file() and not Path(name_or_path).suffix else Path(name_or_path)
+    plain_name = "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml"))
+    return bundled if plain_name and bundled.is_file() else Path(name_or_path)
 
 
 def train(config: TrainConfig, **options):

@@ -63,8 +63,9 @@ class EmbeddingAdvantage:
         if self._model is None:
             from tongsearch_qr.retrieval.dense import DenseRetriever
 
-            self._model = (self.model_spec if hasattr(self.model_spec, "encode")
-                           else DenseRetriever(self.model_spec, max_length=self.max_length).model)
+            spec = self.model_spec
+            self._model = (DenseRetriever(spec, max_length=self.max_length).model if spec is None or isinstance(spec, str)
+                           else spec)
         return self._model
 
     def _encode(self, texts: list[str], remember: bool) -> dict[str, np.ndarray]:

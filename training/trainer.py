@@ -241,9 +241,15 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
 def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     """Check a config without a model: GRPOConfig parses, the data builds, every reward runs on sample
     completions (each question's positive, and an empty one) and returns finite values."""
+    import torch
     from transformers import AutoTokenizer
 
-    grpo_config = config.grpo_config()
+    notes: list[str] = []
+    overrides: dict[str, Any] = {}
+    if config.grpo.get("bf16") and not torch.cuda.is_available():  # TrainingArguments refuses bf16 without a GPU
+        overrides["use_cpu"] = True
+        notes.append("no GPU here: GRPOConfig checked with use_cpu=True (bf16 needs the GPU machine)")
+    grpo_config = config.grpo_config(**overrides)
     examples = build_examples(config)
     sample = examples[:sample_size]
     data_mod.mine_negatives(sample, config.data.negatives, corpus=[p for ex in examples for p in ex.positives])
@@ -253,7 +259,7 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     columns = {"question": [ex.question for ex in sample] + [sample[0].question],
                "positives": [ex.positives for ex in sample] + [sample[0].positives],
                "negatives": [ex.negatives for ex in sample] + [sample[0].negatives]}
-    values, notes = {}, []
+    values = {}
     for reward in rewards:
         try:
             values[reward.__name__] = reward(completions, **columns)
