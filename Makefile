@@ -39,7 +39,7 @@ demo: setup
 
 test: setup setup-vllm
 	$(BIN)/python -m pytest -m "not vllm" tests
-	VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_BIN)/python -m pytest -m vllm tests
+	VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_BIN)/python -m pytest -m vllm tests/test_vllm_backend.py
 
 test-fast: setup
 	$(BIN)/python -m pytest tests
