@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,29 @@ import pytest
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: everyday questions for the backend tests (openai, vllm): distinct enough to give distinct completions
+EVERYDAY_QUESTIONS = [
+    "Why can't humans drink sea water?",
+    "Why do onions make people cry?",
+    "How do birds navigate during migration?",
+    "Why does ice float on water?",
+    "What makes the sky look blue?",
+    "Why do cats purr?",
+    "How do vaccines train the immune system?",
+    "Why does bread go stale?",
+    "What causes the seasons on Earth?",
+    "Why do leaves change colour in autumn?",
+    "How do plants drink water from the soil?",
+    "Why do we get goosebumps?",
+]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

