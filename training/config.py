@@ -51,7 +51,7 @@ class TrainConfig:
     def path(self, value: str) -> Path:
         """``value`` (with ``~`` and ``$VARS`` expanded) relative to the config file's folder."""
         expanded = Path(os.path.expandvars(os.path.expanduser(value)))
-        return expanded if expanded.is_absolute() else self.base_dir / expanded
+        return expanded if expanded.is_absolute() else Path(os.path.normpath(self.base_dir / expanded))
 
     def qa_files(self) -> list[Path]:
         """The Q/A JSONL files the globs name (each glob must match something)."""
