@@ -138,6 +138,38 @@ def test_grpo_dataset_is_conversational_with_truncated_prompts(smol_backend):
     assert row["question"] == "word " * 1000 and row["positives"] == ["an answer"] and row["negatives"] == ["a negative"]
 
 
+def test_validation_with_sampling_seeds_averages_them_and_leaves_the_training_rng_alone(smol_backend, tmp_path):
+    import torch
+
+    from tongsearch_qr.prompts import PromptTemplate
+    from tongsearch_qr.training.trainer import Validator
+
+    examples = [tdata.TrainingExample("How fine should espresso be ground?", ["Fine, like table salt."],
+                                      ["Boil pasta in salted water.", "Grind coarse for a French press."]),
+                tdata.TrainingExample("Why does bread go stale?", ["Starch retrogradation pulls water out."],
+                                      ["Espresso needs fine grounds.", "Bread rises because of yeast."])]
+    cfg = tmp_path / "c.yaml"
+
+    def validator(seeds):
+        cfg.write_text(f"data: {{mapping: m.json}}\nvalidation: {{max_new_tokens: 8, modes: [concat], "
+                       f"sampling_seeds: {seeds}}}\n")
+        return Validator(load_config(cfg), examples, [make_reward("length_penalty", max_words=3)], [1.0],
+                         PromptTemplate.paper(), smol_backend.tokenizer)
+
+    model, tokenizer = smol_backend.model, smol_backend.tokenizer
+    state = torch.random.get_rng_state()
+    both = validator([1, 2])(model, tokenizer)
+    assert torch.equal(torch.random.get_rng_state(), state)  # training's sampling is not reseeded
+    one, two = validator([1])(model, tokenizer), validator([2])(model, tokenizer)
+    assert validator([])(model, tokenizer).keys() == {k for k in both if not k.endswith("/sampled")}
+    for key in ("val/reward/sampled", "val/ndcg@10/concat/sampled", "val/reward/length_penalty/sampled"):
+        assert both[key] == pytest.approx((one[key] + two[key]) / 2)
+    assert both["val/ndcg@10/concat"] == one["val/ndcg@10/concat"]  # greedy does not depend on the seeds
+    cfg.write_text("data: {mapping: m.json}\nvalidation: {sampling_seeds: 3}\n")
+    with pytest.raises(InputFormatError, match="sampling_seeds must be a list of integers"):
+        load_config(cfg)
+
+
 def test_stack_exchange_domain_parsing_fixes_the_seed_bug():
     assert "https://superuser.com".strip("https://") == "uperuser.com"  # the seed's bug
     assert tdata.site_of("https://superuser.com") == "superuser"
@@ -225,7 +257,7 @@ rewards:
   - name: length_penalty
     weight: 0.1
     options: {{max_words: 40}}
-validation: {{every_steps: 1, max_new_tokens: 12, modes: [concat]}}
+validation: {{every_steps: 1, max_new_tokens: 12, modes: [concat], sampling_seeds: [3]}}
 grpo:
   max_steps: 2
   learning_rate: 1.0e-5
@@ -261,6 +293,7 @@ def test_short_real_grpo_run_saves_resumes_and_the_result_runs_through_eval(tmp_
     logged = {tuple(r.split(",")[:2]) for r in rows[1:]}
     for step in ("0", "2"):  # validation before and after training
         assert (step, "val/reward") in logged and (step, "val/ndcg@10/concat") in logged
+        assert (step, "val/ndcg@10/concat/sampled") in logged
     assert ("0", "val/ndcg@10/original") in logged and any(name == "loss" for _, name in logged)
 
     resumed = train(config, resume="latest", max_steps=3)  # one more step from checkpoint-2

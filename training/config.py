@@ -27,12 +27,14 @@ class DataConfig:
 
 @dataclass
 class ValidationConfig:
-    """Periodic evaluation on the validation split (greedy reasoning, one per question)."""
+    """Periodic evaluation on the validation split: greedy reasoning, one per question, and optionally the
+    paper's sampling once per seed in ``sampling_seeds`` (scores averaged over seeds, logged as ``.../sampled``)."""
 
     every_steps: int = 10
     max_new_tokens: int = 128
     modes: list[str] = field(default_factory=lambda: ["concat", "replace"])
     batch_size: int = 32
+    sampling_seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +98,9 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         raise InputFormatError(f"{file}: {exc}") from exc
     if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
         raise InputFormatError(f"{file}: data needs qa_jsonl, mapping or preferences")
+    seeds = config.validation.sampling_seeds
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise InputFormatError(f"{file}: validation.sampling_seeds must be a list of integers (got {seeds!r})")
     for reward in config.rewards:
         if not isinstance(reward, dict) or "name" not in reward:
             raise InputFormatError(f"{file}: each reward needs a name (got {reward!r})")

@@ -89,9 +89,10 @@ class CSVLog:
 
 
 class Validator:
-    """Greedy reasoning for the validation questions with the model being trained; reports each reward's
-    mean (and the weighted total) and BM25 nDCG@10 of the positives in each question's pool, per mode,
-    next to the original question's nDCG@10."""
+    """Reasoning for the validation questions with the model being trained, greedy and (per
+    ``validation.sampling_seeds``) sampled; reports each reward's mean (and the weighted total) and BM25
+    nDCG@10 of the positives in each question's pool, per mode, next to the original question's nDCG@10.
+    Sampled scores are means over the seeds, named ``.../sampled``; the training RNG is left untouched."""
 
     def __init__(self, config: TrainConfig, examples: list[data_mod.TrainingExample], rewards: list[Any],
                  weights: list[float], template: PromptTemplate, tokenizer: Any):
@@ -99,37 +100,50 @@ class Validator:
         self.shortened = [data_mod.truncate_question(ex.question, tokenizer, config.data.max_question_tokens)
                           for ex in examples]
         self.template = template
-        self.params = GenerationParams.greedy(config.validation.max_new_tokens)
+        tokens = config.validation.max_new_tokens
+        self.greedy = GenerationParams.greedy(tokens)
+        self.sampled = [GenerationParams(max_new_tokens=tokens, seed=seed) for seed in config.validation.sampling_seeds]
         self.rankers = {mode: BM25Rank(mode=mode, metric="ndcg", gain=False, think=config.think)
                         for mode in config.validation.modes}
 
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        import torch
+
         from tongsearch_qr.backends.transformers_backend import TransformersBackend
 
         was_training = model.training
-        questions = [ex.question for ex in self.examples]
         backend = TransformersBackend.from_loaded(model, tokenizer, "training",
                                                   batch_size=self.config.validation.batch_size)
         padding_side = tokenizer.padding_side
         try:
-            completions = backend.generate(self.shortened, self.template, self.params)
+            results = self._score(backend.generate(self.shortened, self.template, self.greedy), "")
+            runs = []
+            for params in self.sampled:
+                with torch.random.fork_rng():
+                    runs.append(self._score(backend.generate(self.shortened, self.template, params), "/sampled"))
         finally:
             tokenizer.padding_side = padding_side
             model.train(was_training)
-        columns = {"question": questions, "positives": [ex.positives for ex in self.examples],
+        for key in runs[0] if runs else ():
+            results[key] = sum(run[key] for run in runs) / len(runs)
+        questions = [ex.question for ex in self.examples]
+        results["val/ndcg@10/original"] = self._mean_ndcg(next(iter(self.rankers.values())), questions)
+        return results
+
+    def _score(self, completions: list[str], suffix: str) -> dict[str, float]:
+        columns = {"question": [ex.question for ex in self.examples],
+                   "positives": [ex.positives for ex in self.examples],
                    "negatives": [ex.negatives for ex in self.examples]}
         results: dict[str, float] = {}
         total = 0.0
         for reward, weight in zip(self.rewards, self.weights):
             mean = sum(reward(completions, **columns)) / len(completions)
-            results[f"val/reward/{reward.__name__}"] = mean
+            results[f"val/reward/{reward.__name__}{suffix}"] = mean
             total += weight * mean
-        results["val/reward"] = total
-        any_ranker = next(iter(self.rankers.values()))
-        results["val/ndcg@10/original"] = self._mean_ndcg(any_ranker, questions)
+        results[f"val/reward{suffix}"] = total
         for mode, ranker in self.rankers.items():
-            reasoning = [ranker.mode.apply(q, self.template.extract(c)) for q, c in zip(questions, completions)]
-            results[f"val/ndcg@10/{mode}"] = self._mean_ndcg(ranker, reasoning)
+            reasoning = [ranker.mode.apply(q, self.template.extract(c)) for q, c in zip(columns["question"], completions)]
+            results[f"val/ndcg@10/{mode}{suffix}"] = self._mean_ndcg(ranker, reasoning)
         return results
 
     def _mean_ndcg(self, ranker: BM25Rank, queries: list[str]) -> float:
