@@ -6,7 +6,7 @@ import gzip
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,9 @@ def read_queries(path: str | os.PathLike[str]) -> list[QueryRecord]:
     return records
 
 
-def _read_jsonl(handle: Iterable[str], path: Path) -> list[QueryRecord]:
-    records = []
+def jsonl_objects(handle: Iterable[str], path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL stream; a clear error naming
+    ``path:line`` for a line that is not JSON or not a JSON object."""
     for number, line in enumerate(handle, 1):
         if not line.strip():
             continue
@@ -65,6 +66,12 @@ def _read_jsonl(handle: Iterable[str], path: Path) -> list[QueryRecord]:
             raise InputFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
         if not isinstance(obj, dict):
             raise InputFormatError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        yield number, obj
+
+
+def _read_jsonl(handle: Iterable[str], path: Path) -> list[QueryRecord]:
+    records = []
+    for number, obj in jsonl_objects(handle, path):
         if "id" in obj and "query" in obj:
             qid, query = obj["id"], obj["query"]
         elif "_id" in obj and "text" in obj:

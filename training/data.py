@@ -19,6 +19,7 @@ from typing import Any
 
 from tongsearch_qr.errors import DataNotAvailableError, InputFormatError
 from tongsearch_qr.prompts import PromptTemplate
+from tongsearch_qr.query_io import jsonl_objects
 
 PREFERENCES_DATASET = "HuggingFaceH4/stack-exchange-preferences"
 
@@ -72,13 +73,7 @@ def from_qa_jsonl(paths: Iterable[str | os.PathLike[str]], *, question_fields: S
             raise InputFormatError(f"Q/A file {path} does not exist")
         with path.open(encoding="utf-8") as handle:
             rows = []
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputFormatError(f"{path}:{line_no}: not JSON ({exc})") from exc
+            for line_no, row in jsonl_objects(handle, path):
                 missing = [f for f in (*question_fields, answer_field) if f not in row]
                 if missing:
                     raise InputFormatError(f"{path}:{line_no}: missing field(s) {missing}")
