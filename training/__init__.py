@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import BUNDLED_DIR as CONFIG_DIR
 from .config import TrainConfig, load_config
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def config_path(name_or_path: str) -> Path:

@@ -1,5 +1,6 @@
 """Training configuration: one YAML file with the model, data, rewards, validation and TRL ``GRPOConfig``
-settings (``grpo:`` is passed to ``GRPOConfig`` as is). Relative paths are read from the config file's folder."""
+settings (``grpo:`` is passed to ``GRPOConfig`` as is). Relative paths are read from the config file's folder,
+except in the bundled configs (installed inside the package), where they are read from the current directory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tongsearch_qr.errors import InputFormatError
+
+#: the bundled configs (``tongsearch-qr train --config cpu-tiny``)
+BUNDLED_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -51,7 +55,7 @@ class TrainConfig:
     base_dir: Path = field(default_factory=Path.cwd)
 
     def path(self, value: str) -> Path:
-        """``value`` (with ``~`` and ``$VARS`` expanded) relative to the config file's folder."""
+        """``value`` (with ``~`` and ``$VARS`` expanded) relative to ``base_dir``."""
         expanded = Path(os.path.expandvars(os.path.expanduser(value)))
         return expanded if expanded.is_absolute() else Path(os.path.normpath(self.base_dir / expanded))
 
@@ -93,7 +97,9 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     try:
         data = DataConfig(**(raw.pop("data", None) or {}))
         validation = ValidationConfig(**(raw.pop("validation", None) or {}))
-        config = TrainConfig(**raw, data=data, validation=validation, base_dir=file.resolve().parent)
+        folder = file.resolve().parent
+        base_dir = Path.cwd() if folder == BUNDLED_DIR else folder
+        config = TrainConfig(**raw, data=data, validation=validation, base_dir=base_dir)
     except TypeError as exc:
         raise InputFormatError(f"{file}: {exc}") from exc
     if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
