@@ -73,3 +73,29 @@ def test_concurrent_first_loads_convert_once(tmp_path):
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outputs]
     assert len({Path(o.strip()) for o, _ in outputs}) == 1
     assert sum("converting the embedded model" in e for _, e in outputs) == 1
+
+
+def test_two_models_saved_to_one_path_get_two_cache_identities(tmp_path, smol_backend):
+    """Retraining into the same folder must not serve the old model's reasoning from the cache."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tongsearch_qr.backends.transformers_backend import TransformersBackend
+
+    folder = tmp_path / "final"
+    config = LlamaConfig(vocab_size=len(smol_backend.tokenizer), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    ids = []
+    for seed in (0, 1, 1):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        smol_backend.tokenizer.save_pretrained(folder)
+        ids.append(TransformersBackend(folder, dtype="float32").cache_id)
+    assert ids[0] != ids[1] and ids[1] == ids[2]
+
+
+def test_openai_cache_identity_is_the_served_model_not_the_url():
+    from tongsearch_qr.backends.openai_backend import OpenAIBackend
+
+    here, there = OpenAIBackend("qr-7b", base_url="http://127.0.0.1:8000/v1"), OpenAIBackend("qr-7b", base_url="http://gpu-box:9000/v1")
+    assert here.cache_id == there.cache_id != OpenAIBackend("qr-1.5b", base_url="http://127.0.0.1:8000/v1").cache_id

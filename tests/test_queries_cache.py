@@ -90,3 +90,33 @@ def test_cache_rejects_directory_and_corrupt_file(tmp_path):
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(sqlite3.DatabaseError, match="not a usable reasoning cache"):
         ReasoningCache(bad)
+
+
+def test_first_writer_wins_across_connections(tmp_path):
+    path = tmp_path / "c.sqlite"
+    key = config_key({"m": "race"})
+    first, second = ReasoningCache(path), ReasoningCache(path)
+    assert first.put_many(key, [("q", "first")]) == {"q": "first"}
+    assert second.put_many(key, [("q", "second"), ("other", "x")]) == {"q": "first", "other": "x"}
+    assert first.get_many(key, ["q"]) == {"q": "first"}
+
+
+def _use_after_fork(cache: ReasoningCache, parent_connection_id: int, queue) -> None:
+    key = config_key({"m": "fork"})
+    cache.put_many(key, [("child", "c")])
+    queue.put((id(cache._connection()) != parent_connection_id, cache.get_many(key, ["parent", "child"])))
+
+
+def test_connections_do_not_cross_fork(tmp_path):
+    cache = ReasoningCache(tmp_path / "c.sqlite")
+    key = config_key({"m": "fork"})
+    cache.put_many(key, [("parent", "p")])
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_use_after_fork, args=(cache, id(cache._connection()), queue))
+    child.start()
+    own_connection, seen = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0 and own_connection
+    assert seen == {"parent": "p", "child": "c"}
+    assert cache.get_many(key, ["parent", "child"]) == {"parent": "p", "child": "c"}

@@ -170,3 +170,77 @@ def test_malformed_reasoning_files(tmp_path, content, match):
         QRReasoner.from_file(path)
     with pytest.raises(InputFormatError, match="does not exist"):
         QRReasoner.from_file(tmp_path / "missing.json")
+
+
+class _ScriptedBackend:
+    """Returns a fixed completion per question (``None`` -> empty, as a server's null content)."""
+
+    cache_id = "scripted"
+
+    def __init__(self, answers, before=None):
+        self.answers, self.before, self.calls = answers, before, []
+
+    def generate(self, questions, template, params, on_result=None):
+        self.calls.append(list(questions))
+        if self.before:
+            self.before()
+        out = [self.answers[q] or "" for q in questions]
+        for i, text in enumerate(out):
+            if on_result:
+                on_result(i, text)
+        return out
+
+
+def test_an_empty_completion_is_a_failure_never_cached(tmp_path, caplog):
+    backend = _ScriptedBackend({"a": "reasoning a", "b": None})
+    r = QRReasoner(backend=backend, cache=tmp_path / "c.sqlite")
+    with caplog.at_level(logging.WARNING):
+        assert r.reason(["a", "b"]) == ["reasoning a", ""]
+    assert "empty completion" in caplog.text
+    assert len(r.cache) == 1 and r.stats["empty"] == 1 and r.stats["generated"] == 2
+    backend.answers["b"] = "now it works"
+    assert r.reason(["a", "b"]) == ["reasoning a", "now it works"]  # retried, the cached one is not
+    assert backend.calls[-1] == ["b"]
+
+
+def test_a_completion_already_stored_by_another_process_wins(tmp_path):
+    path = tmp_path / "c.sqlite"
+    early = QRReasoner(backend=_ScriptedBackend({"q": "first"}), cache=path)
+    # the late reasoner finds nothing cached, but before it finishes, the early one writes its completion
+    late = QRReasoner(backend=_ScriptedBackend({"q": "second"}, before=lambda: early.reason(["q"])), cache=path)
+    assert late.reason(["q"]) == ["first"]
+    assert QRReasoner(backend=_ScriptedBackend({"q": "third"}), cache=path).reason(["q"]) == ["first"]
+
+
+def test_seeded_sampling_depends_only_on_seed_query_prompt_and_params():
+    import torch
+
+    from tongsearch_qr.backends.transformers_backend import TransformersBackend
+
+    questions = ["Why is the sea salty?", "How do magnets work?", "Why do we dream?", "What is a black hole?",
+                 "Why do onions make people cry?"]
+    params = GenerationParams(max_new_tokens=10, seed=7)
+    template = PromptTemplate.paper()
+    one_batch = TransformersBackend(dtype="float32", batch_size=8)
+    state = torch.get_rng_state()
+    together = one_batch.generate(questions, template, params)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    pairs = TransformersBackend.from_loaded(one_batch.model, one_batch.tokenizer, "same", batch_size=2)
+    reordered = pairs.generate(questions[::-1], template, params)[::-1]
+    alone = [one_batch.generate([q], template, params)[0] for q in questions[:2]]
+    assert reordered == together and alone == together[:2]
+    other_seed = one_batch.generate(questions, template, params.with_(seed=8))
+    assert other_seed != together  # the seed matters
+
+
+def test_a_cut_question_keeps_the_template_and_generation_prompt_whole(smol_backend):
+    from tongsearch_qr.backends.prompting import fit_prompt, render
+
+    tokenizer, template = smol_backend.tokenizer, PromptTemplate.paper()
+    without = tokenizer.apply_chat_template(template.messages("q"), add_generation_prompt=False, tokenize=True,
+                                            return_dict=True)["input_ids"]
+    tail = render(tokenizer, template, "q")[len(without) - 2:]  # end of the user turn and the assistant header
+    for huge in ("Why does the ocean taste salty when rivers are fresh? " * 19000, "海水为什么是咸的？🌊" * 90000):
+        assert len(huge.encode()) > 1_000_000
+        ids = fit_prompt(tokenizer, template, huge, context_length=2048, max_new_tokens=500)
+        assert len(ids) <= 2048 - 500 and ids[-len(tail):] == tail

@@ -2,7 +2,10 @@
 
 Each completion is stored under a key that hashes the model identity, the prompt template, the
 generation parameters and the query, and is committed as soon as it is produced: a run killed at
-any point keeps everything it finished, and a restart recomputes none of it.
+any point keeps everything it finished, and a restart recomputes none of it. The first completion
+written under a key stays: a second process that sampled the same query gets the stored one back, so
+results already reported never change. Each process (and thread) opens its own connection; none
+crosses ``fork()``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,15 @@ class ReasoningCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []  # a parent's connections, kept open but never used
         with self._connection() as conn:
             conn.execute(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connections must not be used (nor closed) here
+            self._inherited.append(getattr(self._local, "conn", None))
+            self._local, self._pid = threading.local(), os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
@@ -76,15 +84,17 @@ class ReasoningCache:
             found.update({by_key[key]: completion for key, completion in rows})
         return found
 
-    def put_many(self, config_hash: str, items: Iterable[tuple[str, str]]) -> None:
-        """Store ``(query, completion)`` pairs and commit at once."""
+    def put_many(self, config_hash: str, items: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Store ``(query, completion)`` pairs and commit at once; a key already stored keeps its first
+        completion. Returns the stored completion of each query (its own, or the earlier one)."""
         now = time.time()
         rows = [(item_key(config_hash, q), config_hash, q, c, now) for q, c in items]
         if not rows:
-            return
+            return {}
         conn = self._connection()
         with conn:
-            conn.executemany("INSERT OR REPLACE INTO reasoning VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO reasoning VALUES (?, ?, ?, ?, ?)", rows)
+        return self.get_many(config_hash, [row[2] for row in rows])
 
     def __len__(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM reasoning").fetchone()[0]

@@ -8,6 +8,7 @@ later loads read plain safetensors.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -34,13 +35,45 @@ T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+_FULLY_HASHED_BYTES = 16 << 20  # files up to this size are hashed whole; larger ones by size and sampled blocks
+_SAMPLED_BLOCKS, _BLOCK = 64, 64 << 10
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """Where to load a model from (``path``: a local directory or a hub id) and its identity."""
+    """Where to load a model from (``path``: a local directory or a hub id) and its name."""
 
     path: str
     model_id: str
     local: bool
+
+    def identity(self) -> str:
+        """What determines the weights, for cache keys: a local directory's content fingerprint (so a model
+        retrained into the same folder gets new keys); a hub model's commit, as resolved in the local
+        Hugging Face cache (call after loading)."""
+        if self.local:
+            return f"{self.model_id}@{directory_fingerprint(Path(self.path))}"
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.path, "config.json")
+        return f"{self.model_id}@{Path(cached).parent.name if isinstance(cached, str) else 'unresolved'}"
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """A hash of a model directory's content: small files (configs, tokenizer, chat template) whole, weight
+    files by size and 64 evenly spaced 64 KiB blocks (cheap, and any retraining changes them)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= _FULLY_HASHED_BYTES:
+                digest.update(handle.read())
+                continue
+            for block in range(_SAMPLED_BLOCKS):
+                handle.seek(block * (size - _BLOCK) // (_SAMPLED_BLOCKS - 1))
+                digest.update(handle.read(_BLOCK))
+    return digest.hexdigest()[:16]
 
 
 def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ class QRReasoner:
     instance; extra keyword arguments go to the backend (e.g. ``device``, ``dtype``, ``batch_size``).
     ``cache`` is ``None``/``False`` (off), ``True`` (the user cache file), a path or a
     :class:`ReasoningCache`.
+
+    ``stats`` counts, over the reasoner's life, the unique queries reasoned about (``queries``), those found
+    in the cache (``cached``), those generated (``generated``) and the generations that came back empty
+    (``empty``: a failure, warned about, never cached, and retried on the next call).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class QRReasoner:
                 raise ValueError("pass model and backend options to the backend itself when giving a Backend instance")
             self.backend = backend
         self.cache = _open_cache(cache)
+        self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @classmethod
@@ -108,6 +114,7 @@ class QRReasoner:
         done: dict[str, str] = self.cache.get_many(config, unique) if self.cache else {}
         pending = [q for q in unique if q not in done]
         log.info("%d queries (%d unique), %d already in the reasoning cache", len(queries), len(unique), len(done))
+        self.stats.update(queries=len(unique), cached=len(done))
         if pending:
             self._generate(pending, config, done, self.progress if progress is None else progress)
         return [self.template.extract(done[q]) for q in queries]
@@ -118,10 +125,19 @@ class QRReasoner:
         bar = tqdm(total=len(pending), desc="reasoning", unit="query", disable=not progress)
 
         def store(i: int, completion: str) -> None:
+            query = pending[i]
             with self._lock:
-                done[pending[i]] = completion
-                if self.cache is not None:
-                    self.cache.put_many(config, [(pending[i], completion)])
+                if query in done:
+                    return
+                self.stats["generated"] += 1
+                if not completion or not completion.strip():
+                    self.stats["empty"] += 1
+                    log.warning("empty completion for query %r (not cached; a rerun retries it)", query[:80])
+                    done[query] = ""
+                elif self.cache is not None:  # the first completion stored under this key wins
+                    done[query] = self.cache.put_many(config, [(query, completion)]).get(query, completion)
+                else:
+                    done[query] = completion
                 bar.update(1)
 
         try:
@@ -130,9 +146,8 @@ class QRReasoner:
             bar.close()
         if len(completions) != len(pending):
             raise RuntimeError(f"backend returned {len(completions)} completions for {len(pending)} queries")
-        for i, (query, completion) in enumerate(zip(pending, completions)):
-            if query not in done:
-                store(i, completion)
+        for i, completion in enumerate(completions):
+            store(i, completion)
 
     def rewrite(
         self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, progress: bool | None = None

@@ -33,7 +33,8 @@ class OpenAIBackend:
     ``base_url`` defaults to ``$OPENAI_BASE_URL``, then ``http://127.0.0.1:8000/v1``; the API key
     comes from ``$OPENAI_API_KEY`` (``api_key_env`` names another variable). ``top_k`` and
     ``repetition_penalty`` are sent as extra fields, as vLLM, TGI and llama.cpp accept them; set
-    ``sampling_extras=False`` for strict APIs that reject unknown fields.
+    ``sampling_extras=False`` for strict APIs that reject unknown fields. Cached reasoning is keyed by the
+    served model's name, not the URL: serve different weights under different names.
     """
 
     def __init__(
@@ -49,6 +50,10 @@ class OpenAIBackend:
         max_backoff: float = 30.0,
         sampling_extras: bool = True,
     ):
+        try:
+            import httpx  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("the openai backend needs httpx: pip install 'tongsearch-qr[openai]'") from exc
         model = model or os.environ.get("TONGSEARCH_QR_OPENAI_MODEL")
         if not model or model == "default":
             raise ValueError("the openai backend needs the served model's name: QRReasoner('<name>', backend='openai') "
@@ -66,7 +71,8 @@ class OpenAIBackend:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sampling_extras = sampling_extras
-        self.cache_id = f"openai:{self.base_url}:{self.model}"
+        # keyed by the served model, not by where it is served: the same model behind another host or port hits
+        self.cache_id = f"openai:{self.model}"
 
     def request_body(self, question: str, template: PromptTemplate, params: GenerationParams) -> dict[str, Any]:
         """The JSON body of the chat completion request for ``question``."""

@@ -12,7 +12,7 @@ from ..prompts import PromptTemplate
 from .base import ResultCallback
 from .batching import plan_batches
 from .prompting import fit_prompt
-from .sampling import TopKTopPSampler
+from .sampling import TopKTopPSampler, row_generators
 
 
 def pick_device(device: str = "auto") -> str:
@@ -47,7 +47,8 @@ class TransformersBackend:
     :func:`~tongsearch_qr.backends.batching.plan_batches`), generated with left padding; a
     question too long for the model's context (minus ``max_new_tokens``) is cut with a warning.
     Sampling uses :class:`~tongsearch_qr.backends.sampling.TopKTopPSampler` (same distribution as
-    transformers' sampler, far cheaper on large batches).
+    transformers' sampler, far cheaper on large batches); with ``seed`` set, each query draws from its own
+    generator seeded by (seed, prompt, parameters), so its completion does not depend on batching or order.
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class TransformersBackend:
         dtype_ = pick_dtype(dtype, device)
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
         loaded = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=dtype_).to(device)
-        self._attach(loaded, tokenizer, self.source.model_id, batch_size, max_batch_tokens, step_overhead_tokens)
+        self._attach(loaded, tokenizer, self.source.identity(), batch_size, max_batch_tokens, step_overhead_tokens)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
@@ -125,9 +126,10 @@ class TransformersBackend:
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
         torch = self._torch
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        processors = [TopKTopPSampler(params.temperature, params.top_k, params.top_p)] if params.do_sample else []
+        processors = []
+        if params.do_sample:
+            generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device)
+            processors.append(TopKTopPSampler(params.temperature, params.top_k, params.top_p, generators))
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,

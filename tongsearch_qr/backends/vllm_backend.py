@@ -86,7 +86,7 @@ class VLLMBackend:
             raise ValueError(f"model {self.source.model_id!r} has no chat template; use an instruct/chat model")
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         dtype_name = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
-        self.cache_id = f"vllm:{self.source.model_id}:{dtype_name}"
+        self.cache_id = f"vllm:{self.source.identity()}:{dtype_name}"
 
     def generate(
         self,
