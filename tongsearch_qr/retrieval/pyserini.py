@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from .lucene import start_pyserini
 
 
 class PyseriniRetriever:
-    """Lucene BM25 (k1, b) over an index directory: an existing Lucene index, or one :meth:`index` builds."""
+    """Lucene BM25 (k1, b) over an index directory: an existing Lucene index, or one :meth:`index` builds
+    (in a temporary directory, removed with the retriever, unless ``index_dir`` was given)."""
 
     def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
                  threads: int = 1, show_progress: bool = False):
         self.k1, self.b, self.threads, self.show_progress = k1, b, threads, show_progress
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._searcher = None
+        self._cleanup: weakref.finalize | None = None
         if self.index_dir is not None and not self.index_dir.is_dir():
             raise FileNotFoundError(f"Lucene index directory {self.index_dir} does not exist")
 
@@ -34,8 +37,12 @@ class PyseriniRetriever:
         start_pyserini()
         from pyserini.index.lucene import LuceneIndexer
 
+        if self._cleanup is not None:  # re-indexing: a fresh temporary index replaces the old one
+            self._cleanup()
+            self.index_dir = None
         if self.index_dir is None:
             self.index_dir = Path(tempfile.mkdtemp(prefix="tongsearch-qr-lucene-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.index_dir, ignore_errors=True)
         elif any(self.index_dir.iterdir()):
             raise FileExistsError(f"{self.index_dir} is not empty; index into a new directory")
         from tqdm.auto import tqdm
