@@ -134,3 +134,52 @@ def test_demo_runs_end_to_end(capsys):
     assert set(rows) == {"original", "replace", "concat", "weighted"}
     assert all(0 <= v <= 1 for values in rows.values() for v in values)
     assert rows["original"][0] > 0.2  # plain BM25 finds documentation for these questions
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tongsearch-qr: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_every_error_is_one_line_that_says_what_to_do(tmp_path, capsys, shared_data, monkeypatch):
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we yawn?"}])
+    out = str(tmp_path / "o.jsonl")
+    corrupt = tmp_path / "cache.sqlite"
+    corrupt.write_bytes(b"not a database" * 200)
+    assert main(["reason", "--input", str(src), "--output", out, "--cache", str(corrupt), "--model", "file:" +
+                 str(shared_data / "tongsearch-qr" / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json")]) == 2
+    assert "--no-cache" in _one_line_error(capsys)
+
+    reasoning = tmp_path / "r.json"
+    reasoning.write_text(json.dumps({"something else": "text"}))
+    assert main(["reason", "--input", str(src), "--output", out, "--no-cache", "--model", f"file:{reasoning}"]) == 2
+    line = _one_line_error(capsys)
+    assert "--fallback" in line and "fallback=" not in line
+
+    monkeypatch.setitem(sys.modules, "jnius_config", None)  # the pyserini extra is not installed
+    assert main(["eval", "--dataset", f"beir:{shared_data / 'scifact'}", "--retriever", "bm25-bright",
+                 "--reasoner", "none", "--output", str(tmp_path / "e")]) == 2
+    assert "pip install 'tongsearch-qr[pyserini]'" in _one_line_error(capsys)
+
+
+def test_errors_from_inside_libraries_keep_their_cause_and_v_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import tongsearch_qr.cli as cli
+
+    def broken(args):
+        try:
+            {}["model.safetensors"]
+        except KeyError as exc:
+            raise RuntimeError("loading the weights failed") from exc
+
+    monkeypatch.setattr(cli, "cmd_reason", broken)
+    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why?"}])
+    argv = ["reason", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]
+    parser_calls = main(argv)
+    assert parser_calls == 2
+    line = _one_line_error(capsys)
+    assert "RuntimeError: loading the weights failed" in line and "caused by KeyError: 'model.safetensors'" in line
+    assert "-v" in line
+    assert main(["-v", *argv]) == 2
+    assert "Traceback" in capsys.readouterr().err

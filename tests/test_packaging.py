@@ -9,12 +9,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from conftest import REPO
 
 #: source file -> the extra that may bring its imports (everything else must be a core dependency)

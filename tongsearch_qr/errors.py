@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class TongSearchError(Exception):
-    """Base class of the package's errors."""
+    """Base class of the package's errors. ``cli`` words the same message for the command line (its flags
+    instead of Python arguments); :meth:`cli_message` returns it, or the message itself."""
+
+    def __init__(self, *args: object, cli: str | None = None):
+        super().__init__(*args)
+        self.cli = cli
+
+    def cli_message(self) -> str:
+        return self.cli or str(self)
 
 
 class InvalidQueryError(TongSearchError, ValueError):
@@ -24,10 +32,9 @@ class MissingReasoningError(TongSearchError, KeyError):
         self.queries = queries
         shown = "; ".join(repr(q[:100]) for q in queries[:3])
         more = f" (and {len(queries) - 3} more)" if len(queries) > 3 else ""
-        super().__init__(
-            f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} not in {source}: {shown}{more}. "
-            "Pass fallback=<model> to QRReasoner.from_file to generate missing ones."
-        )
+        missing = f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} not in {source}: {shown}{more}. "
+        super().__init__(missing + "Pass fallback=<model> to QRReasoner.from_file to generate missing ones.",
+                         cli=missing + "Pass --fallback MODEL (e.g. --fallback default) to generate missing ones.")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -35,6 +42,10 @@ class MissingReasoningError(TongSearchError, KeyError):
 
 class ModelNotAvailableError(TongSearchError, OSError):
     """Model weights could not be found locally nor downloaded."""
+
+
+class CacheError(TongSearchError, OSError):
+    """The reasoning cache file cannot be used."""
 
 
 class InputFormatError(TongSearchError, ValueError):

