@@ -24,6 +24,7 @@ from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.data import Collection, load_beir, load_bright
 from tongsearch_qr.metrics import evaluate, mean
 from tongsearch_qr.retrieval import make_retriever
+from tongsearch_qr.retrieval.base import search_depth
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
@@ -37,7 +38,7 @@ def ndcg(collection: Collection, rankings: dict[str, list[tuple[str, float]]], k
 
 
 def depth(collection: Collection, k: int) -> int:
-    return k + max((len(e) for e in collection.excluded.values()), default=0)
+    return search_depth(k, list(collection.excluded.values()))
 
 
 def via_core(c, docs, reasoner, mode, k):

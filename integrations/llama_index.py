@@ -28,6 +28,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from .. import QRReasoner
 from ..modes import RewriteMode, get_mode
 from ..retrieval import Retriever, make_retriever
+from . import core_reasoner
 
 
 class QRQueryTransform(BaseQueryTransform):
@@ -38,11 +39,9 @@ class QRQueryTransform(BaseQueryTransform):
                  mode: str | RewriteMode = "replace", target: Literal["query_str", "embedding"] = "query_str",
                  include_original: bool = False, **reasoner_options: Any):
         super().__init__()
-        if reasoner is not None and (model is not None or reasoner_options):
-            raise ValueError("pass either a ready reasoner or model/options to build one, not both")
         if target not in ("query_str", "embedding"):
             raise ValueError(f"target must be 'query_str' or 'embedding', got {target!r}")
-        self._reasoner = reasoner if reasoner is not None else QRReasoner(model, **reasoner_options)
+        self._reasoner = core_reasoner(reasoner, model, reasoner_options)
         self._mode = get_mode(mode)
         self._target = target
         self._include_original = include_original
@@ -55,8 +54,10 @@ class QRQueryTransform(BaseQueryTransform):
         return {"reasoning_prompt": PromptTemplate(self._reasoner.template.user)}
 
     def _update_prompts(self, prompts: PromptDictType) -> None:
+        """Use the new prompt in this transform only: a reasoner shared with other pipelines is left as it is."""
         if "reasoning_prompt" in prompts:
-            self._reasoner.template = replace(self._reasoner.template, user=prompts["reasoning_prompt"].get_template())
+            template = replace(self._reasoner.template, user=prompts["reasoning_prompt"].get_template())
+            self._reasoner = self._reasoner.with_(template=template)
 
     def _run(self, query_bundle: QueryBundle, metadata: dict) -> QueryBundle:
         return self.run_many([query_bundle])[0]

@@ -25,6 +25,7 @@ import pyterrier as pt
 from .. import QRReasoner as CoreReasoner
 from ..modes import RewriteMode, get_mode
 from ..retrieval import Retriever, make_retriever
+from . import core_reasoner
 
 _PARSER_UNSAFE = re.compile(r"[^\w\s]+")
 
@@ -38,10 +39,8 @@ class QRReasoner(pt.Transformer):
 
     def __init__(self, model: str | None = None, *, mode: str | RewriteMode = "replace",
                  reasoner: CoreReasoner | None = None, clean: bool = False, **reasoner_options: Any):
-        if reasoner is not None and (model is not None or reasoner_options):
-            raise ValueError("pass either a ready reasoner or model/options to build one, not both")
         self.mode = get_mode(mode)
-        self.reasoner = reasoner if reasoner is not None else CoreReasoner(model, **reasoner_options)
+        self.reasoner = core_reasoner(reasoner, model, reasoner_options)
         self.clean = clean
 
     @classmethod

@@ -92,3 +92,32 @@ def test_eval_without_documents_fails_before_any_work(tmp_path, capsys, shared_d
 def test_bright_names():
     assert bright_names({"ndcg_cut_10": 0.5, "recall_100": 0.9, "map_cut_5": 0.1, "P_1": 1.0, "recip_rank": 0.7,
                          "map": 0.3}) == {"NDCG@10": 0.5, "Recall@100": 0.9, "MAP@5": 0.1, "P@1": 1.0, "MRR": 0.7}
+
+
+def test_a_run_where_no_query_retrieves_anything_still_writes_every_metric_and_the_chart(tmp_path):
+    from tongsearch_qr.evaluation import MEASURES, RunResult, write_results
+    from tongsearch_qr.metrics import evaluate
+
+    per_query = evaluate({"q1": {}, "q2": {}}, {"q1": {"d1": 1}, "q2": {"d2": 1}}, MEASURES)
+    assert per_query["q1"]["ndcg_cut_10"] == 0.0 and per_query["q1"]["recall_100"] == 0.0
+    assert set(per_query["q1"]) == set(evaluate({"q1": {"d1": 1.0}}, {"q1": {"d1": 1}}, MEASURES)["q1"])
+    write_results(tmp_path, {"empty": {"reasoning": RunResult({"q1": {}, "q2": {}}, per_query)}})
+    assert json.loads((tmp_path / "metrics.json").read_text())["average"]["NDCG@10"] == 0.0
+    assert (tmp_path / "ndcg10.png").stat().st_size > 0
+
+
+def test_run_files_keep_the_retrievers_tie_order(tmp_path):
+    from tongsearch_qr.data import write_run
+
+    write_run(tmp_path / "run.trec", {"q": {"zeta": 2.0, "b": 1.0, "a": 1.0, "c": 1.0}})
+    assert [line.split()[2] for line in (tmp_path / "run.trec").read_text().splitlines()] == ["zeta", "b", "a", "c"]
+
+
+def test_eval_counts_empty_reasoning_in_its_summary(tmp_path, caplog):
+    make_bright_fixture(tmp_path / "b")
+    reasoning = tmp_path / "r.json"
+    reasoning.write_text(json.dumps({"salt water kidneys": "kidneys filter blood", "volcano eruption": ""}))
+    rc, out = _eval(tmp_path, "--reasoner", f"file:{reasoning}", "--mode", "concat", "--no-cache")
+    assert rc == 0
+    assert json.loads((out / "reasoning.json").read_text()) == {"queries": 2, "cached": 0, "generated": 2, "empty": 1}
+    assert "1 completions came back empty" in caplog.text

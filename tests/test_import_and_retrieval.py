@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -41,3 +42,28 @@ def test_bm25_on_scifact_reaches_the_reference(shared_data):
     rankings = retriever.search([queries[q] for q in qids], k=100)
     scores = mean(evaluate({q: dict(r) for q, r in zip(qids, rankings)}, qrels))
     assert scores["ndcg_cut_10"] >= 0.676  # bm25s k1=0.9 b=0.4 reference; BEIR 0.665, Anserini 0.679
+
+
+def test_the_core_never_imports_the_adapters():
+    """The arrow points from integrations/ to the core only: `eval --via` finds stacks through entry points."""
+    from conftest import REPO
+
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "tongsearch_qr").rglob("*.py")
+                 if re.search(r"tongsearch_qr\.integrations|from \.+integrations|import_module\(.*integrations",
+                              path.read_text(encoding="utf-8"))]
+    assert not offenders, offenders
+    from tongsearch_qr.evaluation import stacks
+
+    assert {"pyterrier", "llama-index", "haystack"} <= set(stacks())
+
+
+def test_the_readmes_retrieval_snippet_runs_on_a_beir_collection(monkeypatch):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Retrieval and evaluation", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(REPO)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert len(scope["rankings"]) == len(scope["qids"]) == 300 and len(scope["rankings"][0]) == 1000

@@ -76,9 +76,11 @@ def test_prompts_through_the_prompt_mixin(reasoner):
     assert prompts["reasoning_prompt"].template_vars == ["question"]
     before = reasoner.config_hash
     transform.update_prompts({"reasoning_prompt": PromptTemplate("Explain: {question}")})
-    assert reasoner.template.user == "Explain: {question}" and reasoner.config_hash != before
+    assert transform.reasoner.template.user == "Explain: {question}" and transform.reasoner.config_hash != before
+    assert transform.reasoner.backend is reasoner.backend  # the model is shared, not reloaded
+    assert reasoner.config_hash == before  # the shared reasoner (other stacks' pipelines) is untouched
     transform.update_prompts({"reasoning_prompt": prompts["reasoning_prompt"]})
-    assert reasoner.config_hash == before
+    assert transform.reasoner.config_hash == before
 
 
 def test_bad_inputs(reasoner):

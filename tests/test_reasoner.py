@@ -114,10 +114,13 @@ def test_hub_model_offline_is_one_clear_error(monkeypatch):
     assert "TongSearch/TongSearch-QR-7B" in message and "hf download" in message and "QRReasoner()" in message
 
 
-def test_hub_model_without_network_fails_fast():
-    """No HF_HUB_OFFLINE: the hub is simply unreachable here; the probe turns that into the same error."""
+def test_hub_model_without_network_fails_fast(monkeypatch):
+    """No HF_HUB_OFFLINE, but no hub either (an endpoint nothing listens on, so a connected machine downloads
+    nothing): the probe turns that into the same error."""
     from tongsearch_qr.hub import hub_unreachable
 
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
     with pytest.raises(ModelNotAvailableError, match="hub could not be reached"):
         QRReasoner("TongSearch/TongSearch-QR-1.5B")
     assert hub_unreachable("https://127.0.0.1:9") is not None

@@ -107,10 +107,24 @@ def cmd_reason(args: argparse.Namespace) -> int:
         for r, q, text in zip(records, queries, reasoning)
     ))
     log.info("wrote %d rows to %s", len(records), args.output)
+    report_reasoning(reasoner)
     return 0
 
 
+def report_reasoning(reasoner) -> dict[str, int]:
+    """Log the run's reasoning counts (empty completions as a warning) and return them."""
+    counts = {name: reasoner.stats[name] for name in ("queries", "cached", "generated", "empty")}
+    log.info("reasoning: %(queries)d unique queries, %(cached)d from the cache, %(generated)d generated, "
+             "%(empty)d empty", counts)
+    if counts["empty"]:
+        log.warning("%d completions came back empty: they were used as empty reasoning and not cached; "
+                    "rerun to retry them", counts["empty"])
+    return counts
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
     from .evaluation import load_datasets, print_table, run_collection, write_results
 
     collections = load_datasets(args.dataset, bright_dir=args.bright_dir, documents=args.documents, long=args.long)
@@ -125,6 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=args.mode, baseline=args.baseline,
                                       k=args.k, retriever_options=options, via=args.via) for c in collections}
     out = write_results(args.output, results)
+    if reasoner is not None:
+        (out / "reasoning.json").write_text(json.dumps(report_reasoning(reasoner), indent=2))
     print_table(results)
     log.info("wrote metrics, runs and ndcg10.png to %s", out)
     return 0
@@ -210,11 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
     evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all or beir:<dir>[@split]")
-    evaluate.add_argument("--retriever", default="bm25", help="bm25 or dense (default: %(default)s)")
+    evaluate.add_argument("--retriever", default="bm25",
+                          help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: %(default)s)")
     evaluate.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
     evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")
-    evaluate.add_argument("--via", default="core", choices=["core", "pyterrier", "llama-index", "haystack"],
-                          help="run reasoner and retriever through the core or a stack's adapter (default: %(default)s)")
+    evaluate.add_argument("--via", default="core",
+                          help="run reasoner and retriever through the core or a stack's adapter: core, pyterrier, "
+                               "llama-index or haystack (default: %(default)s)")
     evaluate.add_argument("--output", required=True, help="directory for metrics.json, run.trec, per-query metrics, PNG")
     evaluate.add_argument("--bright-dir", default=None,
                           help="local BRIGHT examples+qrels (shared layout or hub parquet layout); default: the hub")

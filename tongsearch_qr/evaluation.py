@@ -20,7 +20,7 @@ from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, write_run
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
 from .retrieval import Ranking, make_retriever
-from .retrieval.base import drop_excluded
+from .retrieval.base import drop_excluded, search_depth
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,15 @@ class RunResult:
         self.summary = {**means, **bright_names(means)}
 
 
-#: ``--via`` names -> integration modules that implement ``rank_queries``
-VIA_STACKS = {"pyterrier": "pyterrier", "llama-index": "llama_index", "haystack": "haystack"}
+#: entry-point group where stacks register ``rank_queries(docs, queries, reasoner, mode, k, kind, **options)``
+STACKS_GROUP = "tongsearch_qr.stacks"
+
+
+def stacks() -> dict[str, Any]:
+    """The stacks ``via`` can name (registered entry points, loaded only when used)."""
+    from importlib.metadata import entry_points
+
+    return {point.name: point for point in entry_points(group=STACKS_GROUP)}
 
 
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
@@ -78,12 +85,13 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
-    ``via="core"`` indexes once with the core retriever; ``via`` a stack (``pyterrier``, ``llama-index``,
-    ``haystack``) runs the same reasoner and retriever through that stack's adapter, retrieving deep
-    enough to remove each query's excluded ids afterwards.
+    ``via="core"`` indexes once with the core retriever; ``via`` a stack registered under the
+    ``tongsearch_qr.stacks`` entry points (``pyterrier``, ``llama-index``, ``haystack``) runs the same
+    reasoner and retriever through that stack's adapter, retrieving deep enough to remove each query's
+    excluded ids afterwards.
     """
     qids = list(collection.queries)
-    exclude = [collection.excluded.get(q, set()) for q in qids]
+    exclude = collection.exclusions(qids)
     formulations: dict[str, tuple[Any, RewriteMode]] = {}
     if reasoner is not None:
         formulations["reasoning"] = (reasoner, get_mode(mode))
@@ -98,19 +106,17 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
             queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True)
             return index.search(queries, k=k, exclude=exclude)
-    elif via in VIA_STACKS:
-        import importlib
-
-        stack = importlib.import_module(f"tongsearch_qr.integrations.{VIA_STACKS[via]}")
+    elif via in (registered := stacks()):
+        rank_queries = registered[via].load()
         docs = list(collection.iter_documents())
-        depth = k + max((len(e) for e in exclude), default=0)
+        depth = search_depth(k, exclude)
 
         def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
-            by_qid = stack.rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
-                                        kind=retriever, **dict(retriever_options or {}))
+            by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
+                                  kind=retriever, **dict(retriever_options or {}))
             return [drop_excluded(by_qid[q], excluded, k) for q, excluded in zip(qids, exclude)]
     else:
-        raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(VIA_STACKS)}")
+        raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")
     results = {}
     for name, (formulation_reasoner, formulation_mode) in formulations.items():
         rankings = search(formulation_reasoner, formulation_mode)

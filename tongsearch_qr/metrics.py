@@ -32,4 +32,9 @@ def mean(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 
 def _names(measures: Iterable[str]) -> list[str]:
-    return [m.replace(".", "_") for m in measures]
+    """pytrec_eval's result names of ``measures`` (``ndcg_cut.1,10`` -> ``ndcg_cut_1``, ``ndcg_cut_10``)."""
+    names = []
+    for measure in measures:
+        base, _, cutoffs = measure.partition(".")
+        names += [f"{base}_{c}" for c in cutoffs.split(",")] if cutoffs else [base]
+    return names

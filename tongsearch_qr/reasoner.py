@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -98,6 +99,20 @@ class QRReasoner:
         if fallback is not None and not isinstance(fallback, Backend):
             fallback = make_backend("transformers", fallback)
         return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
+
+    def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,
+              mode: str | RewriteMode | None = None) -> "QRReasoner":
+        """A reasoner sharing this one's backend (the loaded model) and cache, with some settings changed;
+        this one is left as it is, so pipelines that share it keep their behaviour."""
+        other = copy.copy(self)
+        other.stats, other._lock = Counter(), threading.Lock()
+        if template is not None:
+            other.template = template
+        if generation is not None:
+            other.generation = generation
+        if mode is not None:
+            other.mode = get_mode(mode)
+        return other
 
     @property
     def config_hash(self) -> str:

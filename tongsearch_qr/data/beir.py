@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InputFormatError
+from ..query_io import jsonl_objects
 from .collection import Collection
 
 
@@ -38,9 +38,5 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> Collect
 
 def _jsonl(path: Path) -> Iterator[dict]:
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        for _, obj in jsonl_objects(handle, path):
+            yield obj

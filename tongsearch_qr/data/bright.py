@@ -9,13 +9,13 @@ per query so retrievers can remove them from every ranking, exactly as BRIGHT do
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataNotAvailableError, InputFormatError
+from ..query_io import jsonl_objects
 from .collection import Collection
 from .trec import read_qrels
 
@@ -79,8 +79,8 @@ def _local_examples(root: Path, task: str) -> list[dict]:
             opener = gzip.open if name.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8") as handle:
                 try:
-                    return [json.loads(line) for line in handle if line.strip()]
-                except (json.JSONDecodeError, OSError, EOFError) as exc:
+                    return [obj for _, obj in jsonl_objects(handle, path)]
+                except (OSError, EOFError) as exc:
                     raise InputFormatError(f"{path}: unreadable BRIGHT examples ({exc})") from exc
     raise DataNotAvailableError(f"BRIGHT {task}: no examples/{task}-*.parquet or examples/{task}.jsonl(.gz) in {root}")
 

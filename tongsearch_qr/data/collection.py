@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import InputFormatError
@@ -28,6 +28,10 @@ class Collection:
             raise InputFormatError(
                 f"{self.name}: qrels reference {len(unknown)} unknown queries, e.g. {unknown[:3]}"
             )
+
+    def exclusions(self, qids: Iterable[str]) -> list[set[str]]:
+        """The excluded doc ids of each query in ``qids`` (empty sets where none are), for ``search(exclude=...)``."""
+        return [self.excluded.get(q, set()) for q in qids]
 
     def iter_documents(self) -> Iterator[tuple[str, str]]:
         """The documents, with a clear error when the collection has none available."""

@@ -11,12 +11,13 @@ from ..errors import InputFormatError
 
 
 def write_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "tongsearch-qr") -> None:
-    """Write ``qid Q0 docid rank score tag`` lines, best first per query."""
+    """Write ``qid Q0 docid rank score tag`` lines, best first per query; documents with equal scores keep
+    the order they have in ``run`` (the retriever's tie order, e.g. BRIGHT's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = sorted(docs.items(), key=lambda kv: -kv[1])  # stable: ties stay in the retriever's order
             for rank, (doc, score) in enumerate(ranked, 1):
                 out.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
 

@@ -59,6 +59,11 @@ def check_search_args(queries: Sequence[str], k: int, exclude: Sequence[Collecti
         raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
 
 
+def search_depth(k: int, exclude: Sequence[Collection[str]] | None) -> int:
+    """How deep to search so that ``k`` results are left after removing any query's excluded ids."""
+    return k + max((len(e) for e in exclude), default=0) if exclude else k
+
+
 def drop_excluded(candidates: Iterable[tuple[str, float]], excluded: Collection[str], k: int) -> Ranking:
     """The first ``k`` candidates not in ``excluded``."""
     ranking: Ranking = []

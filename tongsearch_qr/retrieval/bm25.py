@@ -8,7 +8,15 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import InputFormatError
-from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, write_index_meta
+from .base import (
+    Ranking,
+    check_search_args,
+    collect_documents,
+    drop_excluded,
+    read_index_meta,
+    search_depth,
+    write_index_meta,
+)
 
 
 def _bm25s():
@@ -62,8 +70,7 @@ class BM25Retriever:
         check_search_args(queries, k, exclude)
         if not queries:
             return []
-        extra = max((len(e) for e in exclude), default=0) if exclude else 0
-        depth = min(k + extra, len(self.doc_ids))
+        depth = min(search_depth(k, exclude), len(self.doc_ids))
         docs, scores = self._model.retrieve(self._tokenize(list(queries)), k=depth,
                                             show_progress=self.show_progress, n_threads=1)
         rankings = []

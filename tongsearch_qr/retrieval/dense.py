@@ -18,7 +18,15 @@ import numpy as np
 
 from ..errors import ModelNotAvailableError
 from ..paths import cache_root
-from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, write_index_meta
+from .base import (
+    Ranking,
+    check_search_args,
+    collect_documents,
+    drop_excluded,
+    read_index_meta,
+    search_depth,
+    write_index_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +118,7 @@ class DenseRetriever:
         rankings = []
         for row, row_scores in enumerate(scores):
             excluded = exclude[row] if exclude else ()
-            depth = min(k + len(excluded), len(self.doc_ids))
+            depth = min(search_depth(k, [excluded]), len(self.doc_ids))
             top = np.argpartition(-row_scores, depth - 1)[:depth]
             top = top[np.lexsort((top, -row_scores[top]))]
             rankings.append(drop_excluded(((self.doc_ids[i], float(row_scores[i])) for i in top), excluded, k))

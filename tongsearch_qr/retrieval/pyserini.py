@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from .base import Ranking, check_search_args, drop_excluded, read_index_meta, write_index_meta
+from .base import Ranking, check_search_args, drop_excluded, read_index_meta, search_depth, write_index_meta
 from .lucene import start_pyserini
 
 
@@ -73,9 +73,8 @@ class PyseriniRetriever:
         check_search_args(queries, k, exclude)
         if not queries:
             return []
-        extra = max((len(e) for e in exclude), default=0) if exclude else 0
         qids = [str(i) for i in range(len(queries))]
-        hits = self.searcher.batch_search(list(queries), qids, k=k + extra, threads=self.threads)
+        hits = self.searcher.batch_search(list(queries), qids, k=search_depth(k, exclude), threads=self.threads)
         return [drop_excluded(((h.docid, float(h.score)) for h in hits[qid]), exclude[i] if exclude else (), k)
                 for i, qid in enumerate(qids)]
 
