@@ -1,6 +1,6 @@
 import json
-import re
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -190,6 +190,7 @@ def test_every_command_line_option_is_documented_in_the_readme():
     import argparse
 
     from conftest import REPO
+
     from tongsearch_qr.cli import build_parser
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
