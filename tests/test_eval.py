@@ -49,6 +49,12 @@ def test_eval_with_precomputed_reasoning_and_baseline(tmp_path):
     assert baseline["ndcg_cut_10"] == pytest.approx((NDCG10_Q0 + 1) / 2, abs=1e-12)
     assert with_reasoning["ndcg_cut_10"] == pytest.approx(1.0)  # both relevant documents now in the top 2
     assert (out / "run.baseline.trec").is_file() and (out / "ndcg10.png").is_file()
+    # per-query differences (1 - NDCG10_Q0, 0): resampled means are 0, half or all of the first, so the 95%
+    # percentile interval spans [0, 1 - NDCG10_Q0]
+    diff = json.loads((out / "comparison.json").read_text())["bright:biology"]
+    assert diff["mean_difference"] == pytest.approx((1 - NDCG10_Q0) / 2)
+    assert diff["ci_low"] == 0.0 and diff["ci_high"] == pytest.approx(1 - NDCG10_Q0)
+    assert (diff["queries"], diff["wins"], diff["losses"]) == (2, 1, 0)
 
 
 def test_fusion_modes_through_eval_with_the_embedded_reasoner(tmp_path, shared_data):

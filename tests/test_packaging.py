@@ -79,7 +79,7 @@ def test_every_imported_module_is_declared():
 
 def test_the_core_declares_no_extra_only_dependency():
     core, extras = _declared()
-    assert not core & {"httpx", "scipy", "pandas", "pyserini", "trl", "vllm"}, core
+    assert not core & {"httpx", "pandas", "pyserini", "trl", "vllm"}, core
 
 
 @pytest.mark.slow

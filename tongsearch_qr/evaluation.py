@@ -3,7 +3,8 @@
 ``tongsearch-qr eval`` writes ``metrics.json`` (``{"<task>": {...}, "average": {...}}`` with trec_eval
 names such as ``ndcg_cut_10`` and BRIGHT's names such as ``NDCG@10``), ``run.trec``, per-query metrics
 and a bar chart of per-task nDCG@10; with ``baseline`` the original queries are run too
-(``*.baseline.*`` files) and drawn beside the reasoning.
+(``*.baseline.*`` files) and drawn beside the reasoning, and ``comparison.json`` holds, per collection, the
+mean per-query nDCG@10 difference (reasoning - baseline) with its paired bootstrap 95% interval.
 """
 
 from __future__ import annotations
@@ -125,6 +126,28 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     return results
 
 
+def paired_difference(results: Mapping[str, RunResult], metric: str = "ndcg_cut_10", *, confidence: float = 0.95,
+                      resamples: int = 10000, seed: int = 0) -> dict[str, float] | None:
+    """The mean per-query difference ``reasoning - baseline`` in ``metric``, with a paired bootstrap
+    ``confidence`` interval (scipy's percentile bootstrap over queries, seeded); ``None`` without both runs."""
+    if not {"reasoning", "baseline"} <= set(results):
+        return None
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    reasoning, baseline = results["reasoning"].per_query, results["baseline"].per_query
+    diffs = np.array([reasoning[q][metric] - baseline[q][metric] for q in reasoning])
+    if len(diffs) > 1 and np.ptp(diffs) > 0:
+        ci = bootstrap((diffs,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                       random_state=np.random.default_rng(seed)).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    else:  # every query moved by the same amount (often 0): the interval is that point
+        low = high = float(diffs.mean()) if len(diffs) else 0.0
+    return {"metric": metric, "queries": len(diffs), "mean_difference": float(diffs.mean()) if len(diffs) else 0.0,
+            "ci_low": low, "ci_high": high, "confidence": confidence, "wins": int((diffs > 0).sum()),
+            "losses": int((diffs < 0).sum())}
+
+
 def _no_reasoning() -> Any:
     """A reasoner for the ``original`` mode, which never asks for reasoning."""
     from .backends.precomputed import PrecomputedBackend
@@ -152,6 +175,9 @@ def write_results(output: str | os.PathLike[str], results: Mapping[str, Mapping[
         merged_run = {f"{name}/{qid}" if len(per_task) > 1 else qid: docs
                       for name, result in per_task.items() for qid, docs in result.run.items()}
         write_run(out / f"run{suffix}.trec", merged_run, tag=formulation)
+    comparisons = {name: diff for name, r in results.items() if (diff := paired_difference(r)) is not None}
+    if comparisons:
+        (out / "comparison.json").write_text(json.dumps(comparisons, indent=2))
     plot_ndcg(out / "ndcg10.png", results)
     return out
 
@@ -190,3 +216,8 @@ def print_table(results: Mapping[str, Mapping[str, RunResult]], columns: Sequenc
         cells = "".join(f"{by_formulation[f].summary[c]:>24.4f}" if f in by_formulation else f"{'-':>24}"
                         for f in formulations for c in columns)
         print(f"{name:<32}{cells}")
+    for name, by_formulation in results.items():
+        if (diff := paired_difference(by_formulation)) is not None:
+            print(f"{name}: reasoning - baseline nDCG@10 {diff['mean_difference']:+.4f}, "
+                  f"{diff['confidence']:.0%} paired bootstrap interval [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] "
+                  f"over {diff['queries']} queries ({diff['wins']} better, {diff['losses']} worse)")

@@ -8,15 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import InputFormatError
-from .base import (
-    Ranking,
-    check_search_args,
-    collect_documents,
-    drop_excluded,
-    read_index_meta,
-    search_depth,
-    write_index_meta,
-)
+from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, search_depth, write_index_meta
 
 
 def _bm25s():

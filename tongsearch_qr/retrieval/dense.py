@@ -18,15 +18,7 @@ import numpy as np
 
 from ..errors import ModelNotAvailableError
 from ..paths import cache_root
-from .base import (
-    Ranking,
-    check_search_args,
-    collect_documents,
-    drop_excluded,
-    read_index_meta,
-    search_depth,
-    write_index_meta,
-)
+from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, search_depth, write_index_meta
 
 log = logging.getLogger(__name__)
 
