@@ -129,3 +129,22 @@ def test_shared_qrels_files_match_gold_ids(shared_data):
     assert sum(len(docs) for docs in qrels.values()) > 100
     c = load_bright("stackoverflow", source=shared_data / "bright")
     assert c.qrels == qrels
+
+
+def test_qa_file_as_a_collection_and_as_training_examples(tmp_path, shared_data):
+    from tongsearch_qr.data import load_qa
+    from tongsearch_qr.training.data import from_qa_jsonl
+
+    site = shared_data / "stackexchange-qa" / "matheducators" / "qa_pairs.jsonl"
+    c = load_qa(site)
+    docs = dict(c.iter_documents())
+    assert c.name == "qa:matheducators" and len(c.queries) == len(docs) == 189
+    first = json.loads(site.read_text(encoding="utf-8").splitlines()[0])
+    assert c.queries[first["question_id"]] == f"{first['title'].strip()}\n\n{first['question_body'].strip()}"
+    assert c.qrels[first["question_id"]] == {first["answer_id"]: 1} and docs[first["answer_id"]] == first["answer_body"]
+    examples = from_qa_jsonl([site])
+    assert [ex.question for ex in examples] == list(c.queries.values())  # one reader for both
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"title": "t", "question_body": "b"}\n')
+    with pytest.raises(InputFormatError, match="bad.jsonl:1: missing field"):
+        load_qa(bad)

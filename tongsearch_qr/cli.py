@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     reason.set_defaults(func=cmd_reason)
 
     evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
-    evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all or beir:<dir>[@split]")
+    evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all, beir:<dir>[@split] or "
+                               "qa:<file.jsonl> (each question against all the file's answers)")
     evaluate.add_argument("--retriever", default="bm25",
                           help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: %(default)s)")
     evaluate.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, write_run
+from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, load_qa, write_run
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
 from .retrieval import Ranking, make_retriever
@@ -45,7 +45,8 @@ def bright_names(metrics: Mapping[str, float]) -> dict[str, float]:
 
 def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | None = None,
                   long: bool = False) -> list[Collection]:
-    """``bright:<task>``, ``bright:all`` or ``beir:<dir>[@split]`` as collections."""
+    """``bright:<task>``, ``bright:all``, ``beir:<dir>[@split]`` or ``qa:<file.jsonl>`` (a Q/A file: every
+    question against all of its answers) as collections."""
     kind, _, rest = spec.partition(":")
     if kind == "bright" and rest:
         tasks = BRIGHT_TASKS if rest == "all" else [rest]
@@ -53,7 +54,9 @@ def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | 
     if kind == "beir" and rest:
         directory, _, split = rest.partition("@")
         return [load_beir(directory, split or "test")]
-    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all or beir:<dir>[@split]")
+    if kind == "qa" and rest:
+        return [load_qa(rest)]
+    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all, beir:<dir>[@split] or qa:<file.jsonl>")
 
 
 @dataclass

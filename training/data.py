@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tongsearch_qr.data.qa import ANSWER_FIELD, QUESTION_FIELDS, read_qa_pairs
 from tongsearch_qr.errors import DataNotAvailableError, InputFormatError
 from tongsearch_qr.prompts import PromptTemplate
-from tongsearch_qr.query_io import jsonl_objects
 
 PREFERENCES_DATASET = "HuggingFaceH4/stack-exchange-preferences"
 
@@ -62,23 +62,16 @@ def from_mapping(source: str | os.PathLike[str] | dict[str, Any]) -> list[Traini
     return check_examples(examples, where)
 
 
-def from_qa_jsonl(paths: Iterable[str | os.PathLike[str]], *, question_fields: Sequence[str] = ("title", "question_body"),
-                  answer_field: str = "answer_body", limit_per_file: int | None = None) -> list[TrainingExample]:
-    """Examples from Q/A JSONL files: question = the ``question_fields`` joined by a blank line, positive =
-    ``answer_field``. The file's parent directory name is kept as ``source`` (the StackExchange site)."""
+def from_qa_jsonl(paths: Iterable[str | os.PathLike[str]], *, question_fields: Sequence[str] = QUESTION_FIELDS,
+                  answer_field: str = ANSWER_FIELD, limit_per_file: int | None = None) -> list[TrainingExample]:
+    """Examples from Q/A JSONL files (:func:`tongsearch_qr.data.read_qa_pairs`): question = the
+    ``question_fields`` joined by a blank line, positive = ``answer_field``. The file's parent directory name
+    is kept as ``source`` (the StackExchange site)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     examples: list[TrainingExample] = []
     for path in paths:
-        if not path.is_file():
-            raise InputFormatError(f"Q/A file {path} does not exist")
-        with path.open(encoding="utf-8") as handle:
-            rows = []
-            for line_no, row in jsonl_objects(handle, path):
-                missing = [f for f in (*question_fields, answer_field) if f not in row]
-                if missing:
-                    raise InputFormatError(f"{path}:{line_no}: missing field(s) {missing}")
-                question = "\n\n".join(str(row[f]).strip() for f in question_fields if str(row[f] or "").strip())
-                rows.append(TrainingExample(question, [str(row[answer_field] or "")], source=path.parent.name))
+        rows = [TrainingExample(p.question, [p.answer], source=path.parent.name)
+                for p in read_qa_pairs(path, question_fields=question_fields, answer_field=answer_field)]
         examples += rows[:limit_per_file] if limit_per_file else rows
     return check_examples(examples, ", ".join(map(str, paths)) or "Q/A files")
 
