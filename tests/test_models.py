@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_first_load_converts_once_and_later_loads_read_safetensors(monkeypatch, 
     assert len(calls) == 1
     assert first == tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1"
     assert (first / "model.safetensors").stat().st_size > 100_000_000
-    assert not [p for p in first.parent.iterdir() if p.name.startswith(".converting-")]
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".building-")]
 
     def must_not_run(*args):
         raise AssertionError("dequantized again")
@@ -99,3 +100,42 @@ def test_openai_cache_identity_is_the_served_model_not_the_url():
 
     here, there = OpenAIBackend("qr-7b", base_url="http://127.0.0.1:8000/v1"), OpenAIBackend("qr-7b", base_url="http://gpu-box:9000/v1")
     assert here.cache_id == there.cache_id != OpenAIBackend("qr-1.5b", base_url="http://127.0.0.1:8000/v1").cache_id
+
+
+def test_a_lora_adapter_directory_loads_merged_once_with_its_prompt_and_mode(tmp_path, smol_backend, caplog):
+    """What `tongsearch-qr train` writes with `lora:` is a model spec: merged into its base once and cached,
+    with the prompt and rewrite mode it was trained for as the reasoner's defaults."""
+    import logging
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tongsearch_qr import GenerationParams, PromptTemplate, QRReasoner
+    from tongsearch_qr.backends.transformers_backend import TransformersBackend
+    from tongsearch_qr.models import write_reasoner_settings
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smol_backend.tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    smol_backend.tokenizer.save_pretrained(base_dir)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora).save_pretrained(adapter_dir)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+    template = PromptTemplate(user="Keywords for: {question}", system=None)
+    write_reasoner_settings(adapter_dir, template, "weighted:3")
+
+    greedy = GenerationParams.greedy(8)
+    with caplog.at_level(logging.WARNING):
+        trained = QRReasoner(adapter_dir, generation=greedy, dtype="float32")
+    assert "merging the LoRA adapter" in caplog.text
+    assert trained.template == template and trained.mode.name == "weighted:3"
+    base = TransformersBackend(base_dir, dtype="float32")
+    question = ["Why is the sea salty?"]
+    assert trained.backend.generate(question, template, greedy) != base.generate(question, template, greedy)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = QRReasoner(adapter_dir, generation=greedy, dtype="float32")
+    assert "merging" not in caplog.text and again.backend.cache_id == trained.backend.cache_id

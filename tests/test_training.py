@@ -341,3 +341,55 @@ def test_under_accelerate_launch_only_the_main_process_logs_validates_and_writes
     assert ("1", "loss") in once and ("1", "val/reward") in once and len(once) == len(set(once)), rows
     assert (tmp_path / "run" / "validation" / "corpus.jsonl").is_file()
     assert (tmp_path / "run" / "final" / "tokenizer_config.json").is_file()
+
+
+def test_bm25_rank_over_the_whole_corpus_by_hand():
+    corpus = ["burr grinders give even grounds", "blade grinders chop unevenly", "milk frothing for lattes",
+              "espresso needs fine grounds"]
+    reward = BM25Rank(mode="replace", metric="rr", gain=True, corpus=corpus)
+    columns = {"question": ["which grinder chops"], "positives": [["burr grinders give even grounds"]], "negatives": [[]]}
+    # the question alone ranks "blade grinders chop unevenly" first, the positive second (RR 1/2);
+    # "burr even" puts the positive first (RR 1): a gain of 0.5; "lattes" never finds it: -0.5
+    assert reward([msg("burr even"), msg("lattes")] , **{k: v * 2 for k, v in columns.items()}) == pytest.approx([0.5, -0.5])
+
+
+@pytest.mark.slow
+def test_rejection_sampling_with_lora_writes_an_adapter_the_reasoner_loads(tmp_path, shared_data):
+    from tongsearch_qr import GenerationParams, QRReasoner
+    from tongsearch_qr.training import train
+
+    cfg = tmp_path / "rft.yaml"
+    cfg.write_text(f"""
+model: default
+output_dir: run
+stages: [rft]
+mode: weighted:3
+prompt: {{user: "Write a list of keywords for the given query:\\nQuery: {{question}}\\nKeywords:", system: null}}
+lora: {{r: 8, lora_alpha: 16, target_modules: all-linear}}
+data:
+  qa_jsonl: ["{shared_data}/stackexchange-qa/coffee/qa_pairs.jsonl"]
+  negatives: 5
+  validation_size: 4
+  max_question_tokens: 64
+rewards:
+  - name: bm25_rank
+    options: {{mode: weighted:3, pool: corpus}}
+validation: {{max_new_tokens: 8, modes: [weighted:3], pool: corpus}}
+rft:
+  rounds: 1
+  samples: 3
+  questions: 6
+  max_new_tokens: 8
+  margin: -1.0
+  sft: {{max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3, seed: 0}}
+""")
+    final = train(load_config(cfg))
+    assert (final / "adapter_config.json").is_file() and (final / "tongsearch_qr.json").is_file()
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == "default"
+    rows = [r.split(",") for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    logged = {(step, name): float(value) for step, name, value in rows}
+    assert logged[("1", "rft/questions")] == 6 and logged[("1", "rft/kept")] >= 1
+    assert ("0", "val/ndcg@10/weighted:3") in logged and ("1", "val/ndcg@10/weighted:3") in logged
+    reasoner = QRReasoner(final, generation=GenerationParams.greedy(6))
+    assert reasoner.mode.name == "weighted:3" and "keywords" in reasoner.template.user
+    assert reasoner.reason(["How fine should espresso be ground?"])[0].strip()

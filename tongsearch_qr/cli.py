@@ -29,7 +29,8 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
-    group.add_argument("--max-new-tokens", type=int, default=500)
+    group.add_argument("--max-new-tokens", type=int, default=None,
+                       help="reasoning length (default: what a trained model was trained for, else 500)")
     group.add_argument("--temperature", type=float, default=0.7)
     group.add_argument("--top-p", type=float, default=0.8)
     group.add_argument("--top-k", type=int, default=20)
@@ -64,13 +65,16 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
 
 def reasoner_from_args(args: argparse.Namespace):
     """Build the :class:`QRReasoner` the reasoner options describe."""
+    from .models import reasoner_settings
     from .reasoner import QRReasoner
 
+    length = args.max_new_tokens or reasoner_settings(args.model if not args.model.startswith("file:") else None).get(
+        "max_new_tokens", 500)
     if args.greedy:
-        params = GenerationParams.greedy(args.max_new_tokens, args.repetition_penalty)
+        params = GenerationParams.greedy(length, args.repetition_penalty)
     else:
-        params = GenerationParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k,
-                                  args.repetition_penalty, seed=args.seed)
+        params = GenerationParams(length, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
+                                  seed=args.seed)
     cache = False if args.no_cache else (args.cache or True)
     common = dict(think=args.think, generation=params, cache=cache, progress=True)
     if args.model.startswith("file:"):
@@ -86,7 +90,6 @@ def reasoner_from_args(args: argparse.Namespace):
 def cmd_reason(args: argparse.Namespace) -> int:
     from .query_io import read_queries, write_jsonl
 
-    mode = get_mode(args.mode)
     records = read_queries(args.input)
     bad = [(r, why) for r in records if (why := query_problem(r.query)) is not None]
     if bad:
@@ -100,6 +103,7 @@ def cmd_reason(args: argparse.Namespace) -> int:
         if not records:
             raise TongSearchError(f"no valid queries left in {args.input}")
     reasoner = reasoner_from_args(args)
+    mode = get_mode(args.mode) if args.mode else reasoner.mode
     queries = [str(r.query) for r in records]
     reasoning = reasoner.reason(queries)
     write_jsonl(args.output, (
@@ -136,7 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"show_progress": True}
     if args.retriever == "dense":
         options.update(model=args.dense_model, max_length=args.max_length)
-    results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=args.mode, baseline=args.baseline,
+    mode = args.mode or (reasoner.mode if reasoner is not None else "replace")
+    results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=mode, baseline=args.baseline,
                                       k=args.k, retriever_options=options, via=args.via) for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
@@ -219,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query) "
                                                        "or BRIGHT examples (.jsonl.gz)")
     reason.add_argument("--output", required=True, help="output JSONL: id, query, reasoning, rewritten")
-    reason.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
+    reason.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the mode a "
+                                                      "trained model was trained for, else replace)")
     reason.add_argument("--skip-invalid", action="store_true", help="leave out empty/non-text queries with a warning")
     add_reasoner_arguments(reason)
     reason.set_defaults(func=cmd_reason)
@@ -229,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "qa:<file.jsonl> (each question against all the file's answers)")
     evaluate.add_argument("--retriever", default="bm25",
                           help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: %(default)s)")
-    evaluate.add_argument("--mode", default="replace", help=f"rewrite mode: {', '.join(mode_names())}")
+    evaluate.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the "
+                                                        "mode a trained model was trained for, else replace)")
     evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")
     evaluate.add_argument("--via", default="core",
                           help="run reasoner and retriever through the core or a stack's adapter: core, pyterrier, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -77,21 +78,84 @@ def directory_fingerprint(directory: Path) -> str:
 
 
 def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
-    """Turn ``None``/``"default"``, a local directory or a hub id into a :class:`ModelSource`."""
+    """Turn ``None``/``"default"``, a local directory (full weights, or a LoRA adapter: merged into its base
+    once and cached) or a hub id into a :class:`ModelSource`."""
     if spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES):
         path = embedded_model_dir()
         return ModelSource(str(path), f"{EMBEDDED_MODEL_ID}:{EMBEDDED_GGUF}", local=True)
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if path.is_dir():
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+            return ModelSource(str(merged_adapter_dir(path)), str(path.resolve()), local=True)
         if not (path / "config.json").is_file():
-            raise ModelNotAvailableError(f"{path} is a directory but holds no config.json: not a transformers model")
+            raise ModelNotAvailableError(f"{path} is a directory but holds no config.json (nor {ADAPTER_CONFIG}): "
+                                         "not a transformers model or LoRA adapter")
         return ModelSource(str(path.resolve()), str(path.resolve()), local=True)
     if path.exists():
         raise ModelNotAvailableError(f"{path} is a file; pass the model's directory (with config.json)")
     if not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise ModelNotAvailableError(f"model path {text!r} does not exist (and is not a hub id like 'owner/name')")
     return ModelSource(text, text, local=False)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+#: written beside trained weights: the prompt and rewrite mode the reasoner was trained for
+REASONER_SETTINGS = "tongsearch_qr.json"
+
+
+def merged_adapter_dir(adapter: Path) -> Path:
+    """A LoRA adapter (peft) merged into its base model (``base_model_name_or_path``: a model spec such as
+    ``default``), saved once under the cache keyed by the adapter's and the base's content; later loads read
+    plain safetensors. Needs peft."""
+    try:
+        base_spec = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailableError(f"{adapter / ADAPTER_CONFIG} is not a usable LoRA adapter config ({exc})") from exc
+    base = resolve_model(base_spec)
+    key = hashlib.sha256(f"{directory_fingerprint(adapter)}\0{base.identity()}".encode()).hexdigest()[:16]
+    target = cache_root() / "models" / f"merged-{key}"
+    return _build_once(target, lambda staging: _merge_adapter(adapter, base, staging))
+
+
+def _merge_adapter(adapter: Path, base: ModelSource, out_dir: Path) -> None:
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ImportError("loading a LoRA adapter needs peft: pip install peft") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("merging the LoRA adapter %s into %s (once)", adapter, base.model_id)
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, base)
+    PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(out_dir)
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else None
+    tokenizer = (AutoTokenizer.from_pretrained(str(tokenizer_source)) if tokenizer_source
+                 else load_pretrained(AutoTokenizer.from_pretrained, base))
+    tokenizer.save_pretrained(out_dir)
+
+
+def write_reasoner_settings(folder: Path, template: Any, mode: str, max_new_tokens: int | None = None) -> None:
+    """Record beside a trained model the prompt template, rewrite mode and reasoning length it was trained for."""
+    settings = {"template": template.key(), "mode": mode, "max_new_tokens": max_new_tokens}
+    (folder / REASONER_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+def reasoner_settings(spec: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The settings written by :func:`write_reasoner_settings` in a local model or adapter directory
+    (``{}`` for anything else)."""
+    if spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES):
+        return {}
+    file = Path(os.fspath(spec)).expanduser() / REASONER_SETTINGS
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        found = {"template": dict(settings["template"]), "mode": str(settings["mode"])}
+        if settings.get("max_new_tokens"):
+            found["max_new_tokens"] = int(settings["max_new_tokens"])
+        return found
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelNotAvailableError(f"{file} is not a valid reasoner settings file ({exc})") from exc
 
 
 def load_pretrained(load: Callable[..., T], source: ModelSource, **kwargs: Any) -> T:
@@ -139,12 +203,15 @@ def embedded_gguf_path() -> Path:
 
 
 def embedded_model_dir() -> Path:
-    """The dequantized safetensors copy of the embedded model, converting it on first use.
-
-    Conversion writes to a temporary directory and renames it into place under a file lock, so
-    concurrent processes convert once and never see a half-written model.
-    """
+    """The dequantized safetensors copy of the embedded model, converting it on first use."""
     target = cache_root() / "models" / EMBEDDED_GGUF.removesuffix(".gguf")
+    return _build_once(target, lambda staging: dequantize_gguf(embedded_gguf_path(), staging))
+
+
+def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(staging_dir)`` if it is not complete yet. The build writes to a temporary
+    directory renamed into place under a file lock, so concurrent processes build once and never see a
+    half-written model."""
     if _is_complete(target):
         return target
     from filelock import FileLock
@@ -153,10 +220,9 @@ def embedded_model_dir() -> Path:
     with FileLock(str(target) + ".lock"):
         if _is_complete(target):
             return target
-        gguf_file = embedded_gguf_path()
-        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:
-            dequantize_gguf(gguf_file, staging)
+            build(staging)
             if target.exists():  # left over from an older layout or a crash: replace it
                 shutil.rmtree(target)
             os.replace(staging, target)

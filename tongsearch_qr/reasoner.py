@@ -14,6 +14,7 @@ from typing import Any
 from .backends import Backend, make_backend
 from .cache import ReasoningCache, config_key
 from .generation import GenerationParams
+from .models import reasoner_settings
 from .modes import RewriteMode, get_mode
 from .prompts import PromptTemplate
 from .queries import validate_queries
@@ -45,7 +46,9 @@ class QRReasoner:
     ``backend`` is a name (``transformers``, ``precomputed``) or a :class:`~tongsearch_qr.backends.Backend`
     instance; extra keyword arguments go to the backend (e.g. ``device``, ``dtype``, ``batch_size``).
     ``cache`` is ``None``/``False`` (off), ``True`` (the user cache file), a path or a
-    :class:`ReasoningCache`.
+    :class:`ReasoningCache`. A model trained by ``tongsearch-qr train`` carries the prompt, rewrite mode and
+    reasoning length it was trained for (``tongsearch_qr.json``); they are the defaults of ``template``,
+    ``mode`` and ``generation.max_new_tokens`` (else the paper's prompt, ``replace`` and 500).
 
     ``stats`` counts, over the reasoner's life, the unique queries reasoned about (``queries``), those found
     in the cache (``cached``), those generated (``generated``) and the generations that came back empty
@@ -60,16 +63,20 @@ class QRReasoner:
         think: bool = False,
         template: PromptTemplate | None = None,
         generation: GenerationParams | None = None,
-        mode: str | RewriteMode = "replace",
+        mode: str | RewriteMode | None = None,
         cache: CacheSpec = None,
         progress: bool = False,
         **backend_options: Any,
     ):
         if template is not None and think and not template.think:
             raise ValueError("think=True conflicts with a template whose think flag is off")
+        trained = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
+        if template is None and "template" in trained and not think:
+            template = PromptTemplate(**trained["template"])
         self.template = template or PromptTemplate.paper(think=think)
-        self.generation = generation or GenerationParams()
-        self.mode = get_mode(mode)
+        self.generation = generation or GenerationParams(**({"max_new_tokens": trained["max_new_tokens"]}
+                                                            if "max_new_tokens" in trained else {}))
+        self.mode = get_mode(mode if mode is not None else trained.get("mode", "replace"))
         self.progress = progress
         if isinstance(backend, str):
             self.backend = make_backend(backend, model, **backend_options)

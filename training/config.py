@@ -39,6 +39,23 @@ class ValidationConfig:
     modes: list[str] = field(default_factory=lambda: ["concat", "replace"])
     batch_size: int = 32
     sampling_seeds: list[int] = field(default_factory=list)
+    pool: str = "question"  # rank among each question's pool, or "corpus": among every answer of the data
+
+
+@dataclass
+class RFTConfig:
+    """Rejection-sampling fine-tuning (expert iteration): per round, ``samples`` completions for each of
+    ``questions`` training questions the question alone does not already answer best, scored by the rewards; the
+    best one that beats the question by more than ``margin`` becomes an SFT target (TRL ``SFTTrainer``, settings
+    in ``sft``, passed to ``SFTConfig`` as is)."""
+
+    rounds: int = 2
+    samples: int = 8
+    questions: int = 300
+    max_new_tokens: int = 48
+    margin: float = 0.0
+    batch_size: int = 64
+    sft: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,7 +69,31 @@ class TrainConfig:
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "bm25_rank"}])
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     grpo: dict[str, Any] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=lambda: ["grpo"])  # run in order: rft, grpo
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    lora: dict[str, Any] | None = None  # peft LoraConfig options; None: full fine-tuning
+    prompt: dict[str, Any] | None = None  # {user, system}: the reasoner's prompt (default: the paper's)
+    mode: str = "concat"  # the rewrite mode the trained reasoner is meant for (written beside the model)
     base_dir: Path = field(default_factory=Path.cwd)
+
+    def template(self) -> Any:
+        """The prompt the reasoner is trained (and used) with."""
+        from tongsearch_qr.prompts import PromptTemplate
+
+        if self.prompt is None:
+            return PromptTemplate.paper(think=self.think)
+        return PromptTemplate(user=self.prompt["user"], system=self.prompt.get("system"), think=self.think)
+
+    def lora_config(self) -> Any:
+        """peft ``LoraConfig`` from ``lora:`` (``None`` without one)."""
+        if self.lora is None:
+            return None
+        from peft import LoraConfig
+
+        try:
+            return LoraConfig(task_type="CAUSAL_LM", **self.lora)
+        except (TypeError, ValueError) as exc:
+            raise InputFormatError(f"lora: settings rejected by peft's LoraConfig: {exc}") from exc
 
     def path(self, value: str) -> Path:
         """``value`` (with ``~`` and ``$VARS`` expanded) relative to ``base_dir``."""
@@ -97,9 +138,10 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     try:
         data = DataConfig(**(raw.pop("data", None) or {}))
         validation = ValidationConfig(**(raw.pop("validation", None) or {}))
+        rft = RFTConfig(**(raw.pop("rft", None) or {}))
         folder = file.resolve().parent
         base_dir = Path.cwd() if folder == BUNDLED_DIR else folder
-        config = TrainConfig(**raw, data=data, validation=validation, base_dir=base_dir)
+        config = TrainConfig(**raw, data=data, validation=validation, rft=rft, base_dir=base_dir)
     except TypeError as exc:
         raise InputFormatError(f"{file}: {exc}") from exc
     if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
@@ -110,4 +152,14 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     for reward in config.rewards:
         if not isinstance(reward, dict) or "name" not in reward:
             raise InputFormatError(f"{file}: each reward needs a name (got {reward!r})")
+    unknown = [s for s in config.stages if s not in ("rft", "grpo")]
+    if not config.stages or unknown:
+        raise InputFormatError(f"{file}: stages must be a list of rft and/or grpo (got {config.stages!r})")
+    if config.prompt is not None and (not isinstance(config.prompt, dict) or "{question}" not in str(config.prompt.get("user"))):
+        raise InputFormatError(f"{file}: prompt needs a user text containing {{question}} (got {config.prompt!r})")
+    if config.rft.rounds < 1 or config.rft.samples < 1 or config.rft.questions < 1:
+        raise InputFormatError(f"{file}: rft rounds, samples and questions must be >= 1")
+    from tongsearch_qr.modes import get_mode
+
+    get_mode(config.mode)
     return config

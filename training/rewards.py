@@ -110,21 +110,25 @@ def ndcg_at(ranked_relevance: Sequence[bool], k: int = 10) -> float:
 
 class BM25Rank:
     """Retrieval quality of the positives when the rewrite (``mode``: ``concat`` = question + reasoning, or
-    ``replace``, ``weighted``...) is the BM25 query over the question's pool (positives + negatives).
+    ``replace``, ``weighted``...) is the BM25 query over the question's pool (positives + negatives), or, with
+    ``corpus`` (every training answer, as the trainer passes for ``pool: corpus``), over that whole corpus
+    (ranks beyond ``depth`` count as not found).
 
     ``metric``: ``rr`` (reciprocal rank of the first positive) or ``ndcg`` (nDCG@10). With ``gain=True`` the
     reward is the change against the question alone (0 = no better than not reasoning). ``invalid`` for
-    empty/unparseable completions. One small BM25 index per question, built once.
+    empty/unparseable completions. One small BM25 index per question (or one for the corpus), built once.
     """
 
     __name__ = "bm25_rank"
 
     def __init__(self, *, mode: str = "concat", metric: str = "rr", gain: bool = True, think: bool = False,
-                 invalid: float = -1.0):
+                 invalid: float = -1.0, corpus: Sequence[str] | None = None, depth: int = 100):
         if metric not in ("rr", "ndcg"):
             raise ValueError(f"metric must be 'rr' or 'ndcg', got {metric!r}")
         self.mode, self.metric, self.gain, self.think, self.invalid = get_mode(mode), metric, gain, think, invalid
         self._pools: dict[str, tuple[Any, int]] = {}
+        self.corpus, self.depth = (list(dict.fromkeys(corpus)) if corpus is not None else None), depth
+        self._corpus_index: Any = None
 
     def _pool(self, question: str, positives: Sequence[str], negatives: Sequence[str]) -> tuple[Any, int]:
         if question not in self._pools:
@@ -137,10 +141,18 @@ class BM25Rank:
         return self._pools[question]
 
     def score(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str]) -> list[float]:
-        """The metric of each query over ``question``'s pool."""
+        """The metric of each query over ``question``'s pool (or the corpus)."""
+        value = reciprocal_rank if self.metric == "rr" else ndcg_at
+        if self.corpus is not None:
+            from tongsearch_qr.retrieval.bm25 import BM25Retriever
+
+            if self._corpus_index is None:
+                self._corpus_index = BM25Retriever().index((str(i), d) for i, d in enumerate(self.corpus))
+            wanted = set(positives)
+            hits = self._corpus_index.search(list(queries), k=min(self.depth, len(self.corpus)))
+            return [value([self.corpus[int(doc_id)] in wanted for doc_id, _ in ranked]) for ranked in hits]
         retriever, n_pos = self._pool(question, positives, negatives)
         size = len(retriever.doc_ids)
-        value = reciprocal_rank if self.metric == "rr" else ndcg_at
         return [value([int(doc_id) < n_pos for doc_id, _ in ranked]) for ranked in retriever.search(list(queries), k=size)]
 
     def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],

@@ -58,13 +58,20 @@ def prepare_data(config: TrainConfig, tokenizer: Any, template: PromptTemplate) 
                         if validation else None)
 
 
-def build_rewards(config: TrainConfig) -> tuple[list[Any], list[float]]:
-    """The reward callables and their weights (``rewards: [{name, weight, options}]``)."""
+def build_rewards(config: TrainConfig, corpus: list[str] | None = None) -> tuple[list[Any], list[float]]:
+    """The reward callables and their weights (``rewards: [{name, weight, options}]``); a ``bm25_rank`` with
+    ``pool: corpus`` ranks over ``corpus`` (every answer of the data) instead of each question's pool."""
     funcs, weights = [], []
     for spec in config.rewards:
         options = dict(spec.get("options") or {})
         if spec["name"] in ("embedding_advantage", "bm25_rank"):
             options.setdefault("think", config.think)
+        if spec["name"] == "bm25_rank":
+            pool = options.pop("pool", "question")
+            if pool not in ("question", "corpus"):
+                raise InputFormatError(f"bm25_rank: pool must be 'question' or 'corpus', got {pool!r}")
+            if pool == "corpus":
+                options["corpus"] = corpus
         funcs.append(make_reward(spec["name"], **options))
         weights.append(float(spec.get("weight", 1.0)))
     return funcs, weights
@@ -95,7 +102,7 @@ class Validator:
     Sampled scores are means over the seeds, named ``.../sampled``; the training RNG is left untouched."""
 
     def __init__(self, config: TrainConfig, examples: list[data_mod.TrainingExample], rewards: list[Any],
-                 weights: list[float], template: PromptTemplate, tokenizer: Any):
+                 weights: list[float], template: PromptTemplate, tokenizer: Any, corpus: list[str] | None = None):
         self.config, self.examples, self.rewards, self.weights = config, examples, rewards, weights
         self.shortened = [data_mod.truncate_question(ex.question, tokenizer, config.data.max_question_tokens)
                           for ex in examples]
@@ -103,7 +110,7 @@ class Validator:
         tokens = config.validation.max_new_tokens
         self.greedy = GenerationParams.greedy(tokens)
         self.sampled = [GenerationParams(max_new_tokens=tokens, seed=seed) for seed in config.validation.sampling_seeds]
-        self.rankers = {mode: BM25Rank(mode=mode, metric="ndcg", gain=False, think=config.think)
+        self.rankers = {mode: BM25Rank(mode=mode, metric="ndcg", gain=False, think=config.think, corpus=corpus)
                         for mode in config.validation.modes}
 
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
@@ -228,47 +235,92 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
 
 def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None,
           callbacks: list[Any] | None = None) -> Path:
-    """Run GRPO as configured; returns the folder of the final model (``<output_dir>/final``).
+    """Run the config's stages (``rft`` then/or ``grpo``); returns the folder of the final model
+    (``<output_dir>/final``: full weights, or a LoRA adapter with ``lora:``; ``QRReasoner(path)`` loads either,
+    with the prompt and rewrite mode it was trained for).
 
-    ``resume``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in the output folder.
-    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
+    ``resume``: a GRPO checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in the output folder.
+    ``max_steps`` overrides ``grpo.max_steps``. ``callbacks``: extra ``transformers.TrainerCallback`` objects.
     """
     from accelerate import PartialState
-    from trl import GRPOTrainer
 
     output_dir = config.path(config.output_dir)
     overrides = {"max_steps": max_steps} if max_steps else {}
-    grpo_config = config.grpo_config(**overrides)
+    grpo_config = config.grpo_config(**overrides) if "grpo" in config.stages else None
     checkpoint = None
     if resume:
         checkpoint = latest_checkpoint(output_dir) if resume == "latest" else check_checkpoint(resume)
-    template = PromptTemplate.paper(think=config.think)
+    template = config.template()
     model, tokenizer = load_model(config)
     prepared = prepare_data(config, tokenizer, template)
-    rewards, weights = build_rewards(config)
-    grpo_config.reward_weights = weights
+    corpus = list(dict.fromkeys(p for ex in [*prepared.train, *prepared.validation] for p in ex.positives))
+    rewards, weights = build_rewards(config, corpus)
     main_process = PartialState().is_main_process  # under `accelerate launch`, only the main process writes
     csv_log = CSVLog(output_dir / "log.csv")
     if prepared.validation and main_process:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores it
         data_mod.write_beir(prepared.validation, output_dir / "validation")
-    validator = Validator(config, prepared.validation, rewards, weights, template, tokenizer) if prepared.validation else None
-    log.info("GRPO: %d training questions, %d validation, rewards %s, output %s", len(prepared.train),
-             len(prepared.validation), [r.__name__ for r in rewards], output_dir)
-    logger = validation_logger(csv_log, validator, tokenizer, config.validation.every_steps)
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_config, train_dataset=prepared.train_dataset,
-                          processing_class=tokenizer, callbacks=[logger, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=checkpoint)
+    validator = (Validator(config, prepared.validation, rewards, weights, template, tokenizer,
+                           corpus if config.validation.pool == "corpus" else None) if prepared.validation else None)
+    log.info("%s: %d training questions, %d validation, rewards %s, output %s", "+".join(config.stages),
+             len(prepared.train), len(prepared.validation), [r.__name__ for r in rewards], output_dir)
+    for stage in config.stages:
+        if stage == "rft":
+            from .rft import run_rft
+
+            def on_round(round_no: int, policy: Any, stats: dict[str, float]) -> None:
+                if not main_process:
+                    return
+                results = {**stats, **(validator(policy, tokenizer) if validator else {})}
+                csv_log.write(round_no, results)
+                print(f"[rft round {round_no}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
+
+            ranker = BM25Rank(mode="original", metric="rr", gain=False, corpus=corpus)
+            model = run_rft(model, tokenizer, prepared.train, template, config, rewards, weights, ranker, output_dir,
+                            on_round)
+        else:
+            model = _run_grpo(model, tokenizer, prepared, rewards, weights, grpo_config, csv_log, validator, config,
+                              checkpoint, callbacks)
     final = output_dir / "final"
-    trainer.save_model(str(final))  # every process takes part (ZeRO gathers); only the main one writes
     if main_process:
+        model.save_pretrained(str(final))
         tokenizer.save_pretrained(str(final))
+        save_reasoner_settings(final, config)
         log.info("final model saved to %s (load it with QRReasoner(%r))", final, str(final))
     return final
 
 
+def _run_grpo(model: Any, tokenizer: Any, prepared: PreparedData, rewards: list[Any], weights: list[float],
+              grpo_config: Any, csv_log: CSVLog, validator: Validator | None, config: TrainConfig,
+              checkpoint: str | None, callbacks: list[Any] | None) -> Any:
+    from trl import GRPOTrainer
+
+    grpo_config.reward_weights = weights
+    logger = validation_logger(csv_log, validator, tokenizer, config.validation.every_steps)
+    peft_config = None if hasattr(model, "peft_config") else config.lora_config()
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_config, train_dataset=prepared.train_dataset,
+                          processing_class=tokenizer, callbacks=[logger, *(callbacks or [])], peft_config=peft_config)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def save_reasoner_settings(folder: Path, config: TrainConfig) -> None:
+    """Write what ``QRReasoner(folder)`` needs beside the weights: the prompt and rewrite mode trained for, and,
+    for a LoRA adapter, the base model spec (not the local path it was trained from)."""
+    from tongsearch_qr.models import write_reasoner_settings
+
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        settings = json.loads(adapter_config.read_text(encoding="utf-8"))
+        settings["base_model_name_or_path"] = config.model
+        adapter_config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    length = config.rft.max_new_tokens if "grpo" not in config.stages else config.grpo.get("max_completion_length")
+    write_reasoner_settings(folder, config.template(), config.mode, length)
+
+
 def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
-    """Check a config without a model: GRPOConfig parses, the data builds, every reward runs on sample
-    completions (each question's positive, and an empty one) and returns finite values."""
+    """Check a config without a model: the stages' TRL configs (GRPOConfig, SFTConfig) and peft's LoraConfig
+    parse, the data builds, every reward runs on sample completions (each question's positive, and an empty
+    one) and returns finite values."""
     import torch
     from transformers import AutoTokenizer
 
@@ -277,11 +329,22 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     if config.grpo.get("bf16") and not torch.cuda.is_available():  # TrainingArguments refuses bf16 without a GPU
         overrides["use_cpu"] = True
         notes.append("no GPU here: GRPOConfig checked with use_cpu=True (bf16 needs the GPU machine)")
-    grpo_config = config.grpo_config(**overrides)
+    grpo_config = config.grpo_config(**overrides) if "grpo" in config.stages else None
+    if "rft" in config.stages:
+        from trl import SFTConfig
+
+        from .rft import sft_options
+
+        try:
+            SFTConfig(**sft_options(config, config.path(config.output_dir)))
+        except (TypeError, ValueError) as exc:
+            raise InputFormatError(f"rft.sft: settings rejected by TRL's SFTConfig: {exc}") from exc
+    config.lora_config()
     examples = build_examples(config)
     sample = examples[:sample_size]
-    data_mod.mine_negatives(sample, config.data.negatives, corpus=[p for ex in examples for p in ex.positives])
-    rewards, weights = build_rewards(config)
+    corpus = [p for ex in examples for p in ex.positives]
+    data_mod.mine_negatives(sample, config.data.negatives, corpus=corpus)
+    rewards, weights = build_rewards(config, corpus)
     completions = [[{"role": "assistant", "content": ex.positives[0][:1000]}] for ex in sample]
     completions.append([{"role": "assistant", "content": ""}])
     columns = {"question": [ex.question for ex in sample] + [sample[0].question],
@@ -305,8 +368,8 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     tokenizer = None
     if source.local:
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        data_mod.to_grpo_dataset(sample, PromptTemplate.paper(think=config.think), tokenizer,
-                                 config.data.max_question_tokens)
-    return {"grpo_config": type(grpo_config).__name__, "examples": len(examples), "rewards": values,
-            "reward_weights": weights, "use_vllm": grpo_config.use_vllm, "tokenizer_checked": tokenizer is not None,
-            "notes": notes}
+        data_mod.to_grpo_dataset(sample, config.template(), tokenizer, config.data.max_question_tokens)
+    return {"stages": config.stages, "grpo_config": type(grpo_config).__name__ if grpo_config else None,
+            "examples": len(examples), "rewards": values, "reward_weights": weights,
+            "use_vllm": bool(grpo_config and grpo_config.use_vllm), "lora": config.lora is not None,
+            "tokenizer_checked": tokenizer is not None, "notes": notes}
