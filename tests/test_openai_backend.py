@@ -75,7 +75,7 @@ def scripted():
         server.close()
 
 
-def backend(url, **options) -> OpenAIBackend:
+def backend(url, **options) -> OpenAIBackend:  # url: one or a list
     return OpenAIBackend("served-model", base_url=url, backoff=0.01, **options)
 
 
@@ -124,7 +124,7 @@ def test_retries_run_out_with_a_clear_error_after_finished_items_were_reported(s
     server = scripted([(200, {}, json.dumps({"choices": [{"message": {"content": "first"}}]}))]
                       + [(503, {}, "down")] * 20)
     seen: dict[int, str] = {}
-    with pytest.raises(BackendUnavailableError, match=r"failed 3 times in a row \(last: HTTP 503"):
+    with pytest.raises(BackendUnavailableError, match=r"failed 3 times in a row \(last: http:\S+: HTTP 503"):
         backend(server.url, concurrency=1, max_retries=2).generate(
             ["a", "b", "c"], PromptTemplate.paper(), GenerationParams(), lambda i, text: seen.__setitem__(i, text))
     assert seen == {0: "first"}
@@ -152,6 +152,40 @@ def test_works_when_called_inside_a_running_event_loop(scripted):
         return backend(server.url).generate(["inside a loop"], PromptTemplate.paper(), GenerationParams())
 
     assert asyncio.run(main()) == ["re: " + PromptTemplate.paper().messages("inside a loop")[1]["content"][-20:]]
+
+
+def test_requests_spread_over_several_servers_and_a_dead_one_is_skipped(scripted, caplog):
+    import logging
+
+    first, second = scripted([]), scripted([])
+    spread = backend([first.url, second.url], concurrency=2)
+    questions = [f"q{i}" for i in range(12)]
+    out = spread.generate(questions, PromptTemplate.paper(), GenerationParams())
+    assert len(out) == 12 and sum(spread.server_counts.values()) == 12
+    assert spread.server_counts[first.url] >= 3 and spread.server_counts[second.url] >= 3  # both take work
+    assert backend(f"{first.url},{second.url}").base_urls == [first.url, second.url]  # the CLI's comma form
+
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    with caplog.at_level(logging.WARNING):
+        survivor = backend([nowhere, second.url])
+        assert len(survivor.generate(questions, PromptTemplate.paper(), GenerationParams())) == 12
+    assert survivor.server_counts == {nowhere: 0, second.url: 12} and "does not answer" in caplog.text
+
+
+def test_a_server_that_dies_mid_run_hands_its_questions_to_the_others(scripted):
+    first, second = scripted([]), scripted([])
+    spread = backend([first.url, second.url], concurrency=1, max_retries=0)
+    seen: dict[int, list[str]] = {}
+
+    def on_result(i, text):
+        seen.setdefault(i, []).append(text)
+        if len(seen) == 4:
+            first.close()  # the first server goes away with work left
+
+    questions = [f"question {i}" for i in range(16)]
+    out = spread.generate(questions, PromptTemplate.paper(), GenerationParams(), on_result)
+    assert all(out) and sorted(seen) == list(range(16)) and all(len(v) == 1 for v in seen.values())
+    assert spread.server_counts[second.url] >= 8 and sum(spread.server_counts.values()) == 16
 
 
 # --- a real OpenAI-compatible server (transformers serve) with the embedded model ---------------------------
@@ -246,3 +280,35 @@ def test_server_killed_mid_run_then_restarted_loses_and_recomputes_nothing(serve
     assert served_posts(second_log) == len(QUESTIONS) - finished
     assert all(after[key] == value for key, value in before.items()), "earlier rows untouched"
     assert len(after) == len(QUESTIONS)
+
+
+@pytest.mark.slow
+def test_two_real_servers_one_killed_mid_run_lose_and_duplicate_nothing(served_model_dir, tmp_path):
+    ports = [free_port()]
+    while len(ports) < 2:
+        ports += [p for p in [free_port()] if p not in ports]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    servers = [start_transformers_server(served_model_dir, port, log) for port, log in zip(ports, logs)]
+    cache = ReasoningCache(tmp_path / "cache.sqlite")
+    reasoner = QRReasoner(served_model_dir, backend="openai", base_url=[s.base_url for s in servers], concurrency=1,
+                          max_retries=2, backoff=0.2, sampling_extras=False, cache=cache,
+                          generation=GenerationParams(max_new_tokens=24, seed=7))
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.update(out=reasoner.reason(QUESTIONS)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 240
+        while len(cache) < 3 and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.1)
+        servers[0].kill()
+        worker.join(timeout=300)
+    finally:
+        for server in servers:
+            server.stop()
+    assert not worker.is_alive() and "out" in outcome, "the run must finish on the surviving server"
+    out = outcome["out"]
+    assert len(out) == len(QUESTIONS) and all(text.strip() for text in out)
+    assert len(cache) == len(QUESTIONS), "nothing lost, nothing stored twice"
+    counts = reasoner.backend.server_counts
+    assert sum(counts.values()) == len(QUESTIONS) and counts[servers[1].base_url] > counts[servers[0].base_url]
+    assert [served_posts(log) for log in logs] == [counts[s.base_url] for s in servers]

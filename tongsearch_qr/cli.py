@@ -43,9 +43,10 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                        help="vllm: fraction of GPU memory (vLLM-CPU: of RAM) for weights and KV cache")
     group.add_argument("--base-url", default=None,
-                       help="openai: server URL (default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1); "
-                            "the API key is read from $OPENAI_API_KEY")
-    group.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
+                       help="openai: server URL, or several comma-separated (replicas of one model: requests "
+                            "spread over them, a dead one's go to the others; default: $OPENAI_BASE_URL or "
+                            "http://127.0.0.1:8000/v1); the API key is read from $OPENAI_API_KEY")
+    group.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight per server")
     group.add_argument("--timeout", type=float, default=300.0, help="openai: seconds per request")
     group.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/connection errors")
     group.add_argument("--cache", default=None, help="reasoning cache file (default: the user cache)")

@@ -1,8 +1,9 @@
 """Generation through any OpenAI-compatible chat completions server (``vllm serve``, ``trl vllm-serve``,
 ``transformers serve``, TGI, llama.cpp's server, hosted APIs).
 
-Requests go out concurrently (at most ``concurrency`` in flight) over one async HTTP connection pool;
-each finished completion is handed to ``on_result`` at once, so the reasoner writes it to its cache
+Requests go out concurrently (at most ``concurrency`` in flight per server) over async HTTP connection pools,
+spread over several servers when given (least outstanding requests first; a dead server's questions go to the
+others); each finished completion is handed to ``on_result`` at once, so the reasoner writes it to its cache
 before the rest are done. 429 and 5xx answers, timeouts and dropped connections are retried with
 exponential backoff (``Retry-After`` honoured); when retries run out the call fails with
 :class:`~tongsearch_qr.errors.BackendUnavailableError` and everything finished so far is kept.
@@ -11,6 +12,7 @@ exponential backoff (``Retry-After`` honoured); when retries run out the call fa
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import threading
@@ -22,26 +24,35 @@ from ..generation import GenerationParams
 from ..prompts import PromptTemplate
 from .base import ResultCallback
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class OpenAIBackend:
-    """Reasoning from an OpenAI-compatible ``/chat/completions`` endpoint.
+    """Reasoning from one or several OpenAI-compatible ``/chat/completions`` endpoints.
 
-    ``model`` is the name the server serves (``$TONGSEARCH_QR_OPENAI_MODEL`` when not given);
-    ``base_url`` defaults to ``$OPENAI_BASE_URL``, then ``http://127.0.0.1:8000/v1``; the API key
-    comes from ``$OPENAI_API_KEY`` (``api_key_env`` names another variable). ``top_k`` and
-    ``repetition_penalty`` are sent as extra fields, as vLLM, TGI and llama.cpp accept them; set
-    ``sampling_extras=False`` for strict APIs that reject unknown fields. Cached reasoning is keyed by the
-    served model's name, not the URL: serve different weights under different names.
+    ``model`` is the name the servers serve (``$TONGSEARCH_QR_OPENAI_MODEL`` when not given); ``base_url`` is
+    one URL or a list of them (several replicas of the same model, e.g. one ``vllm serve`` per GPU), default
+    ``$OPENAI_BASE_URL`` (comma-separated for several), then ``http://127.0.0.1:8000/v1``. The API key comes
+    from ``$OPENAI_API_KEY`` (``api_key_env`` names another variable). ``top_k`` and ``repetition_penalty`` are
+    sent as extra fields, as vLLM, TGI and llama.cpp accept them; set ``sampling_extras=False`` for strict APIs
+    that reject unknown fields. Cached reasoning is keyed by the served model's name, not the URL: serve
+    different weights under different names.
+
+    With several servers each request goes to the live server with the fewest requests in flight (at most
+    ``concurrency`` per server). A server that cannot be connected to, or drops connections
+    ``max_server_failures`` times in a row, is taken out of the run and its in-flight questions go to the
+    others; nothing is lost and each question's completion is reported once. ``server_counts`` holds the
+    completions each server delivered in the last call.
     """
 
     def __init__(
         self,
         model: str | None = None,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 16,
         timeout: float = 300.0,
@@ -49,6 +60,7 @@ class OpenAIBackend:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         sampling_extras: bool = True,
+        max_server_failures: int = 2,
     ):
         try:
             import httpx  # noqa: F401
@@ -58,12 +70,19 @@ class OpenAIBackend:
         if not model or model == "default":
             raise ValueError("the openai backend needs the served model's name: QRReasoner('<name>', backend='openai') "
                              "or --model <name> (or set TONGSEARCH_QR_OPENAI_MODEL)")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout > 0 and backoff >= 0")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_server_failures < 1:
+            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout > 0, backoff >= 0 and "
+                             "max_server_failures >= 1")
         self.model = str(model)
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        urls = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+        urls = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [str(u).strip() for u in urls]
+        self.base_urls = list(dict.fromkeys(u.rstrip("/") for u in urls if u))
+        if not self.base_urls:
+            raise ValueError("base_url names no server")
+        for url in self.base_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+        self.base_url = self.base_urls[0]
         self.api_key = os.environ.get(api_key_env, "")
         self.concurrency = concurrency
         self.timeout = timeout
@@ -71,6 +90,8 @@ class OpenAIBackend:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sampling_extras = sampling_extras
+        self.max_server_failures = max_server_failures
+        self.server_counts: dict[str, int] = {}
         # keyed by the served model, not by where it is served: the same model behind another host or port hits
         self.cache_id = f"openai:{self.model}"
 
@@ -105,16 +126,17 @@ class OpenAIBackend:
         import httpx
 
         results: list[str | None] = [None] * len(bodies)
-        gate = asyncio.Semaphore(self.concurrency)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits, timeout=timeout) as client:
-            await self._check_reachable(client)
+        clients = [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
+                   for url in self.base_urls]
+        try:
+            pool = _ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures)
+            await self._check_reachable(pool)
 
             async def one(i: int) -> None:
-                async with gate:
-                    results[i] = await self._complete(client, bodies[i])
+                results[i] = await self._complete(pool, bodies[i])
                 if on_result is not None:
                     on_result(i, results[i])
 
@@ -125,45 +147,66 @@ class OpenAIBackend:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                self.server_counts = dict(pool.delivered)
+                if len(self.base_urls) > 1:
+                    log.info("completions per server: %s%s", pool.delivered,
+                             f"; taken out: {sorted(pool.dead)}" if pool.dead else "")
+        finally:
+            for client in clients:
+                await client.aclose()
         return [r if r is not None else "" for r in results]
 
-    async def _check_reachable(self, client: Any) -> None:
+    async def _check_reachable(self, pool: _ServerPool) -> None:
         import httpx
 
-        try:
-            await client.get("/models", timeout=min(10.0, self.timeout))
-        except httpx.TransportError as exc:
+        problems = {}
+        for url, client in zip(pool.urls, pool.clients):
+            try:
+                await client.get("/models", timeout=min(10.0, self.timeout))
+            except httpx.TransportError as exc:
+                problems[url] = f"{type(exc).__name__}: {exc}"
+                pool.dead.add(url)
+        if len(problems) == len(pool.urls):
+            listing = "; ".join(f"{url} ({why})" for url, why in problems.items())
             raise BackendUnavailableError(
-                f"no OpenAI-compatible server answers at {self.base_url} ({type(exc).__name__}: {exc}). Start one, e.g. "
-                f"`vllm serve <model>` or `transformers serve <model>`, and pass its URL (base_url= / --base-url)"
-            ) from exc
+                f"no OpenAI-compatible server answers at {listing}. Start one, e.g. `vllm serve <model>` or "
+                "`transformers serve <model>`, and pass its URL (base_url= / --base-url)")
+        for url, why in problems.items():
+            log.warning("server %s does not answer (%s); going on with the others", url, why)
 
-    async def _complete(self, client: Any, body: dict[str, Any]) -> str:
+    async def _complete(self, pool: _ServerPool, body: dict[str, Any]) -> str:
         import httpx
 
-        problem, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-            retry_after = None
+        problem, retry_after, attempt = "", None, 0
+        while attempt <= self.max_retries:
+            url, client = await pool.acquire()
             try:
                 response = await client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{url}: {type(exc).__name__}: {exc}"
+                if pool.failed(url, connect=isinstance(exc, httpx.ConnectError)) and pool.alive():
+                    continue  # that server is out: the question goes to another one at once
+                attempt += 1
+                await asyncio.sleep(self._delay(attempt, None))
                 continue
+            finally:
+                await pool.release(url)
             if response.status_code in RETRY_STATUS:
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                problem = f"{url}: HTTP {response.status_code}: {response.text[:200]}"
                 retry_after = response.headers.get("retry-after")
+                attempt += 1
+                await asyncio.sleep(self._delay(attempt, retry_after))
                 continue
             if response.status_code != 200:
                 raise BackendUnavailableError(
-                    f"{self.base_url} refused a request for model {self.model!r}: HTTP {response.status_code}: "
+                    f"{url} refused a request for model {self.model!r}: HTTP {response.status_code}: "
                     f"{response.text[:500]}"
                 )
-            return _completion_text(response, self.base_url)
+            pool.succeeded(url)
+            return _completion_text(response, url)
         raise BackendUnavailableError(
-            f"{self.base_url} failed {self.max_retries + 1} times in a row (last: {problem}); completions finished "
-            "before this are kept in the reasoning cache: rerun to resume"
+            f"{', '.join(self.base_urls)}: a request failed {self.max_retries + 1} times in a row (last: {problem}); "
+            "completions finished before this are kept in the reasoning cache: rerun to resume"
         )
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
@@ -175,6 +218,52 @@ class OpenAIBackend:
             except ValueError:
                 pass
         return min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1.0)
+
+
+class _ServerPool:
+    """Client-side spreading over replicas: least outstanding requests among the live servers, at most
+    ``per_server`` in flight on each; a server is taken out after ``max_failures`` dropped connections in a
+    row (at once when it refuses connections) while others are live."""
+
+    def __init__(self, urls: list[str], clients: list[Any], per_server: int, max_failures: int):
+        self.urls, self.clients, self.per_server, self.max_failures = urls, clients, per_server, max_failures
+        self.in_flight = dict.fromkeys(urls, 0)
+        self.failures = dict.fromkeys(urls, 0)
+        self.delivered = dict.fromkeys(urls, 0)
+        self.dead: set[str] = set()
+        self._changed = asyncio.Condition()
+
+    def alive(self) -> list[str]:
+        return [u for u in self.urls if u not in self.dead]
+
+    async def acquire(self) -> tuple[str, Any]:
+        async with self._changed:
+            while True:
+                live = self.alive() or self.urls  # all out: keep trying them (retries and backoff decide)
+                free = [u for u in live if self.in_flight[u] < self.per_server]
+                if free:
+                    url = min(free, key=lambda u: self.in_flight[u])
+                    self.in_flight[url] += 1
+                    return url, self.clients[self.urls.index(url)]
+                await self._changed.wait()
+
+    async def release(self, url: str) -> None:
+        async with self._changed:
+            self.in_flight[url] -= 1
+            self._changed.notify_all()
+
+    def succeeded(self, url: str) -> None:
+        self.failures[url] = 0
+        self.delivered[url] += 1
+
+    def failed(self, url: str, *, connect: bool) -> bool:
+        """Count a dropped connection; whether ``url`` is now out (never the last live server)."""
+        self.failures[url] += 1
+        if (connect or self.failures[url] >= self.max_failures) and len(self.alive()) > 1 and url not in self.dead:
+            self.dead.add(url)
+            log.warning("server %s is out of this run (%d failed requests); its questions go to the others", url,
+                        self.failures[url])
+        return url in self.dead
 
 
 def _completion_text(response: Any, base_url: str) -> str:
