@@ -127,3 +127,28 @@ def test_eval_counts_empty_reasoning_in_its_summary(tmp_path, caplog):
     assert rc == 0
     assert json.loads((out / "reasoning.json").read_text()) == {"queries": 2, "cached": 0, "generated": 2, "empty": 1}
     assert "1 completions came back empty" in caplog.text
+
+
+class _SeedDependentBackend:
+    """Seed 1 writes reasoning that finds both of query 0's documents; seed 2 writes nothing useful."""
+
+    cache_id = "seed-dependent"
+
+    def generate(self, questions, template, params, on_result=None):
+        text = "kidneys filter blood" if params.seed == 1 else "unrelated words"
+        return [text if "kidneys" in q else "lava" for q in questions]
+
+
+def test_seeds_average_each_querys_metrics_over_the_samples(tmp_path):
+    from tongsearch_qr import QRReasoner
+    from tongsearch_qr.data import load_bright
+    from tongsearch_qr.evaluation import run_collection
+
+    make_bright_fixture(tmp_path / "b")
+    c = load_bright("biology", source=tmp_path / "b", documents=tmp_path / "b")
+    reasoner = QRReasoner(backend=_SeedDependentBackend())
+    one = {s: run_collection(c, "bm25", reasoner=reasoner.with_(generation=reasoner.generation.with_(seed=s)),
+                             mode="concat")["reasoning"].per_query["0"]["ndcg_cut_10"] for s in (1, 2)}
+    assert one[1] != one[2]
+    both = run_collection(c, "bm25", reasoner=reasoner, mode="concat", seeds=[1, 2])["reasoning"]
+    assert both.per_query["0"]["ndcg_cut_10"] == pytest.approx((one[1] + one[2]) / 2)

@@ -53,6 +53,14 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-cache", action="store_true", help="do not read or write the reasoning cache")
 
 
+def seed_list(text: str) -> list[int]:
+    """``1,2,3`` -> ``[1, 2, 3]``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def backend_options(args: argparse.Namespace) -> dict[str, object]:
     """The options of the chosen ``--backend``."""
     if args.backend == "vllm":
@@ -141,9 +149,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"show_progress": True}
     if args.retriever == "dense":
         options.update(model=args.dense_model, max_length=args.max_length)
+    if args.seeds and (reasoner is None or not reasoner.generation.do_sample):
+        raise TongSearchError("--seeds needs sampled reasoning (a reasoner, without --greedy)")
     mode = args.mode or (reasoner.mode if reasoner is not None else "replace")
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=mode, baseline=args.baseline,
-                                      k=args.k, retriever_options=options, via=args.via) for c in collections}
+                                      k=args.k, retriever_options=options, via=args.via, seeds=args.seeds)
+               for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
         (out / "reasoning.json").write_text(json.dumps(report_reasoning(reasoner), indent=2))
@@ -248,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--documents", default=None, help="directory with documents/ (or long_documents/) parquet")
     evaluate.add_argument("--long", action="store_true", help="BRIGHT long documents and gold_ids_long")
     evaluate.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
+    evaluate.add_argument("--seeds", type=seed_list, default=None,
+                          help="sample the reasoning once per seed (e.g. 1,2,3) and average each query's metrics")
     evaluate.add_argument("--dense-model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
     evaluate.add_argument("--max-length", type=int, default=None, help="dense: max tokens per text (model default)")
     add_reasoner_arguments(evaluate)

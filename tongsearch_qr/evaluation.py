@@ -71,6 +71,14 @@ class RunResult:
         means = mean(self.per_query)
         self.summary = {**means, **bright_names(means)}
 
+    @classmethod
+    def averaged(cls, results: Sequence[RunResult]) -> RunResult:
+        """Per-query metrics averaged over ``results`` (e.g. sampled reasoning with several seeds); the run
+        kept is the first one's."""
+        per_query = {q: {m: sum(r.per_query[q][m] for r in results) / len(results) for m in metrics}
+                     for q, metrics in results[0].per_query.items()}
+        return cls(results[0].run, per_query)
+
 
 #: entry-point group where stacks register ``rank_queries(docs, queries, reasoner, mode, k, kind, **options)``
 STACKS_GROUP = "tongsearch_qr.stacks"
@@ -85,14 +93,15 @@ def stacks() -> dict[str, Any]:
 
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
                    baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
-                   via: str = "core") -> dict[str, RunResult]:
+                   via: str = "core", seeds: Sequence[int] | None = None) -> dict[str, RunResult]:
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
     ``via="core"`` indexes once with the core retriever; ``via`` a stack registered under the
     ``tongsearch_qr.stacks`` entry points (``pyterrier``, ``llama-index``, ``haystack``) runs the same
     reasoner and retriever through that stack's adapter, retrieving deep enough to remove each query's
-    excluded ids afterwards.
+    excluded ids afterwards. ``seeds``: sample the reasoning once per seed and average each query's metrics
+    over them (the run files hold the first seed's rankings).
     """
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
@@ -123,9 +132,15 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")
     results = {}
     for name, (formulation_reasoner, formulation_mode) in formulations.items():
-        rankings = search(formulation_reasoner, formulation_mode)
-        run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
-        results[name] = RunResult(run, evaluate(run, collection.qrels, MEASURES))
+        variants = [formulation_reasoner]
+        if seeds and name == "reasoning":
+            variants = [formulation_reasoner.with_(generation=formulation_reasoner.generation.with_(seed=s)) for s in seeds]
+        runs = []
+        for variant in variants:
+            rankings = search(variant, formulation_mode)
+            run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+            runs.append(RunResult(run, evaluate(run, collection.qrels, MEASURES)))
+        results[name] = runs[0] if len(runs) == 1 else RunResult.averaged(runs)
     return results
 
 
