@@ -211,9 +211,13 @@ def test_bad_configs_are_rejected(tmp_path):
         load_config(cfg).grpo_config()
 
 
-@pytest.mark.parametrize("name", ["cpu-tiny", "qwen2.5-1.5b", "qwen2.5-7b"])
+@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "qwen2.5-1.5b", "qwen2.5-7b"])
 def test_bundled_configs_pass_the_dry_run(name):
     report = dry_run(load_config(config_path(name)))
+    if name == "cpu-rft":  # rejection sampling with LoRA on four sites (matheducators held out)
+        assert report["stages"] == ["rft"] and report["lora"] and report["examples"] == 1305 - 189
+        assert report["grpo_config"] is None
+        return
     assert report["grpo_config"] == "GRPOConfig" and report["examples"] == 1305
     values = next(iter(report["rewards"].values()))
     assert len(values) == 5 and values[-1] == -1.0  # the empty sample completion

