@@ -76,10 +76,11 @@ def sample_best(model: Any, tokenizer: Any, examples: Sequence[data_mod.Training
 
 
 def sft_options(config: TrainConfig, output_dir: Path) -> dict[str, Any]:
-    """``SFTConfig`` options of a round: ``rft.sft`` over defaults for a CPU run (no bf16 unless asked, no
-    checkpoints, no reporting)."""
+    """``SFTConfig`` options of a round: ``rft.sft`` over defaults for a small model on a CPU (no bf16 unless
+    asked, no gradient checkpointing, which TRL turns on by default and which only recomputes activations a
+    small model can keep, no checkpoints, no reporting)."""
     return {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "no", "logging_steps": 5,
-            "bf16": False, **config.rft.sft}
+            "bf16": False, "gradient_checkpointing": False, **config.rft.sft}
 
 
 def run_rft(model: Any, tokenizer: Any, train: Sequence[data_mod.TrainingExample], template: PromptTemplate,
