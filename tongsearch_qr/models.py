@@ -100,13 +100,13 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
-#: written beside trained weights: the prompt and rewrite mode the reasoner was trained for
+#: written beside trained weights: the prompt, rewrite mode and reasoning length the reasoner was trained for
 REASONER_SETTINGS = "tongsearch_qr.json"
 
 
 def merged_adapter_dir(adapter: Path) -> Path:
     """A LoRA adapter (peft) merged into its base model (``base_model_name_or_path``: a model spec such as
-    ``default``), saved once under the cache keyed by the adapter's and the base's content; later loads read
+    ``base``), saved once under the cache keyed by the adapter's and the base's content; later loads read
     plain safetensors. Needs peft."""
     try:
         base_spec = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
