@@ -88,13 +88,15 @@ def _cache_rows(path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path, samples):
+    """Killed mid-run, a rerun generates only what the cache lacks: with samples, each (query, sample)."""
     queries = [f"Question {i}: why does {topic} happen?" for i, topic in enumerate(
         ["rain", "rust", "thunder", "fog", "tides", "frost", "wind", "hail", "snow", "dew", "lightning", "drought"])]
     src = _write_jsonl(tmp_path / "q.jsonl", [{"id": str(i), "query": q} for i, q in enumerate(queries)])
     out, cache = tmp_path / "o.jsonl", tmp_path / "c.sqlite"
     cmd = [sys.executable, "-m", "tongsearch_qr.cli", "reason", "--input", str(src), "--output", str(out),
-           "--cache", str(cache), "--batch-size", "1", "--max-new-tokens", "24", "--seed", "0"]
+           "--cache", str(cache), "--batch-size", "1", "--max-new-tokens", "24", "--seed", "0", "--samples", str(samples)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -106,17 +108,22 @@ def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _cache_rows(cache)
-    assert 4 <= len(before) < len(queries) and not out.exists()
+    assert 4 <= len(before) < len(queries) * samples and not out.exists()
 
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{len(queries)} queries ({len(queries)} unique), {len(before)} already in the reasoning cache" in result.stderr
+    times = f" x {samples} samples" if samples > 1 else ""
+    assert f"{len(queries)} queries ({len(queries)} unique){times}, {len(before)} already in the reasoning cache" \
+        in result.stderr
+    assert f"{len(queries) * samples - len(before)} generated" in result.stderr
     after = _cache_rows(cache)
-    assert len(after) == len(queries)
+    assert len(after) == len(queries) * samples
     assert {k: after[k] for k in before} == before  # same text, same timestamp: nothing redone or lost
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [str(i) for i in range(len(queries))]
-    assert {r["reasoning"] for r in rows} == {c.strip() for c, _ in after.values()}
+    assert all(len(r.get("samples", [r["reasoning"]])) == samples for r in rows)
+    assert sorted(text for r in rows for text in r.get("samples", [r["reasoning"]])) == \
+        sorted(c.strip() for c, _ in after.values())
 
 
 def test_demo_collection_is_consistent():

@@ -41,7 +41,11 @@ class ScriptedServer:
                     self._send(*outer.script.pop(0))
                 else:
                     question = body["messages"][-1]["content"]
-                    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {question[-20:]}"}}]}
+                    # like vLLM: choice j of a seeded request is drawn with seed + j
+                    texts = [f"re: {question[-20:]}" + (f" #{body['seed'] + j}" if j or "seed" in body else "")
+                             for j in range(body.get("n", 1))]
+                    reply = {"choices": [{"index": j, "message": {"role": "assistant", "content": t}}
+                                         for j, t in reversed(list(enumerate(texts)))]}
                     self._send(200, {}, json.dumps(reply))
 
             def _send(self, status, headers, text):
@@ -118,6 +122,23 @@ def test_429_and_5xx_are_retried_and_results_come_back_in_input_order(scripted):
     assert out == [f"re: {PromptTemplate.paper().messages(q)[1]['content'][-20:]}" for q in questions]
     assert sorted(seen) == list(range(7))
     assert len(server.requests) == 7 + 3  # three answers were retried
+
+
+def test_samples_of_a_question_are_one_request_with_n(scripted, tmp_path):
+    server = scripted([])
+    params = GenerationParams(seed=10)
+    reasoner = QRReasoner("m", backend="openai", base_url=server.url, samples=3, generation=params,
+                          cache=tmp_path / "c.sqlite")
+    got = reasoner.reason_samples(["why?", "how?"])
+    assert [r["n"] for r in server.requests] == [3, 3] and {r["seed"] for r in server.requests} == {10}
+    assert [[text.rsplit(" ", 1)[1] for text in texts] for texts in got] == [["#10", "#11", "#12"]] * 2
+    # a later run that asks for a fourth sample gets the first three from the cache and choice 3 of n=4
+    more = QRReasoner("m", backend="openai", base_url=server.url, samples=4, generation=params,
+                      cache=tmp_path / "c.sqlite").reason_samples(["why?"])
+    assert more[0][:3] == got[0] and more[0][3].endswith("#13") and server.requests[-1]["n"] == 4
+    short = scripted([(200, {}, json.dumps({"choices": [{"index": 0, "message": {"content": "one"}}]}))])
+    with pytest.raises(BackendUnavailableError, match="must support the 'n' parameter"):
+        backend(short.url).generate(["q", "q"], PromptTemplate.paper(), GenerationParams(), samples=[0, 1])
 
 
 def test_retries_run_out_with_a_clear_error_after_finished_items_were_reported(scripted):

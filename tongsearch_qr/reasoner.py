@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend, make_backend
+from .backends.base import generate_rows
 from .cache import ReasoningCache, config_key
 from .generation import GenerationParams
 from .models import reasoner_settings
@@ -50,9 +51,14 @@ class QRReasoner:
     reasoning length it was trained for (``tongsearch_qr.json``); they are the defaults of ``template``,
     ``mode`` and ``generation.max_new_tokens`` (else the paper's prompt, ``replace`` and 500).
 
-    ``stats`` counts, over the reasoner's life, the unique queries reasoned about (``queries``), those found
-    in the cache (``cached``), those generated (``generated``) and the generations that came back empty
-    (``empty``: a failure, warned about, never cached, and retried on the next call).
+    ``samples=N`` draws N reasonings per query (sampling only; each cached under its own sample index and,
+    with a seed, reproducible): :meth:`reason` and :meth:`rewrite` join them into one text (MuGI-style),
+    :meth:`reason_samples` and :meth:`rewrite_samples` keep them apart (e.g. for rank fusion).
+
+    ``stats`` counts, over the reasoner's life, the unique queries reasoned about (``queries``) and, of
+    their reasonings (one per query and sample), those found in the cache (``cached``), those generated
+    (``generated``) and the generations that came back empty (``empty``: a failure, warned about, never
+    cached, and retried on the next call).
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class QRReasoner:
         generation: GenerationParams | None = None,
         mode: str | RewriteMode | None = None,
         cache: CacheSpec = None,
+        samples: int = 1,
         progress: bool = False,
         **backend_options: Any,
     ):
@@ -77,6 +84,7 @@ class QRReasoner:
         self.generation = generation or GenerationParams(**({"max_new_tokens": trained["max_new_tokens"]}
                                                             if "max_new_tokens" in trained else {}))
         self.mode = get_mode(mode if mode is not None else trained.get("mode", "replace"))
+        self.samples = _check_samples(samples, self.generation)
         self.progress = progress
         if isinstance(backend, str):
             self.backend = make_backend(backend, model, **backend_options)
@@ -108,7 +116,7 @@ class QRReasoner:
         return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
 
     def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,
-              mode: str | RewriteMode | None = None) -> "QRReasoner":
+              mode: str | RewriteMode | None = None, samples: int | None = None) -> "QRReasoner":
         """A reasoner sharing this one's backend (the loaded model) and cache, with some settings changed;
         this one is left as it is, so pipelines that share it keep their behaviour."""
         other = copy.copy(self)
@@ -119,51 +127,65 @@ class QRReasoner:
             other.generation = generation
         if mode is not None:
             other.mode = get_mode(mode)
+        other.samples = _check_samples(self.samples if samples is None else samples, other.generation)
         return other
 
     @property
     def config_hash(self) -> str:
-        """Hash of everything that determines a completion apart from the query."""
-        return config_key(
-            {"model": self.backend.cache_id, "template": self.template.key(), "generation": self.generation.key()}
-        )
+        """Hash of everything that determines a completion apart from the query (of sample 0)."""
+        return self._sample_config(0)
+
+    def _sample_config(self, sample: int) -> str:
+        key = {"model": self.backend.cache_id, "template": self.template.key(), "generation": self.generation.key()}
+        return config_key({**key, "sample": sample} if sample else key)
 
     def reason(self, queries: Sequence[str], *, progress: bool | None = None) -> list[str]:
-        """The reasoning for each query, in order. Repeated and cached queries are not regenerated."""
+        """The reasoning for each query, in order (with ``samples`` > 1, its samples joined by newlines).
+        Repeated and cached queries are not regenerated."""
+        return ["\n".join(texts) for texts in self.reason_samples(queries, progress=progress)]
+
+    def reason_samples(self, queries: Sequence[str], *, progress: bool | None = None) -> list[list[str]]:
+        """The ``samples`` reasonings of each query, in order. Each (query, sample) is cached on its own, so
+        an interrupted run resumes where it stopped."""
         queries = validate_queries(queries)
         unique = list(dict.fromkeys(queries))
-        config = self.config_hash
-        done: dict[str, str] = self.cache.get_many(config, unique) if self.cache else {}
-        pending = [q for q in unique if q not in done]
-        log.info("%d queries (%d unique), %d already in the reasoning cache", len(queries), len(unique), len(done))
+        done: dict[tuple[str, int], str] = {}
+        for sample in range(self.samples):
+            found = self.cache.get_many(self._sample_config(sample), unique) if self.cache else {}
+            done.update(((q, sample), text) for q, text in found.items())
+        pending = [(q, s) for q in unique for s in range(self.samples) if (q, s) not in done]
+        log.info("%d queries (%d unique)%s, %d already in the reasoning cache", len(queries), len(unique),
+                 f" x {self.samples} samples" if self.samples > 1 else "", len(done))
         self.stats.update(queries=len(unique), cached=len(done))
         if pending:
-            self._generate(pending, config, done, self.progress if progress is None else progress)
-        return [self.template.extract(done[q]) for q in queries]
+            self._generate(pending, done, self.progress if progress is None else progress)
+        return [[self.template.extract(done[q, s]) for s in range(self.samples)] for q in queries]
 
-    def _generate(self, pending: list[str], config: str, done: dict[str, str], progress: bool) -> None:
+    def _generate(self, pending: list[tuple[str, int]], done: dict[tuple[str, int], str], progress: bool) -> None:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pending), desc="reasoning", unit="query", disable=not progress)
 
         def store(i: int, completion: str) -> None:
-            query = pending[i]
+            query, sample = pending[i]
             with self._lock:
-                if query in done:
+                if (query, sample) in done:
                     return
                 self.stats["generated"] += 1
                 if not completion or not completion.strip():
                     self.stats["empty"] += 1
                     log.warning("empty completion for query %r (not cached; a rerun retries it)", query[:80])
-                    done[query] = ""
+                    done[query, sample] = ""
                 elif self.cache is not None:  # the first completion stored under this key wins
-                    done[query] = self.cache.put_many(config, [(query, completion)]).get(query, completion)
+                    stored = self.cache.put_many(self._sample_config(sample), [(query, completion)])
+                    done[query, sample] = stored.get(query, completion)
                 else:
-                    done[query] = completion
+                    done[query, sample] = completion
                 bar.update(1)
 
         try:
-            completions = self.backend.generate(pending, self.template, self.generation, store)
+            completions = generate_rows(self.backend, [q for q, _ in pending], self.template, self.generation, store,
+                                        [s for _, s in pending])
         finally:
             bar.close()
         if len(completions) != len(pending):
@@ -181,3 +203,22 @@ class QRReasoner:
             return [chosen.apply(q, None) for q in queries]
         reasoning = self.reason(queries, progress=progress)
         return [chosen.apply(q, r) for q, r in zip(queries, reasoning)]
+
+    def rewrite_samples(
+        self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, progress: bool | None = None
+    ) -> list[list[str]]:
+        """One rewrite per sample for each query under ``mode`` (default: the reasoner's mode)."""
+        chosen = self.mode if mode is None else get_mode(mode)
+        queries = validate_queries(queries)
+        if not chosen.with_reasoning:
+            return [[chosen.apply(q, None)] * self.samples for q in queries]
+        samples = self.reason_samples(queries, progress=progress)
+        return [[chosen.apply(q, r) for r in texts] for q, texts in zip(queries, samples)]
+
+
+def _check_samples(samples: int, generation: GenerationParams) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a whole number >= 1, got {samples!r}")
+    if samples > 1 and not generation.do_sample:
+        raise ValueError(f"samples={samples} needs sampling: greedy decoding gives the same reasoning every time")
+    return samples

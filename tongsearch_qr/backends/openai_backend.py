@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import BackendUnavailableError
 from ..generation import GenerationParams
 from ..prompts import PromptTemplate
-from .base import ResultCallback
+from .base import ResultCallback, requests_with_n, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,11 @@ class OpenAIBackend:
         # keyed by the served model, not by where it is served: the same model behind another host or port hits
         self.cache_id = f"openai:{self.model}"
 
-    def request_body(self, question: str, template: PromptTemplate, params: GenerationParams) -> dict[str, Any]:
-        """The JSON body of the chat completion request for ``question``."""
+    def request_body(self, question: str, template: PromptTemplate, params: GenerationParams,
+                     n: int = 1) -> dict[str, Any]:
+        """The JSON body of the chat completion request for ``n`` completions of ``question``."""
         body: dict[str, Any] = {"model": self.model, "messages": template.messages(question),
-                                "max_tokens": params.max_new_tokens, "n": 1}
+                                "max_tokens": params.max_new_tokens, "n": n}
         if params.do_sample:
             body.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
@@ -117,15 +118,19 @@ class OpenAIBackend:
         template: PromptTemplate,
         params: GenerationParams,
         on_result: ResultCallback | None = None,
+        samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order; ``on_result`` is called as each one arrives."""
-        bodies = [self.request_body(q, template, params) for q in questions]
-        return _run_coroutine(self._generate_all(bodies, on_result))
+        """Completions for ``questions`` in input order; ``on_result`` is called as each one arrives. The
+        samples of a question are one request with ``n`` (seeded, choice ``j`` is sample ``j``)."""
+        requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
+        bodies = [(self.request_body(q, template, params, n), rows) for q, n, rows in requests]
+        return _run_coroutine(self._generate_all(bodies, len(questions), on_result))
 
-    async def _generate_all(self, bodies: list[dict[str, Any]], on_result: ResultCallback | None) -> list[str]:
+    async def _generate_all(self, bodies: list[tuple[dict[str, Any], list[tuple[int, int]]]], count: int,
+                            on_result: ResultCallback | None) -> list[str]:
         import httpx
 
-        results: list[str | None] = [None] * len(bodies)
+        results: list[str | None] = [None] * count
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
@@ -136,9 +141,12 @@ class OpenAIBackend:
             await self._check_reachable(pool)
 
             async def one(i: int) -> None:
-                results[i] = await self._complete(pool, bodies[i])
-                if on_result is not None:
-                    on_result(i, results[i])
+                body, rows = bodies[i]
+                choices = await self._complete(pool, body)
+                for j, row in rows:
+                    results[row] = choices[j]
+                    if on_result is not None:
+                        on_result(row, choices[j])
 
             tasks = [asyncio.create_task(one(i)) for i in range(len(bodies))]
             try:
@@ -174,7 +182,7 @@ class OpenAIBackend:
         for url, why in problems.items():
             log.warning("server %s does not answer (%s); going on with the others", url, why)
 
-    async def _complete(self, pool: _ServerPool, body: dict[str, Any]) -> str:
+    async def _complete(self, pool: _ServerPool, body: dict[str, Any]) -> list[str]:
         import httpx
 
         problem, retry_after, attempt = "", None, 0
@@ -203,7 +211,7 @@ class OpenAIBackend:
                     f"{response.text[:500]}"
                 )
             pool.succeeded(url)
-            return _completion_text(response, url)
+            return _completion_texts(response, url, body["n"])
         raise BackendUnavailableError(
             f"{', '.join(self.base_urls)}: a request failed {self.max_retries + 1} times in a row (last: {problem}); "
             "completions finished before this are kept in the reasoning cache: rerun to resume"
@@ -266,12 +274,18 @@ class _ServerPool:
         return url in self.dead
 
 
-def _completion_text(response: Any, base_url: str) -> str:
+def _completion_texts(response: Any, base_url: str, n: int) -> list[str]:
+    """The ``n`` completions of a reply, by choice index."""
     try:
-        message = response.json()["choices"][0]["message"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        choices = {int(choice.get("index", 0)): choice["message"].get("content") or ""
+                   for choice in response.json()["choices"]}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BackendUnavailableError(f"{base_url} sent a reply that is not a chat completion: {response.text[:300]}") from exc
-    return message.get("content") or ""
+    if set(choices) != set(range(n)):
+        raise BackendUnavailableError(
+            f"{base_url} sent choices {sorted(choices)} for n={n}; the server must support the 'n' parameter "
+            "to sample several reasonings per query (vLLM does)")
+    return [choices[j] for j in range(n)]
 
 
 def _run_coroutine(coroutine: Any) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InputFormatError, MissingReasoningError
 from ..generation import GenerationParams
 from ..prompts import PromptTemplate
-from .base import Backend, ResultCallback
+from .base import Backend, ResultCallback, generate_rows, sample_indices
 
 
 def load_reasoning_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -54,10 +54,16 @@ class PrecomputedBackend:
         template: PromptTemplate,
         params: GenerationParams,
         on_result: ResultCallback | None = None,
+        samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """The stored reasoning of each question, generating missing ones with the fallback."""
-        missing = [i for i, q in enumerate(questions) if q not in self.reasoning]
+        """The stored reasoning of each question (its sample 0), generating missing ones and further samples
+        with the fallback."""
+        samples = sample_indices(questions, samples)
+        missing = [i for i, q in enumerate(questions) if samples[i] > 0 or q not in self.reasoning]
         if missing and self.fallback is None:
+            if any(samples[i] > 0 for i in missing):
+                raise ValueError(f"{self.source} holds one reasoning per query; more samples per query need a "
+                                 "fallback model that generates them (fallback= / --fallback MODEL)")
             raise MissingReasoningError([questions[i] for i in missing], self.source)
         results = [self.reasoning.get(q, "") for q in questions]
         missing_set = set(missing)
@@ -73,7 +79,8 @@ class PrecomputedBackend:
                 if on_result is not None:
                     on_result(missing[j], text)
 
-            generated = self.fallback.generate([questions[i] for i in missing], template, params, forward)
+            generated = generate_rows(self.fallback, [questions[i] for i in missing], template, params, forward,
+                                      [samples[i] for i in missing])
             for i, text in zip(missing, generated):
                 results[i] = text
         return results

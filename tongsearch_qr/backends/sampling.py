@@ -51,10 +51,13 @@ class TopKTopPSampler:
         return out.scatter_(-1, token, 0.0)
 
 
-def row_generators(seed: int, prompts: Sequence[Sequence[int]], params_key: object, device: str) -> list[torch.Generator]:
-    """One generator per prompt, seeded from (``seed``, the prompt's token ids, the generation parameters)."""
+def row_generators(seed: int, prompts: Sequence[Sequence[int]], params_key: object, device: str,
+                   samples: Sequence[int] | None = None) -> list[torch.Generator]:
+    """One generator per prompt, seeded from (``seed``, the prompt's token ids, the generation parameters and,
+    above 0, the row's sample index)."""
     generators = []
-    for prompt in prompts:
-        digest = hashlib.sha256(json.dumps([seed, params_key, list(prompt)], sort_keys=True).encode()).digest()
+    for prompt, sample in zip(prompts, samples or [0] * len(prompts)):
+        key = [seed, params_key, list(prompt)] + ([sample] if sample else [])
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
         generators.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1))
     return generators

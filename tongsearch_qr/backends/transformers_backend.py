@@ -9,7 +9,7 @@ from typing import Any
 from ..generation import GenerationParams
 from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
-from .base import ResultCallback
+from .base import ResultCallback, sample_indices
 from .batching import plan_batches
 from .prompting import fit_prompt
 from .sampling import TopKTopPSampler, row_generators
@@ -107,8 +107,11 @@ class TransformersBackend:
         template: PromptTemplate,
         params: GenerationParams,
         on_result: ResultCallback | None = None,
+        samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions``, longest prompts first, in input order."""
+        """Completions for ``questions``, longest prompts first, in input order; the samples of a question
+        are rows of the same batches."""
+        samples = sample_indices(questions, samples)
         self.model.eval()
         prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -117,18 +120,20 @@ class TransformersBackend:
                             max_batch_tokens=self.max_batch_tokens, step_overhead_tokens=self.step_overhead_tokens)
         for positions in plan:
             batch = [order[p] for p in positions]
-            for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
+            for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], params,
+                                                           [samples[i] for i in batch])):
                 results[i] = text
                 if on_result is not None:
                     on_result(i, text)
         return results
 
-    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[str]:
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, samples: list[int]) -> list[str]:
         torch = self._torch
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         processors = []
         if params.do_sample:
-            generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device)
+            generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device,
+                                                                             samples)
             processors.append(TopKTopPSampler(params.temperature, params.top_k, params.top_p, generators))
         with torch.inference_mode():
             out = self.model.generate(

@@ -14,7 +14,7 @@ from typing import Any
 from ..generation import GenerationParams
 from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
-from .base import ResultCallback
+from .base import ResultCallback, requests_with_n, sample_indices
 from .prompting import fit_prompt
 
 
@@ -27,14 +27,14 @@ def local_model_dir(source: ModelSource) -> str:
     return load_pretrained(lambda repo, **kw: snapshot_download(repo, **kw), source)
 
 
-def sampling_params(params: GenerationParams) -> Any:
-    """vLLM ``SamplingParams`` equal to ``params`` (greedy -> temperature 0)."""
+def sampling_params(params: GenerationParams, n: int = 1) -> Any:
+    """vLLM ``SamplingParams`` equal to ``params`` (greedy -> temperature 0), drawing ``n`` completions."""
     from vllm import SamplingParams
 
     if not params.do_sample:
-        return SamplingParams(max_tokens=params.max_new_tokens, temperature=0.0,
+        return SamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=0.0,
                               repetition_penalty=params.repetition_penalty)
-    return SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+    return SamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                           top_k=params.top_k if params.top_k > 0 else -1,
                           repetition_penalty=params.repetition_penalty, seed=params.seed)
 
@@ -94,20 +94,24 @@ class VLLMBackend:
         template: PromptTemplate,
         params: GenerationParams,
         on_result: ResultCallback | None = None,
+        samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order."""
+        """Completions for ``questions`` in input order; the samples of a question are one request with ``n``
+        (with a seed, vLLM seeds choice ``j`` from the seed and ``j``)."""
         from vllm.inputs import TokensPrompt
 
-        sampling = sampling_params(params)
-        results: list[str] = []
-        for start in range(0, len(questions), self.chunk_size):
-            chunk = questions[start : start + self.chunk_size]
+        requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
+        results: list[str] = [""] * len(questions)
+        for start in range(0, len(requests), self.chunk_size):
+            chunk = requests[start : start + self.chunk_size]
             prompts = [TokensPrompt(prompt_token_ids=fit_prompt(self.tokenizer, template, q, self.context_length,
-                                                                params.max_new_tokens)) for q in chunk]
+                                                                params.max_new_tokens)) for q, _, _ in chunk]
+            sampling = [sampling_params(params, n) for _, n, _ in chunk]
             outputs = self.llm.generate(prompts, sampling, use_tqdm=self.progress)
-            for i, output in enumerate(outputs, start):
-                text = output.outputs[0].text
-                results.append(text)
-                if on_result is not None:
-                    on_result(i, text)
+            for (_, _, rows), output in zip(chunk, outputs):
+                choices = {choice.index: choice.text for choice in output.outputs}
+                for j, row in rows:
+                    results[row] = choices[j]
+                    if on_result is not None:
+                        on_result(row, choices[j])
         return results
