@@ -4,7 +4,6 @@ from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.backends.precomputed import PrecomputedBackend
 from tongsearch_qr.fusion import Fusion, fused_search
 
-
 A = [[("d1", 3.0), ("d2", 2.0), ("d3", 1.0)], [("x", 5.0)]]
 B = [[("d3", 9.0), ("d4", 5.0)], []]
 

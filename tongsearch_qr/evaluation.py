@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fusion import Fusion, fused_search
 from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, load_qa, write_run
+from .fusion import Fusion, fused_search
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
 from .retrieval import Ranking, make_retriever

@@ -53,7 +53,8 @@ def sample_indices(questions: Sequence[str], samples: Sequence[int] | None) -> l
     return samples
 
 
-def requests_with_n(questions: Sequence[str], samples: Sequence[int], seeded: bool) -> list[tuple[str, int, list[tuple[int, int]]]]:
+def requests_with_n(questions: Sequence[str], samples: Sequence[int],
+                    seeded: bool) -> list[tuple[str, int, list[tuple[int, int]]]]:
     """Rows grouped into one request per question for engines that draw ``n`` samples at once:
     ``(question, n, [(choice index, row), ...])``. Seeded, choice ``j`` is sample ``j`` (so ``n`` is the
     highest index asked + 1, and rows asking the same index share its draw); unseeded, any choices will do
