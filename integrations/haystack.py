@@ -10,6 +10,15 @@
     p.connect("reasoner.query", "bm25.query")
     p.run({"reasoner": {"query": "why can't humans drink sea water?"}})
 
+Fusing the question's ranking with the reasoning's, Haystack's way: both retrievers feed a
+``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` (RRF with k=60, weighted), see :func:`rank_queries`::
+
+    p.add_component("question_bm25", InMemoryBM25Retriever(document_store=store))
+    p.add_component("joiner", DocumentJoiner(join_mode="reciprocal_rank_fusion", weights=[1, 1]))
+    p.connect("reasoner.original_query", "question_bm25.query")
+    p.connect("question_bm25.documents", "joiner.documents")
+    p.connect("bm25.documents", "joiner.documents")
+
 ``__init__`` stores JSON-serialisable settings only; the model loads in ``warm_up`` (pipelines call it).
 This module registers itself on Haystack's deserialization allowlist, so pipelines that use it load
 from YAML without extra flags.
@@ -26,6 +35,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.core.serialization_security import allow_deserialization_module
 
 from .. import GenerationParams, QRReasoner
+from ..fusion import Fusion
 from ..modes import get_mode
 from ..retrieval import make_retriever
 
@@ -134,13 +144,31 @@ class CoreRetrieverComponent:
 
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
-    """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``)."""
+                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
+                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+    """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``); with
+    ``fusion`` (RRF, k=60, weights allowed) a second retriever searches the original query and a
+    ``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` fuses the two."""
     from haystack import Pipeline
+    from haystack.components.joiners import DocumentJoiner
 
+    documents = [Document(id=d, content=t) for d, t in docs]
     pipeline = Pipeline()
     pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(reasoner, mode=mode))
-    pipeline.add_component("retriever", CoreRetrieverComponent([Document(id=d, content=t) for d, t in docs], kind, k, options))
+    pipeline.add_component("retriever", CoreRetrieverComponent(documents, kind, k, options))
     pipeline.connect("reasoner.query", "retriever.query")
-    return {qid: [(d.id, float(d.score or 0.0)) for d in pipeline.run({"reasoner": {"query": q}})["retriever"]["documents"]]
+    last = "retriever"
+    if fusion is not None:
+        if not fusion.with_query or reasoner.samples > 1 or fusion.method != "rrf" or fusion.k != 60:
+            raise ValueError(f"Haystack's DocumentJoiner fuses the question's ranking with one reasoning ranking by "
+                             f"RRF with k=60 (weights allowed), not {fusion.name}"
+                             f"{' over samples' if reasoner.samples > 1 else ''}; use the core for other fusions")
+        pipeline.add_component("question_retriever", CoreRetrieverComponent(documents, kind, k, options))
+        pipeline.add_component("joiner", DocumentJoiner(join_mode="reciprocal_rank_fusion", top_k=k,
+                                                        weights=fusion.weights_for(2, " (the question, then the reasoning)")))
+        pipeline.connect("reasoner.original_query", "question_retriever.query")
+        pipeline.connect("question_retriever.documents", "joiner.documents")
+        pipeline.connect("retriever.documents", "joiner.documents")
+        last = "joiner"
+    return {qid: [(d.id, float(d.score or 0.0)) for d in pipeline.run({"reasoner": {"query": q}})[last]["documents"]]
             for qid, q in queries.items()}

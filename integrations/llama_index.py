@@ -11,6 +11,12 @@ BM25 retrievers tokenize ``query_str``, so by default the rewrite goes there. Ve
 ``custom_embedding_strs``: with ``target="embedding"`` the rewrite goes there (``query_str`` is left
 as asked), and ``include_original`` keeps the original embedding strings too, as HyDE does. The
 reasoning prompt is exposed through the PromptMixin as ``reasoning_prompt`` (variable ``question``).
+
+Fusing the question's ranking with the reasoning's, LlamaIndex's way (:func:`fused_with_question`, a
+``QueryFusionRetriever`` over the plain and the transformed retriever)::
+
+    from tongsearch_qr.fusion import Fusion
+    retriever = fused_with_question(bm25_retriever, QRQueryTransform(), Fusion("rrf", k=59), similarity_top_k=10)
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
 from .. import QRReasoner
+from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
 from ..retrieval import Retriever, make_retriever
 from . import core_reasoner
@@ -101,13 +108,42 @@ class CoreLlamaRetriever(BaseRetriever):
         return [NodeWithScore(node=self._nodes[doc_id], score=score) for doc_id, score in ranking]
 
 
+def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, fusion: Fusion, *,
+                        similarity_top_k: int = 10) -> BaseRetriever:
+    """A ``QueryFusionRetriever`` over ``retriever`` (the question) and ``TransformRetriever(retriever,
+    transform)`` (the reasoning), with no generated queries. Its ``reciprocal_rerank`` mode is RRF with
+    k=60 on ranks counted from 0, i.e. ``Fusion("rrf", k=59)``, unweighted; its ``relative_score`` mode is
+    min-max score fusion with weights (``Fusion("score", weights=...)``). Nodes are merged by content hash."""
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.retrievers import QueryFusionRetriever, TransformRetriever
+    from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
+
+    if not fusion.with_query:
+        raise ValueError("fused_with_question fuses the question's ranking: fusion.with_query must be on")
+    if transform.reasoner.samples > 1:
+        raise ValueError("in LlamaIndex the samples of a reasoner are joined as text; fuse per-sample rankings "
+                         "with the core (tongsearch_qr.fusion.fused_search)")
+    weights = fusion.weights_for(2, " (the question, then the reasoning)")
+    if fusion.method == "rrf" and (fusion.k != 59 or fusion.weights is not None):
+        raise ValueError(f"LlamaIndex's reciprocal_rerank fusion is unweighted RRF with k=60 from rank 0 "
+                         f"(tongsearch-qr's rrf:59), not {fusion.name}; use rrf:59 or score through LlamaIndex, or use the core")
+    mode = FUSION_MODES.RECIPROCAL_RANK if fusion.method == "rrf" else FUSION_MODES.RELATIVE_SCORE
+    return QueryFusionRetriever([retriever, TransformRetriever(retriever, transform)], llm=MockLLM(), mode=mode,
+                                similarity_top_k=similarity_top_k, num_queries=1, use_async=False,
+                                retriever_weights=weights)
+
+
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
-    """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` per query (``eval --via llama-index``)."""
+                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
+                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+    """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (with ``fusion``:
+    :func:`fused_with_question`) per query (``eval --via llama-index``)."""
     from llama_index.core.retrievers import TransformRetriever
     from llama_index.core.schema import TextNode
 
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
-    retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options),
-                                   QRQueryTransform(reasoner=reasoner, mode=mode))
+    base = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
+    transform = QRQueryTransform(reasoner=reasoner, mode=mode)
+    retriever = TransformRetriever(base, transform) if fusion is None else \
+        fused_with_question(base, transform, fusion, similarity_top_k=k)
     return {qid: [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(q)] for qid, q in queries.items()}

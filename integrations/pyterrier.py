@@ -11,6 +11,12 @@ retrieval transformers that need no Java.
 The rewritten text replaces ``query``; the previous one is kept in ``query_0`` (``pt.model.push_queries``).
 Terrier's own (Java) retrievers work too; pass ``clean=True`` so the reasoning contains no characters
 Terrier's query parser rejects.
+
+Fusing the question's ranking with the reasoning's, PyTerrier's way (:func:`fused_with_question`)::
+
+    from tongsearch_qr.fusion import Fusion
+    fused = fused_with_question(bm25, QRReasoner(), Fusion("rrf", k=60))    # pyterrier_alpha's RRFusion
+    fused = fused_with_question(bm25, QRReasoner(), Fusion("score", weights=(1, 2)))  # w * (... >> min-max) + ...
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import pandas as pd
 import pyterrier as pt
 
 from .. import QRReasoner as CoreReasoner
+from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
 from ..retrieval import Retriever, make_retriever
 from . import core_reasoner
@@ -94,11 +101,61 @@ class CoreRetriever(pt.Transformer):
         return pd.DataFrame(rows, columns=columns)
 
 
+def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion: Fusion,
+                        num_results: int = 1000) -> pt.Transformer:
+    """``retriever`` on the question fused with ``reasoner >> retriever`` (whose results get the question back,
+    ``pt.model.pop_queries``, so both rankings describe the same query), built from PyTerrier's own parts:
+    unweighted RRF is ``pyterrier_alpha``'s ``RRFusion`` (its ranks count from 0, so it is given ``k - 1``);
+    weighted RRF and score fusion are ``w * (... >> normalise) + ...`` with PyTerrier's operators, the
+    normalisers being ``pt.apply`` transformers (``pyterrier_alpha``'s ``PerQueryMaxMinScore`` fails to
+    import its validator in pyterrier-alpha 0.16.5)."""
+    import pyterrier_alpha as pta
+
+    if not fusion.with_query:
+        raise ValueError("fused_with_question fuses the question's ranking: fusion.with_query must be on")
+    if reasoner.reasoner.samples > 1:
+        raise ValueError("in PyTerrier the samples of a reasoner are joined as text; fuse per-sample rankings "
+                         "with the core (tongsearch_qr.fusion.fused_search)")
+    runs = [retriever, reasoner >> retriever >> pt.apply.generic(pt.model.pop_queries)]
+    weights = fusion.weights_for(len(runs), " (the question, then the reasoning)")
+    if fusion.method == "rrf" and fusion.weights is None:
+        return pta.RRFusion(*runs, k=fusion.k - 1, num_results=num_results)
+    normalise = pt.apply.generic(_reciprocal_ranks(fusion.k) if fusion.method == "rrf" else _min_max)
+    parts = [w * (run >> normalise) for w, run in zip(weights, runs)]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined + part
+    return combined % num_results
+
+
+def _reciprocal_ranks(k: int):
+    def score(res: pd.DataFrame) -> pd.DataFrame:
+        res = pt.model.add_ranks(res.copy())
+        res["score"] = 1.0 / (k + res["rank"] + 1)
+        return res
+
+    return score
+
+
+def _min_max(res: pd.DataFrame) -> pd.DataFrame:
+    """Each query's scores scaled to [0, 1] (all equal: 0)."""
+    res = res.copy()
+    scores = res.groupby("qid")["score"]
+    low, high = scores.transform("min"), scores.transform("max")
+    res["score"] = (res["score"] - low) / (high - low).clip(lower=1e-9)
+    return res
+
+
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: CoreReasoner, mode: str,
-                 k: int, kind: str = "bm25", **options: Any) -> dict[str, list[tuple[str, float]]]:
-    """Run ``QRReasoner >> CoreRetriever`` over a topics frame (what ``tongsearch-qr eval --via pyterrier`` does)."""
+                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
+                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+    """Run ``QRReasoner >> CoreRetriever`` (with ``fusion``: :func:`fused_with_question`) over a topics frame
+    (what ``tongsearch-qr eval --via pyterrier`` does)."""
     stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k, **options)
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
-    res = (QRReasoner(reasoner=reasoner, mode=mode) >> stage).transform(topics)
+    pipeline = QRReasoner(reasoner=reasoner, mode=mode) >> stage
+    if fusion is not None:
+        pipeline = fused_with_question(stage, QRReasoner(reasoner=reasoner, mode=mode), fusion, k)
+    res = pipeline.transform(topics)
     ranked = {qid: group.sort_values("rank") for qid, group in res.groupby("qid", sort=False)}
     return {qid: list(zip(ranked[qid].docno, ranked[qid].score)) if qid in ranked else [] for qid in queries}
