@@ -36,6 +36,7 @@ from haystack.core.serialization_security import allow_deserialization_module
 
 from .. import GenerationParams, QRReasoner
 from ..fusion import Fusion
+from ..methods import get_method
 from ..modes import get_mode
 from ..retrieval import make_retriever
 
@@ -48,13 +49,20 @@ class QRQueryRewriter:
 
     Outputs: ``query`` (the rewrite, for text retrievers), ``queries`` (for multi-query retrievers:
     the rewrite, preceded by the original when ``include_original``), ``original_query`` and ``reasoning``.
+    ``method`` names a method of the bank (``hyde``, ``query2doc``, ...; not the corpus-feedback ``lamer``);
+    ``mode`` and ``generation`` default to the method's (else the reasoner's).
     """
 
-    def __init__(self, model: str | None = None, *, mode: str = "replace", think: bool = False,
+    def __init__(self, model: str | None = None, *, mode: str | None = None, think: bool = False,
                  generation: dict[str, Any] | None = None, reasoning_file: str | None = None,
-                 cache: str | None = None, include_original: bool = False, backend_options: dict[str, Any] | None = None):
-        get_mode(mode)  # fail early on a bad mode
-        self.model, self.mode, self.think = model, mode, think
+                 cache: str | None = None, include_original: bool = False, backend_options: dict[str, Any] | None = None,
+                 method: str | None = None):
+        if mode is not None:
+            get_mode(mode)  # fail early on a bad mode
+        if method is not None and get_method(method).template is not None and get_method(method).template.passages:
+            raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core or "
+                             "PyTerrier")
+        self.model, self.mode, self.think, self.method = model, mode, think, method
         self.generation = dict(generation or {})
         GenerationParams(**self.generation)  # fail early on bad settings
         self.reasoning_file, self.cache = reasoning_file, cache
@@ -63,7 +71,8 @@ class QRQueryRewriter:
         self._reasoner: QRReasoner | None = None
 
     @classmethod
-    def from_reasoner(cls, reasoner: QRReasoner, *, mode: str = "replace", include_original: bool = False) -> QRQueryRewriter:
+    def from_reasoner(cls, reasoner: QRReasoner, *, mode: str | None = None,
+                      include_original: bool = False) -> QRQueryRewriter:
         """A rewriter around a ready :class:`tongsearch_qr.QRReasoner` (for programmatic use; not serialisable)."""
         rewriter = cls(mode=mode, include_original=include_original)
         rewriter._reasoner = reasoner
@@ -73,11 +82,12 @@ class QRQueryRewriter:
         """Load the model (or the reasoning file)."""
         if self._reasoner is not None:
             return
-        common = dict(think=self.think, generation=GenerationParams(**self.generation), cache=self.cache)
+        common = dict(think=self.think, generation=GenerationParams(**self.generation) if self.generation else None,
+                      cache=self.cache)
         if self.reasoning_file:
             self._reasoner = QRReasoner.from_file(self.reasoning_file, **common)
         else:
-            self._reasoner = QRReasoner(self.model, **common, **self.backend_options)
+            self._reasoner = QRReasoner(self.model, method=self.method, **common, **self.backend_options)
 
     @component.output_types(query=str, queries=list[str], original_query=str, reasoning=str)
     def run(self, query: str) -> dict[str, Any]:
@@ -88,7 +98,7 @@ class QRQueryRewriter:
 
     def _outputs(self, queries: list[str]) -> list[dict[str, Any]]:
         assert self._reasoner is not None
-        mode = get_mode(self.mode)
+        mode = self._reasoner.mode if self.mode is None else get_mode(self.mode)
         reasoning = self._reasoner.reason(queries) if mode.with_reasoning else [""] * len(queries)
         out = []
         for query, text in zip(queries, reasoning):
@@ -110,7 +120,8 @@ class QRQueryRewriter:
         return self._outputs(list(queries))
 
     def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, model=self.model, mode=self.mode, think=self.think, generation=self.generation,
+        return default_to_dict(self, model=self.model, method=self.method, mode=self.mode, think=self.think,
+                               generation=self.generation,
                                reasoning_file=self.reasoning_file, cache=self.cache,
                                include_original=self.include_original, backend_options=self.backend_options)
 

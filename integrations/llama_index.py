@@ -39,17 +39,20 @@ from . import core_reasoner
 
 
 class QRQueryTransform(BaseQueryTransform):
-    """Rewrites a query with the reasoner's reasoning (``model``/options build a
-    :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``)."""
+    """Rewrites a query with the reasoner's reasoning (``model``/options such as ``method=`` build a
+    :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``); ``mode`` defaults to the reasoner's."""
 
     def __init__(self, model: str | None = None, *, reasoner: QRReasoner | None = None,
-                 mode: str | RewriteMode = "replace", target: Literal["query_str", "embedding"] = "query_str",
+                 mode: str | RewriteMode | None = None, target: Literal["query_str", "embedding"] = "query_str",
                  include_original: bool = False, **reasoner_options: Any):
         super().__init__()
         if target not in ("query_str", "embedding"):
             raise ValueError(f"target must be 'query_str' or 'embedding', got {target!r}")
         self._reasoner = core_reasoner(reasoner, model, reasoner_options)
-        self._mode = get_mode(mode)
+        if self._reasoner.template.passages:
+            raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core "
+                             "or PyTerrier (bm25 >> QRReasoner(method='lamer') >> bm25)")
+        self._mode = self._reasoner.mode if mode is None else get_mode(mode)
         self._target = target
         self._include_original = include_original
 

@@ -38,33 +38,50 @@ _PARSER_UNSAFE = re.compile(r"[^\w\s]+")
 
 
 class QRReasoner(pt.Transformer):
-    """Query -> query transformer: each ``query`` becomes the reasoner's rewrite under ``mode``.
+    """Query -> query transformer: each ``query`` becomes the reasoner's rewrite under ``mode`` (default: the
+    reasoner's, e.g. a ``method``'s).
 
-    ``model`` and keyword options go to :class:`tongsearch_qr.QRReasoner`; or pass a ready ``reasoner``.
-    The whole frame is reasoned about in one batch.
+    ``model`` and keyword options (``method=``, ``samples=``, ...) go to :class:`tongsearch_qr.QRReasoner`;
+    or pass a ready ``reasoner``. The whole frame is reasoned about in one batch. A corpus-feedback method
+    (``method="lamer"``) reads each query's top passages from the results of a first stage, the way RM3
+    does in PyTerrier: ``bm25 >> pt.text.get_text(bm25) >> QRReasoner(method="lamer") >> bm25`` (the results
+    need a ``text`` column).
     """
 
-    def __init__(self, model: str | None = None, *, mode: str | RewriteMode = "replace",
+    def __init__(self, model: str | None = None, *, mode: str | RewriteMode | None = None,
                  reasoner: CoreReasoner | None = None, clean: bool = False, **reasoner_options: Any):
-        self.mode = get_mode(mode)
         self.reasoner = core_reasoner(reasoner, model, reasoner_options)
+        self.mode = self.reasoner.mode if mode is None else get_mode(mode)
         self.clean = clean
 
     @classmethod
-    def from_file(cls, path: str, *, mode: str | RewriteMode = "replace", clean: bool = False,
+    def from_file(cls, path: str, *, mode: str | RewriteMode | None = None, clean: bool = False,
                   **options: Any) -> QRReasoner:
         """A transformer over precomputed reasoning (e.g. the paper's published JSON)."""
         return cls(mode=mode, clean=clean, reasoner=CoreReasoner.from_file(path, **options))
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pt.validate.query_frame(inp, extra_columns=["query"])
+        reasoner = self.reasoner
+        if reasoner.template.passages:
+            pt.validate.result_frame(inp, extra_columns=["query", "text"])
+            inp, reasoner = self._with_feedback(inp)
+        else:
+            pt.validate.query_frame(inp, extra_columns=["query"])
         queries = inp["query"].tolist()
-        rewritten = self.reasoner.rewrite(queries, mode=self.mode) if queries else []
+        rewritten = reasoner.rewrite(queries, mode=self.mode) if queries else []
         if self.clean:
             rewritten = [" ".join(_PARSER_UNSAFE.sub(" ", text).split()) for text in rewritten]
         out = pt.model.push_queries(inp)
         out["query"] = rewritten
         return out
+
+    def _with_feedback(self, res: pd.DataFrame) -> tuple[pd.DataFrame, CoreReasoner]:
+        """One row per query from a result frame, and the reasoner reading each query's top passages from it."""
+        ranked = pt.model.add_ranks(res.copy()).sort_values(["qid", "rank"])
+        depth = self.reasoner.template.passages
+        top = {query: group["text"].head(depth).tolist() for query, group in ranked.groupby("query", sort=False)}
+        topics = ranked[pt.model.query_columns(ranked)].drop_duplicates("qid").reset_index(drop=True)
+        return topics, self.reasoner.with_(feedback=lambda queries: [top[q] for q in queries])
 
     def __repr__(self) -> str:
         return f"QRReasoner({self.reasoner.backend.cache_id!r}, mode={self.mode.name!r})"
@@ -72,22 +89,35 @@ class QRReasoner(pt.Transformer):
 
 class CoreRetriever(pt.Transformer):
     """A tongsearch-qr retriever (``bm25``, ``bm25-bright``, ``dense``, ``pyserini``) as a query ->
-    results transformer (``qid, query, docno, score, rank``)."""
+    results transformer (``qid, query, docno, score, rank``). Built :meth:`from_corpus`, it also loads
+    documents' text for ``pt.text.get_text(retriever)``."""
 
-    def __init__(self, retriever: Retriever, num_results: int = 1000):
-        self.retriever, self.num_results = retriever, num_results
+    def __init__(self, retriever: Retriever, num_results: int = 1000, texts: Mapping[str, str] | None = None):
+        self.retriever, self.num_results, self.texts = retriever, num_results, texts
 
     @classmethod
     def from_corpus(cls, corpus: Iterable[Mapping[str, Any]], kind: str = "bm25", *, num_results: int = 1000,
                     text_field: str = "text", **options: Any) -> CoreRetriever:
         """Index an iterable of dicts with ``docno`` and ``text_field`` using the core retriever ``kind``."""
+        texts: dict[str, str] = {}
+
         def pairs():
             for position, doc in enumerate(corpus):
                 if "docno" not in doc or text_field not in doc:
                     raise KeyError(f"document #{position} needs 'docno' and {text_field!r} fields; has {sorted(doc)}")
+                texts[str(doc["docno"])] = doc[text_field]
                 yield doc["docno"], doc[text_field]
 
-        return cls(make_retriever(kind, **options).index(pairs()), num_results)
+        return cls(make_retriever(kind, **options).index(pairs()), num_results, texts)
+
+    def text_loader(self, fields: list[str] | str = "*", *, verbose: bool = False) -> pt.Transformer:
+        """A transformer adding each result's ``text`` (PyTerrier's ``HasTextLoader``)."""
+        if self.texts is None:
+            raise ValueError("this retriever holds no texts: build it with CoreRetriever.from_corpus")
+        if fields not in ("*", "text", ["text"]):
+            raise ValueError(f"CoreRetriever holds only the 'text' field, not {fields!r}")
+        texts = self.texts
+        return pt.apply.generic(lambda res: res.assign(text=[texts[d] for d in res["docno"]]))
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.query_frame(inp, extra_columns=["query"])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from .errors import TongSearchError
 from .generation import GenerationParams
+from .methods import METHODS, get_method
 from .modes import get_mode, mode_names
 from .queries import query_problem
 
@@ -36,9 +37,12 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=20)
     group.add_argument("--repetition-penalty", type=float, default=1.05)
     group.add_argument("--seed", type=int, default=None)
-    group.add_argument("--samples", type=int, default=1,
+    group.add_argument("--samples", type=int, default=None,
                        help="reasonings sampled per query, joined into one text (with eval --fusion: one ranking "
-                            "each) (default: %(default)s)")
+                            "each) (default: the method's, else 1)")
+    group.add_argument("--method", default=None,
+                       help=f"a reformulation method of the bank instead of TongSearch QR's prompt: {', '.join(METHODS)} "
+                            "(its prompt, mode, samples and decoding become the defaults)")
     group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
     group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
@@ -80,15 +84,21 @@ def reasoner_from_args(args: argparse.Namespace):
     from .models import reasoner_settings
     from .reasoner import QRReasoner
 
-    length = args.max_new_tokens or reasoner_settings(args.model if not args.model.startswith("file:") else None).get(
-        "max_new_tokens", 500)
-    if args.greedy:
-        params = GenerationParams.greedy(length, args.repetition_penalty)
+    method = get_method(args.method) if args.method else None
+    if method is not None:
+        sampling = method.generation
+        length = args.max_new_tokens or sampling.max_new_tokens
     else:
-        params = GenerationParams(length, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
-                                  seed=args.seed)
+        sampling = GenerationParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                    repetition_penalty=args.repetition_penalty)
+        length = args.max_new_tokens or reasoner_settings(args.model if not args.model.startswith("file:") else None
+                                                          ).get("max_new_tokens", 500)
+    if args.greedy:
+        params = GenerationParams.greedy(length, sampling.repetition_penalty)
+    else:
+        params = sampling.with_(max_new_tokens=length, seed=args.seed)
     cache = False if args.no_cache else (args.cache or True)
-    common = dict(think=args.think, generation=params, cache=cache, samples=args.samples, progress=True)
+    common = dict(think=args.think, generation=params, cache=cache, samples=args.samples, method=method, progress=True)
     if args.model.startswith("file:"):
         fallback = None
         if args.fallback:
@@ -149,7 +159,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if collection.documents is None:
             raise TongSearchError(f"{collection.name}: documents are not available; pass --documents DIR "
                                   "(parquet layout documents/<task>-00000-of-00001.parquet) or load from the hub")
-    reasoner = None if args.model == "none" else reasoner_from_args(args)
+    method = get_method(args.method) if args.method else None
+    expansion = None
+    if method is not None and method.template is None:  # a retriever-side method (RM3)
+        if args.retriever not in (None, method.retriever):
+            raise TongSearchError(f"--method {method.name} runs on --retriever {method.retriever}")
+        args.retriever, expansion, reasoner = method.retriever, method.retriever_options, None
+    else:
+        reasoner = None if args.model == "none" else reasoner_from_args(args)
+    args.retriever = args.retriever or "bm25"
     options: dict[str, object] = {"show_progress": True}
     if args.retriever == "dense":
         options.update(model=args.dense_model, max_length=args.max_length)
@@ -168,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mode = args.mode or (reasoner.mode if reasoner is not None else "replace")
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=mode, baseline=args.baseline,
                                       k=args.k, retriever_options=options, via=args.via, seeds=args.seeds,
-                                      fusion=fusion)
+                                      fusion=fusion, expansion=expansion)
                for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
@@ -261,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
     evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all, beir:<dir>[@split] or "
                                "qa:<file.jsonl> (each question against all the file's answers)")
-    evaluate.add_argument("--retriever", default="bm25",
-                          help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: %(default)s)")
+    evaluate.add_argument("--retriever", default=None,
+                          help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: bm25; "
+                               "--method rm3: pyserini)")
     evaluate.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the "
                                                         "mode a trained model was trained for, else replace)")
     evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")

@@ -94,8 +94,8 @@ def stacks() -> dict[str, Any]:
 
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
                    baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
-                   via: str = "core", seeds: Sequence[int] | None = None,
-                   fusion: Fusion | None = None) -> dict[str, RunResult]:
+                   via: str = "core", seeds: Sequence[int] | None = None, fusion: Fusion | None = None,
+                   expansion: Mapping[str, Any] | None = None) -> dict[str, RunResult]:
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
@@ -105,33 +105,49 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     excluded ids afterwards. ``seeds``: sample the reasoning once per seed and average each query's metrics
     over them (the run files hold the first seed's rankings). ``fusion``: the reasoning run fuses the
     question's ranking (unless ``fusion.with_query`` is off) with one ranking per reasoning sample; through a
-    stack, the stack's own fusion does it.
+    stack, the stack's own fusion does it. A reasoner whose prompt shows retrieved passages (``lamer``) gets
+    each query's top passages from the same index (core only). ``expansion`` (without a reasoner): retriever
+    options of a query-expanding retriever (RM3: ``{"rm3": True}``) whose run is the ``"reasoning"`` one.
     """
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
     formulations: dict[str, tuple[Any, RewriteMode]] = {}
-    if reasoner is not None:
-        formulations["reasoning"] = (reasoner, get_mode(mode))
-    if reasoner is None or baseline:
+    if reasoner is not None and expansion:
+        raise ValueError("expansion is a retriever-side method: run it without a reasoner")
+    if reasoner is not None or expansion:
+        formulations["reasoning"] = (reasoner or _no_reasoning(), get_mode(mode if reasoner is not None else "original"))
+    if "reasoning" not in formulations or baseline:
         formulations["baseline"] = (_no_reasoning(), get_mode("original"))
+    texts = [collection.queries[q] for q in qids]
     if via == "core":
-        index = make_retriever(retriever, **dict(retriever_options or {}))
-        log.info("%s: indexing documents with %s", collection.name, retriever)
-        index.index(collection.iter_documents())
-        texts = [collection.queries[q] for q in qids]
+        def build(options: Mapping[str, Any]) -> Any:
+            log.info("%s: indexing documents with %s %s", collection.name, retriever, dict(options))
+            return make_retriever(retriever, **dict(options)).index(collection.iter_documents())
 
-        def search(formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
+        indexes = {"baseline": build(retriever_options or {})} if "baseline" in formulations or not expansion else {}
+        indexes["reasoning"] = build({**(retriever_options or {}), **expansion}) if expansion else indexes["baseline"]
+
+        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
+                   fused: Fusion | None) -> list[Ranking]:
+            index = indexes[name]
+            if formulation_reasoner.template.passages:
+                formulation_reasoner = formulation_reasoner.with_(
+                    feedback=passage_feedback(index, collection, dict(zip(texts, exclude)),
+                                              formulation_reasoner.template.passages))
             if fused is not None:
                 return fused_search(index, texts, formulation_reasoner, fused, k=k, mode=formulation_mode,
                                     exclude=exclude, progress=True)
             queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True)
             return index.search(queries, k=k, exclude=exclude)
     elif via in (registered := stacks()):
+        if expansion or (reasoner is not None and reasoner.template.passages):
+            raise ValueError("retriever-side and corpus-feedback methods (rm3, lamer) run through the core (--via core)")
         rank_queries = registered[via].load()
         docs = list(collection.iter_documents())
         depth = search_depth(k, exclude)
 
-        def search(formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
+        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
+                   fused: Fusion | None) -> list[Ranking]:
             extra = {"fusion": fused} if fused is not None else {}
             by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
                                   kind=retriever, **extra, **dict(retriever_options or {}))
@@ -145,11 +161,23 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
             variants = [formulation_reasoner.with_(generation=formulation_reasoner.generation.with_(seed=s)) for s in seeds]
         runs = []
         for variant in variants:
-            rankings = search(variant, formulation_mode, fusion if name == "reasoning" else None)
+            rankings = search(name, variant, formulation_mode, fusion if name == "reasoning" else None)
             run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
             runs.append(RunResult(run, evaluate(run, collection.qrels, MEASURES)))
         results[name] = runs[0] if len(runs) == 1 else RunResult.averaged(runs)
     return results
+
+
+def passage_feedback(index: Any, collection: Collection, exclude: Mapping[str, Any], depth: int) -> Any:
+    """A reasoner's ``feedback``: the texts of each query's top ``depth`` passages from ``index`` (without its
+    excluded ids)."""
+    texts = dict(collection.iter_documents())
+
+    def feedback(queries: list[str]) -> list[list[str]]:
+        rankings = index.search(queries, k=depth, exclude=[exclude.get(q, set()) for q in queries])
+        return [[texts[doc] for doc, _ in ranking] for ranking in rankings]
+
+    return feedback
 
 
 def paired_difference(results: Mapping[str, RunResult], metric: str = "ndcg_cut_10", *, confidence: float = 0.95,

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from .backends import Backend, make_backend
 from .backends.base import generate_rows
 from .cache import ReasoningCache, config_key
 from .generation import GenerationParams
+from .methods import Method, get_method
 from .models import reasoner_settings
 from .modes import RewriteMode, get_mode
 from .prompts import PromptTemplate
@@ -23,6 +24,8 @@ from .queries import validate_queries
 log = logging.getLogger(__name__)
 
 CacheSpec = bool | str | os.PathLike[str] | ReasoningCache | None
+#: queries -> the texts of each one's top retrieved passages (for prompts that show them)
+Feedback = Callable[[list[str]], list[list[str]]]
 
 
 def _open_cache(cache: CacheSpec) -> ReasoningCache | None:
@@ -50,6 +53,11 @@ class QRReasoner:
     :class:`ReasoningCache`. A model trained by ``tongsearch-qr train`` carries the prompt, rewrite mode and
     reasoning length it was trained for (``tongsearch_qr.json``); they are the defaults of ``template``,
     ``mode`` and ``generation.max_new_tokens`` (else the paper's prompt, ``replace`` and 500).
+    ``method`` names a reformulation method of the bank (:mod:`tongsearch_qr.methods`: ``hyde``,
+    ``query2doc``, ``lamer``, ...) whose prompt, mode, samples and decoding become the defaults instead.
+
+    A prompt that shows retrieved passages (corpus feedback, e.g. ``lamer``) needs ``feedback``: a function
+    from queries to the texts of their top passages.
 
     ``samples=N`` draws N reasonings per query (sampling only; each cached under its own sample index and,
     with a seed, reproducible): :meth:`reason` and :meth:`rewrite` join them into one text (MuGI-style),
@@ -70,21 +78,40 @@ class QRReasoner:
         template: PromptTemplate | None = None,
         generation: GenerationParams | None = None,
         mode: str | RewriteMode | None = None,
+        method: str | Method | None = None,
         cache: CacheSpec = None,
-        samples: int = 1,
+        samples: int | None = None,
+        feedback: Feedback | None = None,
         progress: bool = False,
         **backend_options: Any,
     ):
         if template is not None and think and not template.think:
             raise ValueError("think=True conflicts with a template whose think flag is off")
-        trained = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
+        if method is not None:
+            chosen = get_method(method)
+            if chosen.template is None:
+                raise ValueError(f"method {chosen.name!r} uses no LLM: it is a retriever setting "
+                                 f"(make_retriever({chosen.retriever!r}, **{chosen.retriever_options}); "
+                                 f"eval --method {chosen.name})")
+            if think:
+                raise ValueError("think mode belongs to TongSearch QR's prompt; drop think=True or method=")
+            trained = {"template": chosen.template, "mode": chosen.mode, "generation": chosen.generation,
+                       "samples": chosen.samples}
+        else:
+            trained = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
+            if "template" in trained:
+                trained["template"] = PromptTemplate(**trained["template"])
+            if "max_new_tokens" in trained:
+                trained["generation"] = GenerationParams(max_new_tokens=trained["max_new_tokens"])
         if template is None and "template" in trained and not think:
-            template = PromptTemplate(**trained["template"])
+            template = trained["template"]
         self.template = template or PromptTemplate.paper(think=think)
-        self.generation = generation or GenerationParams(**({"max_new_tokens": trained["max_new_tokens"]}
-                                                            if "max_new_tokens" in trained else {}))
+        self.generation = generation or trained.get("generation") or GenerationParams()
         self.mode = get_mode(mode if mode is not None else trained.get("mode", "replace"))
+        if samples is None:  # a method's samples, unless decoding is greedy
+            samples = trained.get("samples", 1) if self.generation.do_sample else 1
         self.samples = _check_samples(samples, self.generation)
+        self.feedback = feedback
         self.progress = progress
         if isinstance(backend, str):
             self.backend = make_backend(backend, model, **backend_options)
@@ -116,7 +143,8 @@ class QRReasoner:
         return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
 
     def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,
-              mode: str | RewriteMode | None = None, samples: int | None = None) -> "QRReasoner":
+              mode: str | RewriteMode | None = None, samples: int | None = None,
+              feedback: Feedback | None = None) -> "QRReasoner":
         """A reasoner sharing this one's backend (the loaded model) and cache, with some settings changed;
         this one is left as it is, so pipelines that share it keep their behaviour."""
         other = copy.copy(self)
@@ -128,6 +156,8 @@ class QRReasoner:
         if mode is not None:
             other.mode = get_mode(mode)
         other.samples = _check_samples(self.samples if samples is None else samples, other.generation)
+        if feedback is not None:
+            other.feedback = feedback
         return other
 
     @property
@@ -146,20 +176,36 @@ class QRReasoner:
 
     def reason_samples(self, queries: Sequence[str], *, progress: bool | None = None) -> list[list[str]]:
         """The ``samples`` reasonings of each query, in order. Each (query, sample) is cached on its own, so
-        an interrupted run resumes where it stopped."""
+        an interrupted run resumes where it stopped. A prompt that shows retrieved passages gets them from
+        ``feedback`` and is cached under the filled prompt (other passages, another entry)."""
         queries = validate_queries(queries)
         unique = list(dict.fromkeys(queries))
+        inputs = self._prompt_inputs(unique)
+        keys = list(dict.fromkeys(inputs.values()))
         done: dict[tuple[str, int], str] = {}
         for sample in range(self.samples):
-            found = self.cache.get_many(self._sample_config(sample), unique) if self.cache else {}
-            done.update(((q, sample), text) for q, text in found.items())
-        pending = [(q, s) for q in unique for s in range(self.samples) if (q, s) not in done]
+            found = self.cache.get_many(self._sample_config(sample), keys) if self.cache else {}
+            done.update(((key, sample), text) for key, text in found.items())
+        pending = [(key, s) for key in keys for s in range(self.samples) if (key, s) not in done]
         log.info("%d queries (%d unique)%s, %d already in the reasoning cache", len(queries), len(unique),
                  f" x {self.samples} samples" if self.samples > 1 else "", len(done))
         self.stats.update(queries=len(unique), cached=len(done))
         if pending:
             self._generate(pending, done, self.progress if progress is None else progress)
-        return [[self.template.extract(done[q, s]) for s in range(self.samples)] for q in queries]
+        return [[self.template.extract(done[inputs[q], s]) for s in range(self.samples)] for q in queries]
+
+    def _prompt_inputs(self, queries: list[str]) -> dict[str, str]:
+        """What the backend gets as the question of each query: the query, or the filled user turn when the
+        prompt shows retrieved passages."""
+        if not self.template.passages:
+            return {q: q for q in queries}
+        if self.feedback is None:
+            raise ValueError("this method's prompt shows retrieved passages: give the reasoner feedback= (a "
+                             "function from queries to their top passages' texts); eval does this itself")
+        passages = self.feedback(queries)
+        if len(passages) != len(queries):
+            raise ValueError(f"feedback returned passages for {len(passages)} of {len(queries)} queries")
+        return {q: self.template.fill(q, texts) for q, texts in zip(queries, passages)}
 
     def _generate(self, pending: list[tuple[str, int]], done: dict[tuple[str, int], str], progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -184,7 +230,8 @@ class QRReasoner:
                 bar.update(1)
 
         try:
-            completions = generate_rows(self.backend, [q for q, _ in pending], self.template, self.generation, store,
+            template = self.template.filled() if self.template.passages else self.template
+            completions = generate_rows(self.backend, [q for q, _ in pending], template, self.generation, store,
                                         [s for _, s in pending])
         finally:
             bar.close()

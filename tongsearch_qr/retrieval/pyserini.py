@@ -18,11 +18,19 @@ from .lucene import start_pyserini
 
 class PyseriniRetriever:
     """Lucene BM25 (k1, b) over an index directory: an existing Lucene index, or one :meth:`index` builds
-    (in a temporary directory, removed with the retriever, unless ``index_dir`` was given)."""
+    (in a temporary directory, removed with the retriever, unless ``index_dir`` was given).
+
+    ``rm3=True`` expands every query with RM3 pseudo-relevance feedback (pyserini's ``set_rm3`` with its
+    defaults ``fb_terms=10, fb_docs=10, original_query_weight=0.5``); indexes built here then store document
+    vectors, which RM3 needs."""
 
     def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
-                 threads: int = 1, show_progress: bool = False):
+                 threads: int = 1, show_progress: bool = False, rm3: bool = False, fb_terms: int = 10,
+                 fb_docs: int = 10, original_query_weight: float = 0.5):
+        if fb_terms < 1 or fb_docs < 1 or not 0 <= original_query_weight <= 1:
+            raise ValueError("RM3 needs fb_terms >= 1, fb_docs >= 1 and original_query_weight in [0, 1]")
         self.k1, self.b, self.threads, self.show_progress = k1, b, threads, show_progress
+        self.rm3 = (fb_terms, fb_docs, float(original_query_weight)) if rm3 else None
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._searcher = None
         self._cleanup: weakref.finalize | None = None
@@ -47,7 +55,8 @@ class PyseriniRetriever:
             raise FileExistsError(f"{self.index_dir} is not empty; index into a new directory")
         from tqdm.auto import tqdm
 
-        indexer = LuceneIndexer(str(self.index_dir), threads=self.threads)
+        indexer = LuceneIndexer(args=["-index", str(self.index_dir), "-storeDocvectors"], threads=self.threads) \
+            if self.rm3 else LuceneIndexer(str(self.index_dir), threads=self.threads)
         for start in tqdm(range(0, len(ids), 1000), desc="indexing", unit="batch", disable=not self.show_progress):
             indexer.add_batch_dict([{"id": i, "contents": t} for i, t in zip(ids[start:start + 1000],
                                                                               texts[start:start + 1000])])
@@ -65,6 +74,12 @@ class PyseriniRetriever:
 
             self._searcher = LuceneSearcher(str(self.index_dir))
             self._searcher.set_bm25(self.k1, self.b)
+            if self.rm3:
+                try:
+                    self._searcher.set_rm3(*self.rm3)
+                except TypeError as exc:  # pyserini's words for an index without document vectors
+                    raise ValueError(f"{self.index_dir}: RM3 needs an index with document vectors "
+                                     "(-storeDocvectors); let this retriever index the documents") from exc
         return self._searcher
 
     def search(self, queries: Sequence[str], k: int = 1000,
@@ -82,11 +97,13 @@ class PyseriniRetriever:
         """Copy the Lucene index and settings to ``directory``."""
         if self.index_dir is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        target = write_index_meta(directory, "pyserini", k1=self.k1, b=self.b)
+        target = write_index_meta(directory, "pyserini", k1=self.k1, b=self.b, rm3=self.rm3)
         shutil.copytree(self.index_dir, target / "lucene", dirs_exist_ok=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "PyseriniRetriever":
         """Open an index written by :meth:`save`."""
         meta = read_index_meta(directory, "pyserini")
-        return cls(Path(directory) / "lucene", k1=meta["k1"], b=meta["b"])
+        rm3 = meta.get("rm3")
+        expansion = dict(zip(("fb_terms", "fb_docs", "original_query_weight"), rm3)) if rm3 else {}
+        return cls(Path(directory) / "lucene", k1=meta["k1"], b=meta["b"], rm3=bool(rm3), **expansion)
