@@ -67,6 +67,25 @@ def test_paper_sampling_with_seed_is_reproducible_and_think_mode_extracts(vllm_b
     assert think.reason(QUESTIONS[:2]) == [think.template.extract(r) for r in raw]
 
 
+def test_samples_of_a_question_are_one_request_with_n_and_each_reproducible(vllm_backend):
+    params, template = GenerationParams(max_new_tokens=16, seed=5), PromptTemplate.paper()
+    seen = []
+    original = vllm_backend.llm.generate
+
+    def recording(prompts, sampling, *args, **kwargs):
+        seen.extend(s.n for s in sampling)
+        return original(prompts, sampling, *args, **kwargs)
+
+    vllm_backend.llm.generate = recording
+    try:
+        three = vllm_backend.generate([QUESTIONS[0]] * 3 + [QUESTIONS[1]], template, params, samples=[0, 1, 2, 0])
+        again = vllm_backend.generate([QUESTIONS[0]], template, params, samples=[2])
+    finally:
+        vllm_backend.llm.generate = original
+    assert seen == [3, 1, 3]  # one request per question, n = highest sample index + 1
+    assert len(set(three[:3])) == 3 and again == three[2:3]
+
+
 def test_a_question_too_long_for_the_context_is_cut_with_a_warning(vllm_backend, caplog):
     long_question = "Why does the ocean taste salty? " * 400  # ~3,000 tokens, context 1,024
     with caplog.at_level(logging.WARNING):
