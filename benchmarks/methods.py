@@ -12,6 +12,11 @@ out of reach of two CPU cores). RM3 (pyserini) is compared with pyserini's own B
 and its mean per-query difference from the original with ``eval``'s paired bootstrap 95% interval; ``*``
 marks an interval that excludes 0. Writes ``methods.md``, ``methods.json`` and ``methods.png`` to ``--output``.
 Completions go to a reasoning cache (``--cache``), so an interrupted run resumes.
+
+``--querygym-url URL`` (``pip install querygym``; a server such as ``tongsearch-qr serve --engine vllm``):
+for the methods querygym 0.3 also implements (``query2doc``: its zero-shot Query2Doc; ``keywords``: its
+zero-shot Query2E; ``cot``: its Query2Doc CoT mode), both implementations run greedily against that same
+server, each with its own prompt text and query combination, and both rows are reported.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from tongsearch_qr.modes import get_mode
 from tongsearch_qr.retrieval import make_retriever
 
 COMBINATIONS = ("replace", "concat", "weighted:5", "rrf")
+#: our method -> querygym's method and parameters
+QUERYGYM = {"query2doc": ("query2doc", {"mode": "zs"}), "keywords": ("query2e", {"mode": "zs"}),
+            "cot": ("query2doc", {"mode": "cot"})}
 
 
 def load(name: str, limit: int | None) -> Collection:
@@ -72,6 +80,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache", default="benchmarks/results/methods-cache.sqlite")
     parser.add_argument("--output", default="benchmarks/results/methods")
+    parser.add_argument("--querygym-url", default=None, help="OpenAI-compatible server for the querygym comparison")
+    parser.add_argument("--querygym-model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="its served model name")
     args = parser.parse_args()
     names = [m for m in METHODS if m != "hyde-scifact"] if args.methods == "all" else args.methods.split(",")
     out = Path(args.output)
@@ -119,10 +129,32 @@ def main() -> None:
                 table[dataset]["rows"][f"{name} {decoding}"] = row
                 print(f"  {name} {decoding} ({seconds:.0f} s): " + ", ".join(
                     f"{c} {row[c]['ndcg10']:.4f} ({row[c]['diff']:+.4f})" for c in COMBINATIONS), flush=True)
+        if args.querygym_url:
+            for name in [n for n in names if n in QUERYGYM]:
+                for label, queries in querygym_side_by_side(name, texts, qids, args).items():
+                    table[dataset]["rows"][label] = {"weighted:5": cell(result(collection, qids,
+                                                                               index.search(queries, k=1000)), baseline)}
+                    print(f"  {label}: {table[dataset]['rows'][label]['weighted:5']}", flush=True)
         (out / "methods.json").write_text(json.dumps(table, indent=1))  # after each dataset: partial results kept
     write_markdown(out / "methods.md", table, args)
     plot(out / "methods.png", table)
     print((out / "methods.md").read_text())
+
+
+def querygym_side_by_side(name: str, texts: list[str], qids: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """The final queries of querygym's implementation and of ours, both greedy against the same server."""
+    import querygym
+
+    qg_name, params = QUERYGYM[name]
+    reformulator = querygym.create_reformulator(qg_name, model=args.querygym_model, params=params, llm_config={
+        "base_url": args.querygym_url, "api_key": "local", "temperature": 0.0, "max_tokens": args.max_new_tokens})
+    theirs = [r.reformulated for r in reformulator.reformulate_batch(
+        [querygym.QueryItem(q, t) for q, t in zip(qids, texts)])]
+    method = METHODS[name]
+    ours = QRReasoner(args.querygym_model, backend="openai", base_url=args.querygym_url, method=name,
+                      generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0), cache=args.cache)
+    return {f"{name} via server (querygym {qg_name} {params['mode']})": theirs,
+            f"{name} via server (ours)": ours.rewrite(texts, mode=method.mode)}
 
 
 def fmt(c: dict) -> str:
@@ -142,6 +174,8 @@ def write_markdown(path: Path, table: dict, args: argparse.Namespace) -> None:
             if "expansion" in row:
                 c = row["expansion"]
                 lines.append(f"| {name} (pyserini BM25 {c['baseline']:.4f}) | {fmt(c)} |" + " - |" * len(COMBINATIONS))
+            elif "seconds" not in row:  # the querygym comparison: each side's own combination with the query
+                lines.append(f"| {name} | - | - | {fmt(row['weighted:5'])} | - | - |")
             else:
                 lines.append(f"| {name} | " + " | ".join(fmt(row[c]) for c in COMBINATIONS)
                              + f" | {row['seconds']:.0f} |")
@@ -157,7 +191,7 @@ def plot(path: Path, table: dict) -> None:
 
     fig, axes = plt.subplots(1, len(table), figsize=(7 * len(table), 5), squeeze=False)
     for ax, (dataset, data) in zip(axes[0], table.items()):
-        rows = {n: r for n, r in data["rows"].items() if "expansion" not in r}
+        rows = {n: r for n, r in data["rows"].items() if "seconds" in r}
         width = 0.8 / len(COMBINATIONS)
         for i, combination in enumerate(COMBINATIONS):
             values = [r[combination]["diff"] for r in rows.values()]
