@@ -34,6 +34,7 @@ from tongsearch_qr.evaluation import MEASURES, RunResult, paired_difference, pas
 from tongsearch_qr.fusion import Fusion, fused_search
 from tongsearch_qr.methods import METHODS
 from tongsearch_qr.metrics import evaluate
+from tongsearch_qr.models import resolve_model
 from tongsearch_qr.modes import get_mode
 from tongsearch_qr.retrieval import make_retriever
 
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--cache", default="benchmarks/results/methods-cache.sqlite")
     parser.add_argument("--output", default="benchmarks/results/methods")
     parser.add_argument("--querygym-url", default=None, help="OpenAI-compatible server for the querygym comparison")
-    parser.add_argument("--querygym-model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="its served model name")
+    parser.add_argument("--querygym-model", default=None,
+                        help="the served model name (default: the embedded model's, as `tongsearch-qr serve` names it)")
     args = parser.parse_args()
     names = [m for m in METHODS if m != "hyde-scifact"] if args.methods == "all" else args.methods.split(",")
     out = Path(args.output)
@@ -146,12 +148,13 @@ def querygym_side_by_side(name: str, texts: list[str], qids: list[str], args: ar
     import querygym
 
     qg_name, params = QUERYGYM[name]
-    reformulator = querygym.create_reformulator(qg_name, model=args.querygym_model, params=params, llm_config={
+    model = args.querygym_model or resolve_model(None).path
+    reformulator = querygym.create_reformulator(qg_name, model=model, params=params, llm_config={
         "base_url": args.querygym_url, "api_key": "local", "temperature": 0.0, "max_tokens": args.max_new_tokens})
     theirs = [r.reformulated for r in reformulator.reformulate_batch(
         [querygym.QueryItem(q, t) for q, t in zip(qids, texts)])]
     method = METHODS[name]
-    ours = QRReasoner(args.querygym_model, backend="openai", base_url=args.querygym_url, method=name,
+    ours = QRReasoner(model, backend="openai", base_url=args.querygym_url, method=name,
                       generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0), cache=args.cache)
     return {f"{name} via server (querygym {qg_name} {params['mode']})": theirs,
             f"{name} via server (ours)": ours.rewrite(texts, mode=method.mode)}
