@@ -133,9 +133,10 @@ def main() -> None:
                     f"{c} {row[c]['ndcg10']:.4f} ({row[c]['diff']:+.4f})" for c in COMBINATIONS), flush=True)
         if args.querygym_url:
             for name in [n for n in names if n in QUERYGYM]:
-                for label, queries in querygym_side_by_side(name, texts, qids, args).items():
+                for label, (queries, seconds) in querygym_side_by_side(name, texts, qids, args).items():
                     table[dataset]["rows"][label] = {"weighted:5": cell(result(collection, qids,
-                                                                               index.search(queries, k=1000)), baseline)}
+                                                                               index.search(queries, k=1000)), baseline),
+                                                     "server_seconds": seconds}
                     print(f"  {label}: {table[dataset]['rows'][label]['weighted:5']}", flush=True)
         (out / "methods.json").write_text(json.dumps(table, indent=1))  # after each dataset: partial results kept
     write_markdown(out / "methods.md", table, args)
@@ -143,21 +144,25 @@ def main() -> None:
     print((out / "methods.md").read_text())
 
 
-def querygym_side_by_side(name: str, texts: list[str], qids: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
-    """The final queries of querygym's implementation and of ours, both greedy against the same server."""
+def querygym_side_by_side(name: str, texts: list[str], qids: list[str],
+                          args: argparse.Namespace) -> dict[str, tuple[list[str], float]]:
+    """The final queries of querygym's implementation and of ours, both greedy against the same server, with
+    the seconds each took (querygym sends one request at a time; ours keeps ``concurrency`` in flight)."""
     import querygym
 
     qg_name, params = QUERYGYM[name]
     model = args.querygym_model or resolve_model(None).path
     reformulator = querygym.create_reformulator(qg_name, model=model, params=params, llm_config={
         "base_url": args.querygym_url, "api_key": "local", "temperature": 0.0, "max_tokens": args.max_new_tokens})
+    started = time.perf_counter()
     theirs = [r.reformulated for r in reformulator.reformulate_batch(
         [querygym.QueryItem(q, t) for q, t in zip(qids, texts)])]
-    method = METHODS[name]
-    ours = QRReasoner(model, backend="openai", base_url=args.querygym_url, method=name,
-                      generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0), cache=args.cache)
-    return {f"{name} via server (querygym {qg_name} {params['mode']})": theirs,
-            f"{name} via server (ours)": ours.rewrite(texts, mode=method.mode)}
+    their_seconds, started = time.perf_counter() - started, time.perf_counter()
+    ours = QRReasoner(model, backend="openai", base_url=args.querygym_url, method=name, cache=False,
+                      generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0))
+    rewritten = ours.rewrite(texts, mode=METHODS[name].mode)
+    return {f"{name} via server (querygym {qg_name} {params['mode']})": (theirs, their_seconds),
+            f"{name} via server (ours)": (rewritten, time.perf_counter() - started)}
 
 
 def fmt(c: dict) -> str:
@@ -178,7 +183,7 @@ def write_markdown(path: Path, table: dict, args: argparse.Namespace) -> None:
                 c = row["expansion"]
                 lines.append(f"| {name} (pyserini BM25 {c['baseline']:.4f}) | {fmt(c)} |" + " - |" * len(COMBINATIONS))
             elif "seconds" not in row:  # the querygym comparison: each side's own combination with the query
-                lines.append(f"| {name} | - | - | {fmt(row['weighted:5'])} | - | - |")
+                lines.append(f"| {name} | - | - | {fmt(row['weighted:5'])} | - | {row['server_seconds']:.0f} |")
             else:
                 lines.append(f"| {name} | " + " | ".join(fmt(row[c]) for c in COMBINATIONS)
                              + f" | {row['seconds']:.0f} |")
