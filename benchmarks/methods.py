@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import SHARED_DATA
+from _common import REPO, SHARED_DATA
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.data import Collection, load_beir, load_qa
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="first N queries of each dataset")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache", default="benchmarks/results/methods-cache.sqlite")
-    parser.add_argument("--output", default="benchmarks/results/methods")
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "results" / "methods-cache.sqlite"))
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "methods"))
     parser.add_argument("--querygym-url", default=None, help="OpenAI-compatible server for the querygym comparison")
     parser.add_argument("--querygym-model", default=None,
                         help="the served model name (default: the embedded model's, as `tongsearch-qr serve` names it)")
