@@ -180,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if reasoner is None:
             raise TongSearchError("--fusion fuses the question's ranking with the reasoning's: it needs a reasoner")
         fusion = Fusion.parse(args.fusion, args.fusion_weights)
-        fusion.weights_for(1 + reasoner.samples, f" (the question, then {reasoner.samples} reasoning sample(s))")
+        fusion.sample_weights(reasoner.samples)  # wrong weights fail before any indexing or reasoning
     elif args.fusion_weights:
         raise TongSearchError("--fusion-weights needs --fusion rrf|rrf:K|score")
     mode = args.mode or (reasoner.mode if reasoner is not None else "replace")

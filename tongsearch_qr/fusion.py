@@ -80,14 +80,23 @@ class Fusion:
                              "ranking")
         return list(self.weights)
 
-    def fuse(self, runs: Sequence[Sequence[Ranking]], depth: int, described: str = "") -> list[Ranking]:
-        """``runs[r][q]`` is ranking ``r`` of query ``q``; the fused ranking of each query, best ``depth`` first."""
+    def sample_weights(self, samples: int) -> list[float]:
+        """The weights of the rankings :func:`fused_search` makes for ``samples`` reasoning samples (the
+        question's first when ``with_query``); a clear error when they do not fit."""
+        described = f"the question, then {samples} reasoning sample(s)" if self.with_query else \
+            f"{samples} reasoning sample(s)"
+        return self.weights_for(int(self.with_query) + samples, f" ({described})")
+
+    def fuse(self, runs: Sequence[Sequence[Ranking]], depth: int,
+             weights: Sequence[float] | None = None) -> list[Ranking]:
+        """``runs[r][q]`` is ranking ``r`` of query ``q``; the fused ranking of each query, best ``depth`` first
+        (``weights``: already checked ones, else :meth:`weights_for` the runs)."""
         if not runs:
             raise ValueError("nothing to fuse: no rankings")
         queries = len(runs[0])
         if any(len(run) != queries for run in runs):
             raise ValueError(f"rankings of different query counts: {[len(run) for run in runs]}")
-        weights = self.weights_for(len(runs), described)
+        weights = self.weights_for(len(runs)) if weights is None else list(weights)
         from ranx import Run
         from ranx.fusion import rrf, wsum
         from ranx.normalization import min_max_norm
@@ -111,10 +120,9 @@ def fused_search(retriever: Any, queries: Sequence[str], reasoner: Any, fusion: 
                  progress: bool | None = None) -> list[Ranking]:
     """Search ``retriever`` with the question (when ``fusion.with_query``) and with each of the reasoner's
     sampled rewrites under ``mode``, each ``k`` deep, and fuse the rankings into the best ``k`` per query."""
+    weights = fusion.sample_weights(reasoner.samples)  # before any reasoning or search
     rewrites = reasoner.rewrite_samples(queries, mode, progress=progress)
     runs = [retriever.search(list(queries), k=k, exclude=exclude)] if fusion.with_query else []
     for sample in range(reasoner.samples):
         runs.append(retriever.search([texts[sample] for texts in rewrites], k=k, exclude=exclude))
-    described = f" (the question, then {reasoner.samples} reasoning sample(s))" if fusion.with_query else \
-        f" ({reasoner.samples} reasoning sample(s))"
-    return fusion.fuse(runs, k, described)
+    return fusion.fuse(runs, k, weights)

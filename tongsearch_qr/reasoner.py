@@ -95,21 +95,21 @@ class QRReasoner:
                                  f"eval --method {chosen.name})")
             if think:
                 raise ValueError("think mode belongs to TongSearch QR's prompt; drop think=True or method=")
-            trained = {"template": chosen.template, "mode": chosen.mode, "generation": chosen.generation,
-                       "samples": chosen.samples}
-        else:
-            trained = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
-            if "template" in trained:
-                trained["template"] = PromptTemplate(**trained["template"])
-            if "max_new_tokens" in trained:
-                trained["generation"] = GenerationParams(max_new_tokens=trained["max_new_tokens"])
-        if template is None and "template" in trained and not think:
-            template = trained["template"]
+            defaults = {"template": chosen.template, "mode": chosen.mode, "generation": chosen.generation,
+                        "samples": chosen.samples}
+        else:  # a trained model's settings (tongsearch_qr.json), if any
+            defaults = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
+            if "template" in defaults:
+                defaults["template"] = PromptTemplate(**defaults["template"])
+            if "max_new_tokens" in defaults:
+                defaults["generation"] = GenerationParams(max_new_tokens=defaults["max_new_tokens"])
+        if template is None and "template" in defaults and not think:
+            template = defaults["template"]
         self.template = template or PromptTemplate.paper(think=think)
-        self.generation = generation or trained.get("generation") or GenerationParams()
-        self.mode = get_mode(mode if mode is not None else trained.get("mode", "replace"))
+        self.generation = generation or defaults.get("generation") or GenerationParams()
+        self.mode = get_mode(mode if mode is not None else defaults.get("mode", "replace"))
         if samples is None:  # a method's samples, unless decoding is greedy
-            samples = trained.get("samples", 1) if self.generation.do_sample else 1
+            samples = defaults.get("samples", 1) if self.generation.do_sample else 1
         self.samples = _check_samples(samples, self.generation)
         self.feedback = feedback
         self.progress = progress

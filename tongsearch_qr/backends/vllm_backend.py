@@ -97,7 +97,7 @@ class VLLMBackend:
         samples: Sequence[int] | None = None,
     ) -> list[str]:
         """Completions for ``questions`` in input order; the samples of a question are one request with ``n``
-        (with a seed, vLLM seeds choice ``j`` from the seed and ``j``)."""
+        (with a seed, choice ``j`` of that request is sample ``j``, the same in every run)."""
         from vllm.inputs import TokensPrompt
 
         requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
