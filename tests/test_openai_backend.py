@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,9 +19,12 @@ from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.prompts import PromptTemplate
 
 
+DROP = object()
+
+
 class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 that answers each POST with the next scripted (status, headers, body),
-    then with a chat completion echoing the question."""
+    """A real HTTP server on 127.0.0.1 that answers each POST with the next scripted (status, headers, body)
+    (``DROP``: closes the connection without a reply), then with a chat completion echoing the question."""
 
     def __init__(self, script: list[tuple[int, dict[str, str], str]]):
         self.script = list(script)
@@ -37,7 +41,11 @@ class ScriptedServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
-                if outer.script:
+                if outer.script and outer.script[0] is DROP:
+                    outer.script.pop(0)
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif outer.script:
                     self._send(*outer.script.pop(0))
                 else:
                     question = body["messages"][-1]["content"]
@@ -191,6 +199,16 @@ def test_requests_spread_over_several_servers_and_a_dead_one_is_skipped(scripted
         survivor = backend([nowhere, second.url])
         assert len(survivor.generate(questions, PromptTemplate.paper(), GenerationParams())) == 12
     assert survivor.server_counts == {nowhere: 0, second.url: 12} and "does not answer" in caplog.text
+
+
+def test_a_dropped_connection_sends_the_question_to_another_server_without_using_a_retry(scripted):
+    dropping, steady = scripted([DROP]), scripted([])
+    spread = backend([dropping.url, steady.url], concurrency=1, max_retries=0)
+    assert spread.generate(["why?"], PromptTemplate.paper(), GenerationParams())[0].startswith("re: ")
+    assert len(dropping.requests) == 1 and spread.server_counts == {dropping.url: 0, steady.url: 1}
+    alone = backend(scripted([DROP]).url, max_retries=0)  # no other server: the retry budget decides
+    with pytest.raises(BackendUnavailableError, match="failed 1 times in a row"):
+        alone.generate(["why?"], PromptTemplate.paper(), GenerationParams())
 
 
 def test_a_server_that_dies_mid_run_hands_its_questions_to_the_others(scripted):

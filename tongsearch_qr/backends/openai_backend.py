@@ -185,15 +185,17 @@ class OpenAIBackend:
     async def _complete(self, pool: _ServerPool, body: dict[str, Any]) -> list[str]:
         import httpx
 
-        problem, retry_after, attempt = "", None, 0
+        problem, retry_after, attempt, tried = "", None, 0, set()
         while attempt <= self.max_retries:
-            url, client = await pool.acquire()
+            url, client = await pool.acquire(tried)
             try:
                 response = await client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
                 problem = f"{url}: {type(exc).__name__}: {exc}"
-                if pool.failed(url, connect=isinstance(exc, httpx.ConnectError)) and pool.alive():
-                    continue  # that server is out: the question goes to another one at once
+                pool.failed(url, connect=isinstance(exc, httpx.ConnectError))
+                tried.add(url)
+                if pool.untried(tried):
+                    continue  # a dropped connection: the question goes at once to a live server it has not tried
                 attempt += 1
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
@@ -244,10 +246,15 @@ class _ServerPool:
     def alive(self) -> list[str]:
         return [u for u in self.urls if u not in self.dead]
 
-    async def acquire(self) -> tuple[str, Any]:
+    def untried(self, tried: set[str]) -> list[str]:
+        """Live servers a question has not failed on yet."""
+        return [u for u in self.alive() if u not in tried]
+
+    async def acquire(self, tried: set[str] = frozenset()) -> tuple[str, Any]:
+        """A server for a request, preferring those the question has not failed on."""
         async with self._changed:
             while True:
-                live = self.alive() or self.urls  # all out: keep trying them (retries and backoff decide)
+                live = self.untried(tried) or self.alive() or self.urls  # all out: retries and backoff decide
                 free = [u for u in live if self.in_flight[u] < self.per_server]
                 if free:
                     url = min(free, key=lambda u: self.in_flight[u])
@@ -264,14 +271,14 @@ class _ServerPool:
         self.failures[url] = 0
         self.delivered[url] += 1
 
-    def failed(self, url: str, *, connect: bool) -> bool:
-        """Count a dropped connection; whether ``url`` is now out (never the last live server)."""
+    def failed(self, url: str, *, connect: bool) -> None:
+        """Count a dropped connection; ``url`` goes out of the run (never the last live server) when it
+        refused the connection or dropped ``max_failures`` in a row."""
         self.failures[url] += 1
         if (connect or self.failures[url] >= self.max_failures) and len(self.alive()) > 1 and url not in self.dead:
             self.dead.add(url)
             log.warning("server %s is out of this run (%d failed requests); its questions go to the others", url,
                         self.failures[url])
-        return url in self.dead
 
 
 def _completion_texts(response: Any, base_url: str, n: int) -> list[str]:
