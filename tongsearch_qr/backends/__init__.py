@@ -18,6 +18,7 @@ BACKENDS: dict[str, str] = {
     "precomputed": "precomputed:PrecomputedBackend.from_file",
     "vllm": "vllm_backend:VLLMBackend",
     "openai": "openai_backend:OpenAIBackend",
+    "llamacpp": "llamacpp_backend:LlamaCppBackend",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -66,3 +68,11 @@ def requests_with_n(questions: Sequence[str], samples: Sequence[int],
         return [(q, max(samples[r] for r in positions) + 1, [(samples[r], r) for r in positions])
                 for q, positions in rows.items()]
     return [(q, len(positions), list(enumerate(positions))) for q, positions in rows.items()]
+
+
+def row_seed(seed: int, prompt: Sequence[int], params_key: object, sample: int = 0, *, bits: int = 32) -> int:
+    """The seed of one row's random stream, from (``seed``, the prompt's token ids, the generation parameters and,
+    above 0, the sample index): the same draw whatever else is generated with it."""
+    key = [seed, params_key, list(prompt)] + ([sample] if sample else [])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - bits)

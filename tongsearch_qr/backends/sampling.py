@@ -13,11 +13,11 @@ batch, the batch size or the order of the queries; the global torch RNG is left 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 
 import torch
+
+from .base import row_seed
 
 
 class TopKTopPSampler:
@@ -55,9 +55,5 @@ def row_generators(seed: int, prompts: Sequence[Sequence[int]], params_key: obje
                    samples: Sequence[int] | None = None) -> list[torch.Generator]:
     """One generator per prompt, seeded from (``seed``, the prompt's token ids, the generation parameters and,
     above 0, the row's sample index)."""
-    generators = []
-    for prompt, sample in zip(prompts, samples or [0] * len(prompts)):
-        key = [seed, params_key, list(prompt)] + ([sample] if sample else [])
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
-        generators.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1))
-    return generators
+    return [torch.Generator(device=device).manual_seed(row_seed(seed, prompt, params_key, sample, bits=63))
+            for prompt, sample in zip(prompts, samples or [0] * len(prompts))]

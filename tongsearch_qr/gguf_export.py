@@ -1,0 +1,129 @@
+"""GGUF files for llama.cpp: a user's ``.gguf``, or the embedded model or a fine-tune of it (a local model directory
+or LoRA adapter) written once as GGUF and cached.
+
+A fine-tune keeps the embedded model's architecture and tokenizer, so its GGUF takes every metadata field of the
+shipped file (hyper-parameters, vocabulary, merges, chat template) and only new tensors, named by the ``gguf``
+library's tensor map. Other model directories need llama.cpp's own converter (``convert_hf_to_gguf.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelNotAvailableError
+from .models import (
+    build_once,
+    embedded_gguf_path,
+    is_embedded,
+    resolve_model,
+)
+from .paths import cache_root
+
+GGUF_FILE = "model.gguf"
+#: the type of exported weight matrices: bfloat16 is what the transformers backend runs on CPUs with bf16, and
+#: llama.cpp's fastest batched type here (measured beside F16, Q8_0 and the shipped Q4_1: benchmarks/throughput.py)
+WEIGHTS_TYPE = "BF16"
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A GGUF file, the Hugging Face tokenizer that renders its prompts, and what determines its weights."""
+
+    path: Path
+    tokenizer: Any
+    identity: str
+
+
+def gguf_model(spec: str | os.PathLike[str] | None) -> GGUFModel:
+    """The GGUF behind a model spec: a ``.gguf`` file as it is, or the model the transformers backend would load
+    (the embedded default, or a local directory of a fine-tune of it: full weights or LoRA adapter, merged)
+    written once as bfloat16 GGUF, so both backends run the same weights."""
+    from transformers import AutoTokenizer
+
+    path = None if is_embedded(spec) else Path(os.fspath(spec)).expanduser()
+    if path is not None and path.is_file() and path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return GGUFModel(path.resolve(), tokenizer, f"{path.name}@{file_fingerprint(path)}")
+    if path is not None and not path.is_dir():
+        raise ModelNotAvailableError(
+            f"the llamacpp backend runs local models only: {spec!r} is neither a .gguf file nor a model directory "
+            "(download hub models first, then pass the directory or a GGUF file)")
+    source = resolve_model(spec)
+    key = hashlib.sha256(f"{source.identity()}\0{WEIGHTS_TYPE}".encode()).hexdigest()[:16]
+    folder = build_once(cache_root() / "models" / f"gguf-{key}", lambda staging: export_fine_tune(Path(source.path), staging),
+                        complete=lambda d: (d / GGUF_FILE).is_file())
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    return GGUFModel(folder / GGUF_FILE, tokenizer, f"{source.identity()}:{WEIGHTS_TYPE.lower()}")
+
+
+def file_fingerprint(path: Path) -> str:
+    """A hash of a single file's content (as :func:`~tongsearch_qr.models.directory_fingerprint` hashes folders)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def export_fine_tune(model_dir: Path, out_dir: Path) -> None:
+    """Write ``model_dir`` (a transformers model with the embedded model's architecture and vocabulary) as
+    ``out_dir/model.gguf``: the shipped file's metadata, the model's weights (matrices :data:`WEIGHTS_TYPE`,
+    norms float32)."""
+    import gguf
+    from safetensors.torch import load_file
+
+    shipped = gguf.GGUFReader(str(embedded_gguf_path()))
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    expected = {key: int(shipped.fields[f"llama.{field}"].contents()) for key, field in [
+        ("num_hidden_layers", "block_count"), ("hidden_size", "embedding_length"),
+        ("intermediate_size", "feed_forward_length"), ("num_attention_heads", "attention.head_count"),
+        ("num_key_value_heads", "attention.head_count_kv"), ("vocab_size", "vocab_size")]}
+    found = {key: config.get(key) for key in expected}
+    if config.get("model_type") != "llama" or found != expected:
+        raise ModelNotAvailableError(
+            f"{model_dir} is not a fine-tune of the embedded model (model_type {config.get('model_type')!r}, "
+            f"{found} vs {expected}); convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file")
+    weights: dict[str, Any] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, expected["num_hidden_layers"])
+    heads, kv_heads = expected["num_attention_heads"], expected["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(out_dir / GGUF_FILE), arch="llama")
+    for key, field in shipped.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type",
+                                              "general.quantization_version"):
+            continue
+        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub_type)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{WEIGHTS_TYPE}"))
+    for name, tensor in weights.items():
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ModelNotAvailableError(f"{model_dir}: no GGUF name for tensor {name!r}")
+        data = tensor.float().numpy()
+        if name.endswith("q_proj.weight"):  # llama.cpp's rotary layout (what its converter does)
+            data = _permute(data, heads)
+        elif name.endswith("k_proj.weight"):
+            data = _permute(data, kv_heads)
+        if data.ndim == 2:
+            kind = getattr(gguf.GGMLQuantizationType, WEIGHTS_TYPE)
+            writer.add_tensor(target, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(target, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _permute(weights: Any, heads: int) -> Any:
+    """Interleave each head's two rotary halves, as llama.cpp's ``convert_hf_to_gguf.py`` does for q and k."""
+    rows = weights.shape[0]
+    return weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
