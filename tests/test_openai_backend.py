@@ -18,7 +18,6 @@ from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner,
 from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.prompts import PromptTemplate
 
-
 DROP = object()
 
 

@@ -26,10 +26,8 @@ from typing import Any
 from ..generation import GenerationParams
 from ..gguf_export import gguf_model
 from ..prompts import PromptTemplate
-from .base import ResultCallback, sample_indices
+from .base import ResultCallback, row_seed, sample_indices
 from .prompting import fit_prompt
-from .sampling import row_seed
-
 
 log = logging.getLogger(__name__)
 _LOG_CALLBACK: Any = None
