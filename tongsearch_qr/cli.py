@@ -46,7 +46,7 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
     group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
-    group.add_argument("--parallel", type=int, default=32, help="llamacpp: sequences decoded together")
+    group.add_argument("--parallel", type=int, default=64, help="llamacpp: sequences decoded together")
     group.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
     group.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9,

@@ -15,6 +15,7 @@ queries may draw a different completion than alone; the reasoning cache keeps wh
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import random
@@ -64,7 +65,7 @@ class LlamaCppBackend:
     sequences decode together; ``threads``: CPU threads (default: all cores).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 32, threads: int | None = None,
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
                  max_context: int | None = None):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
@@ -115,7 +116,7 @@ class LlamaCppBackend:
         per_sequence = -(-per_sequence // 256) * 256
         params = self._lib.llama_context_default_params()
         params.n_ctx = slots * per_sequence
-        params.n_batch = params.n_ubatch = max(512, per_sequence)
+        params.n_batch = params.n_ubatch = max(512, per_sequence, slots)
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = False  # one KV stream per sequence: attention reads only its own tokens
@@ -163,45 +164,58 @@ class LlamaCppBackend:
         ctx = self._context(slots, per_sequence)
         lib = self._lib
         memory = lib.llama_get_memory(ctx)
-        n_batch = self._ctx_shape[1]
-        batch = lib.llama_batch_init(max(n_batch, slots), 0, 1)
+        batch = lib.llama_batch_init(max(per_sequence, slots), 0, 1)
         waiting = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True))
-        free, running = list(range(slots))[::-1], []
+        free, running = list(range(slots)), []  # a heap: new sequences take the lowest free slot
         results = [""] * len(prompts)
+
+        def decode() -> None:
+            if lib.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama.cpp failed to decode a batch")
+
+        def finished(seq: _Sequence) -> bool:
+            """Draw ``seq``'s next token; at its end, report it and free its slot."""
+            token = lib.llama_sampler_sample(seq.sampler, ctx, seq.output)
+            end = lib.llama_vocab_is_eog(self._vocab, token)
+            if not end:
+                seq.tokens.append(token)
+            if not end and len(seq.tokens) < params.max_new_tokens:
+                return False
+            results[seq.row] = text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+            lib.llama_sampler_free(seq.sampler)
+            lib.llama_memory_seq_rm(memory, seq.slot, -1, -1)
+            heapq.heappush(free, seq.slot)
+            if on_result is not None:
+                on_result(seq.row, text)
+            return True
+
         try:
             while waiting or running:
-                batch.n_tokens = 0
-                for seq in running:  # the next token of every running sequence
-                    seq.output = self._add(batch, seq.tokens[-1], seq.position, seq.slot, True)
-                    seq.position += 1
-                while waiting and free and batch.n_tokens + len(prompts[waiting[0]]) <= n_batch:
+                # a new prompt is prefilled alone: llama.cpp cuts a batch over separate KV streams into
+                # micro-batches of equal tokens per sequence, so a prompt beside decoding steps would take a
+                # pass per prompt token
+                while waiting and free:
                     row = waiting.popleft()
                     prompt = prompts[row]
                     seed = None if params.seed is None else row_seed(params.seed, prompt, params.key(), samples[row])
-                    seq = _Sequence(row, prompt, self._sampler(params, prompt, seed), free.pop())
+                    seq = _Sequence(row, prompt, self._sampler(params, prompt, seed), heapq.heappop(free), position=len(prompt))
+                    batch.n_tokens = 0
                     for position, token in enumerate(prompt):
-                        index = self._add(batch, token, position, seq.slot, position == len(prompt) - 1)
-                    seq.output, seq.position = index, len(prompt)
-                    running.append(seq)
-                if lib.llama_decode(ctx, batch) != 0:
-                    raise RuntimeError("llama.cpp failed to decode a batch")
-                still = []
+                        seq.output = self._add(batch, token, position, seq.slot, position == len(prompt) - 1)
+                    decode()
+                    if not finished(seq):
+                        running.append(seq)
+                if not running:
+                    continue
+                # one step: the next token of every running sequence, in slot order (llama.cpp puts only
+                # consecutive sequence ids of separate KV streams into one micro-batch)
+                running.sort(key=lambda seq: seq.slot)
+                batch.n_tokens = 0
                 for seq in running:
-                    token = lib.llama_sampler_sample(seq.sampler, ctx, seq.output)
-                    done = lib.llama_vocab_is_eog(self._vocab, token)
-                    if not done:
-                        seq.tokens.append(token)
-                    if done or len(seq.tokens) >= params.max_new_tokens:
-                        text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-                        results[seq.row] = text
-                        lib.llama_sampler_free(seq.sampler)
-                        lib.llama_memory_seq_rm(memory, seq.slot, -1, -1)
-                        free.append(seq.slot)
-                        if on_result is not None:
-                            on_result(seq.row, text)
-                    else:
-                        still.append(seq)
-                running = still
+                    seq.output = self._add(batch, seq.tokens[-1], seq.position, seq.slot, True)
+                    seq.position += 1
+                decode()
+                running = [seq for seq in running if not finished(seq)]
         finally:
             for seq in running:
                 lib.llama_sampler_free(seq.sampler)
