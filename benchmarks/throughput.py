@@ -85,11 +85,15 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
         for max_num_seqs in (8, 256):
             spec.write_text(json.dumps({"queries": queries, "params": PARAMS, "max_num_seqs": max_num_seqs,
                                         "eager": eager}))
-            done = subprocess.run([python, __file__, "--vllm-worker", str(spec), str(out)], text=True,
-                                  env={**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)
+            log = Path(tempfile.gettempdir()) / f"tongsearch-qr-throughput-vllm-{max_num_seqs}.log"
+            with log.open("w") as handle:
+                done = subprocess.run([python, __file__, "--vllm-worker", str(spec), str(out)], text=True,
+                                      env={**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+                                      stdout=subprocess.DEVNULL, stderr=handle)
             if done.returncode:
-                raise SystemExit(f"vLLM worker (max_num_seqs={max_num_seqs}) failed:\n{done.stderr[-3000:]}")
+                errors = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
+                raise SystemExit(f"vLLM worker (max_num_seqs={max_num_seqs}) failed; its log: {log}\n"
+                                 + "\n".join(errors[-20:]))
             rows.append(json.loads(out.read_text()))
     return rows
 

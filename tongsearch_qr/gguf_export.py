@@ -19,6 +19,7 @@ from .errors import ModelNotAvailableError
 from .models import (
     build_once,
     embedded_gguf_path,
+    file_fingerprint,
     is_embedded,
     resolve_model,
 )
@@ -61,15 +62,6 @@ def gguf_model(spec: str | os.PathLike[str] | None) -> GGUFModel:
     return GGUFModel(folder / GGUF_FILE, tokenizer, f"{source.identity()}:{WEIGHTS_TYPE.lower()}")
 
 
-def file_fingerprint(path: Path) -> str:
-    """A hash of a single file's content (as :func:`~tongsearch_qr.models.directory_fingerprint` hashes folders)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def export_fine_tune(model_dir: Path, out_dir: Path) -> None:
     """Write ``model_dir`` (a transformers model with the embedded model's architecture and vocabulary) as
     ``out_dir/model.gguf``: the shipped file's metadata, the model's weights (matrices :data:`WEIGHTS_TYPE`,
@@ -91,6 +83,8 @@ def export_fine_tune(model_dir: Path, out_dir: Path) -> None:
     weights: dict[str, Any] = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         weights.update(load_file(str(file)))
+    if not weights:
+        raise ModelNotAvailableError(f"{model_dir} holds no *.safetensors weights to export to GGUF")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, expected["num_hidden_layers"])
     heads, kv_heads = expected["num_attention_heads"], expected["num_key_value_heads"]
     writer = gguf.GGUFWriter(str(out_dir / GGUF_FILE), arch="llama")

@@ -61,20 +61,32 @@ class ModelSource:
 
 
 def directory_fingerprint(directory: Path) -> str:
-    """A hash of a model directory's content: small files (configs, tokenizer, chat template) whole, weight
-    files by size and 64 evenly spaced 64 KiB blocks (cheap, and any retraining changes them)."""
+    """A hash of a model directory's content: each file's name and :func:`hash_file` content."""
     digest = hashlib.sha256()
     for file in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
-        size = file.stat().st_size
-        digest.update(f"{file.name}\0{size}\0".encode())
-        with file.open("rb") as handle:
-            if size <= _FULLY_HASHED_BYTES:
-                digest.update(handle.read())
-                continue
-            for block in range(_SAMPLED_BLOCKS):
-                handle.seek(block * (size - _BLOCK) // (_SAMPLED_BLOCKS - 1))
-                digest.update(handle.read(_BLOCK))
+        digest.update(f"{file.name}\0".encode())
+        hash_file(file, digest)
     return digest.hexdigest()[:16]
+
+
+def file_fingerprint(file: Path) -> str:
+    """A hash of one model file's content (see :func:`hash_file`)."""
+    return hash_file(file, hashlib.sha256()).hexdigest()[:16]
+
+
+def hash_file(file: Path, digest: Any) -> Any:
+    """Feed ``file`` into ``digest``: its size, then small files (configs, tokenizer, chat template) whole and weight
+    files by 64 evenly spaced 64 KiB blocks (cheap, and any retraining changes them)."""
+    size = file.stat().st_size
+    digest.update(f"{size}\0".encode())
+    with file.open("rb") as handle:
+        if size <= _FULLY_HASHED_BYTES:
+            digest.update(handle.read())
+            return digest
+        for block in range(_SAMPLED_BLOCKS):
+            handle.seek(block * (size - _BLOCK) // (_SAMPLED_BLOCKS - 1))
+            digest.update(handle.read(_BLOCK))
+    return digest
 
 
 def is_embedded(spec: str | os.PathLike[str] | None) -> bool:
@@ -214,7 +226,7 @@ def embedded_model_dir() -> Path:
 
 
 def build_once(target: Path, build: Callable[[Path], None],
-                complete: Callable[[Path], bool] | None = None) -> Path:
+               complete: Callable[[Path], bool] | None = None) -> Path:
     """``target``, built by ``build(staging_dir)`` if it is not ``complete`` yet (default: holds a transformers
     model). The build writes to a temporary directory renamed into place under a file lock, so concurrent
     processes build once and never see a half-written model."""

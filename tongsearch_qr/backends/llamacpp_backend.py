@@ -32,6 +32,8 @@ from .prompting import fit_prompt
 
 log = logging.getLogger(__name__)
 _LOG_CALLBACK: Any = None
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed instead
 
 
 def _forward_log(level: int, text: bytes, user_data: Any) -> None:
@@ -40,16 +42,9 @@ def _forward_log(level: int, text: bytes, user_data: Any) -> None:
         log.log(logging.WARNING if level == 3 else logging.ERROR, "llama.cpp: %s", text.decode(errors="replace").rstrip())
 
 
-def _log_callback() -> Any:
-    import llama_cpp
-
-    return llama_cpp.llama_log_callback(_forward_log)
-
-
 @dataclass
 class _Sequence:
     row: int
-    prompt: list[int]
     sampler: Any
     slot: int
     tokens: list[int] = field(default_factory=list)
@@ -60,21 +55,21 @@ class _Sequence:
 class LlamaCppBackend:
     """Generation with llama.cpp's batched decoding on a GGUF model.
 
-    ``model``: the embedded default (its shipped GGUF, as is), a ``.gguf`` file, or a local model directory /
-    LoRA adapter of the embedded model's architecture (converted to GGUF once and cached). ``parallel``: how many
+    ``model``: the embedded default or a local fine-tune / LoRA adapter of it (the weights the transformers backend
+    loads, written once as a bfloat16 GGUF and cached), or any ``.gguf`` file as it is. ``parallel``: how many
     sequences decode together; ``threads``: CPU threads (default: all cores).
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
                  max_context: int | None = None):
-        if parallel < 1:
-            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if not 1 <= parallel <= MAX_SEQUENCES:
+            raise ValueError(f"parallel must be between 1 and {MAX_SEQUENCES} (llama.cpp's limit), got {parallel}")
         try:
             import llama_cpp
         except ImportError as exc:
             raise ImportError("the llamacpp backend needs llama-cpp-python: pip install 'tongsearch-qr[llamacpp]'") from exc
         global _LOG_CALLBACK
-        _LOG_CALLBACK = _LOG_CALLBACK or _log_callback()  # kept alive: llama.cpp calls it later
+        _LOG_CALLBACK = _LOG_CALLBACK or llama_cpp.llama_log_callback(_forward_log)  # kept alive: called later
         llama_cpp.llama_log_set(_LOG_CALLBACK, None)
         self._lib = llama_cpp
         found = gguf_model(model)
@@ -127,6 +122,7 @@ class LlamaCppBackend:
         return self._ctx
 
     def _sampler(self, params: GenerationParams, prompt: list[int], seed: int | None) -> Any:
+        """A sampler chain for one sequence, its repetition penalty already fed with ``prompt``."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if params.repetition_penalty != 1.0:  # over the whole prompt and completion, like transformers
@@ -168,6 +164,7 @@ class LlamaCppBackend:
         waiting = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True))
         free, running = list(range(slots)), []  # a heap: new sequences take the lowest free slot
         results = [""] * len(prompts)
+        samplers: dict[int, Any] = {}  # slot -> the sampler of its sequence, until freed
 
         def decode() -> None:
             if lib.llama_decode(ctx, batch) != 0:
@@ -181,9 +178,9 @@ class LlamaCppBackend:
                 seq.tokens.append(token)
             if not end and len(seq.tokens) < params.max_new_tokens:
                 return False
-            results[seq.row] = text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-            lib.llama_sampler_free(seq.sampler)
+            lib.llama_sampler_free(samplers.pop(seq.slot))
             lib.llama_memory_seq_rm(memory, seq.slot, -1, -1)
+            results[seq.row] = text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
             heapq.heappush(free, seq.slot)
             if on_result is not None:
                 on_result(seq.row, text)
@@ -197,8 +194,10 @@ class LlamaCppBackend:
                 while waiting and free:
                     row = waiting.popleft()
                     prompt = prompts[row]
-                    seed = None if params.seed is None else row_seed(params.seed, prompt, params.key(), samples[row])
-                    seq = _Sequence(row, prompt, self._sampler(params, prompt, seed), heapq.heappop(free), position=len(prompt))
+                    seed = None if params.seed is None else \
+                        row_seed(params.seed, prompt, params.key(), samples[row]) % DEFAULT_SEED
+                    seq = _Sequence(row, self._sampler(params, prompt, seed), heapq.heappop(free), position=len(prompt))
+                    samplers[seq.slot] = seq.sampler  # freed when it ends, or below if anything fails
                     batch.n_tokens = 0
                     for position, token in enumerate(prompt):
                         seq.output = self._add(batch, token, position, seq.slot, position == len(prompt) - 1)
@@ -217,13 +216,14 @@ class LlamaCppBackend:
                 decode()
                 running = [seq for seq in running if not finished(seq)]
         finally:
-            for seq in running:
-                lib.llama_sampler_free(seq.sampler)
+            for sampler in samplers.values():
+                lib.llama_sampler_free(sampler)
             lib.llama_batch_free(batch)
         return results
 
     @staticmethod
     def _add(batch: Any, token: int, position: int, sequence: int, logits: bool) -> int:
+        """Append one token of ``sequence`` to ``batch``; its index in the batch."""
         i = batch.n_tokens
         batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
         batch.seq_id[i][0], batch.logits[i] = sequence, logits

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ..errors import BackendUnavailableError
@@ -246,11 +247,11 @@ class _ServerPool:
     def alive(self) -> list[str]:
         return [u for u in self.urls if u not in self.dead]
 
-    def untried(self, tried: set[str]) -> list[str]:
+    def untried(self, tried: AbstractSet[str]) -> list[str]:
         """Live servers a question has not failed on yet."""
         return [u for u in self.alive() if u not in tried]
 
-    async def acquire(self, tried: set[str] = frozenset()) -> tuple[str, Any]:
+    async def acquire(self, tried: AbstractSet[str] = frozenset()) -> tuple[str, Any]:
         """A server for a request, preferring those the question has not failed on."""
         async with self._changed:
             while True:
