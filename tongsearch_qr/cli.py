@@ -26,7 +26,7 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fallback", default=None,
                        help="with --model file:<json>: model that reasons about queries missing from the file")
     group.add_argument("--backend", default="transformers",
-                       help="transformers, llamacpp (llama.cpp on the model's GGUF: fastest on CPUs), vllm or "
+                       help="transformers, llamacpp (llama.cpp on a GGUF: faster on CPUs for long prompts), vllm or "
                             "openai; with openai, --model is the served model's name (default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")

@@ -55,11 +55,12 @@ def gguf_model(spec: str | os.PathLike[str] | None) -> GGUFModel:
             f"the llamacpp backend runs local models only: {spec!r} is neither a .gguf file nor a model directory "
             "(download hub models first, then pass the directory or a GGUF file)")
     source = resolve_model(spec)
-    key = hashlib.sha256(f"{source.identity()}\0{WEIGHTS_TYPE}".encode()).hexdigest()[:16]
+    identity = source.identity()  # hashes the weights: once
+    key = hashlib.sha256(f"{identity}\0{WEIGHTS_TYPE}".encode()).hexdigest()[:16]
     folder = build_once(cache_root() / "models" / f"gguf-{key}", lambda staging: export_fine_tune(Path(source.path), staging),
                         complete=lambda d: (d / GGUF_FILE).is_file())
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    return GGUFModel(folder / GGUF_FILE, tokenizer, f"{source.identity()}:{WEIGHTS_TYPE.lower()}")
+    return GGUFModel(folder / GGUF_FILE, tokenizer, f"{identity}:{WEIGHTS_TYPE.lower()}")
 
 
 def export_fine_tune(model_dir: Path, out_dir: Path) -> None:

@@ -45,7 +45,6 @@ def _forward_log(level: int, text: bytes, user_data: Any) -> None:
 @dataclass
 class _Sequence:
     row: int
-    sampler: Any
     slot: int
     tokens: list[int] = field(default_factory=list)
     position: int = 0
@@ -60,8 +59,7 @@ class LlamaCppBackend:
     sequences decode together; ``threads``: CPU threads (default: all cores).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
-                 max_context: int | None = None):
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None):
         if not 1 <= parallel <= MAX_SEQUENCES:
             raise ValueError(f"parallel must be between 1 and {MAX_SEQUENCES} (llama.cpp's limit), got {parallel}")
         try:
@@ -83,8 +81,7 @@ class LlamaCppBackend:
             raise ValueError(f"llama.cpp could not load {self.gguf_path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        trained = llama_cpp.llama_model_n_ctx_train(self._model)
-        self.context_length = min(trained, max_context) if max_context else trained
+        self.context_length = llama_cpp.llama_model_n_ctx_train(self._model)
         self._ctx, self._ctx_shape = None, (0, 0)
 
     def close(self) -> None:
@@ -172,7 +169,7 @@ class LlamaCppBackend:
 
         def finished(seq: _Sequence) -> bool:
             """Draw ``seq``'s next token; at its end, report it and free its slot."""
-            token = lib.llama_sampler_sample(seq.sampler, ctx, seq.output)
+            token = lib.llama_sampler_sample(samplers[seq.slot], ctx, seq.output)
             end = lib.llama_vocab_is_eog(self._vocab, token)
             if not end:
                 seq.tokens.append(token)
@@ -196,8 +193,8 @@ class LlamaCppBackend:
                     prompt = prompts[row]
                     seed = None if params.seed is None else \
                         row_seed(params.seed, prompt, params.key(), samples[row]) % DEFAULT_SEED
-                    seq = _Sequence(row, self._sampler(params, prompt, seed), heapq.heappop(free), position=len(prompt))
-                    samplers[seq.slot] = seq.sampler  # freed when it ends, or below if anything fails
+                    seq = _Sequence(row, heapq.heappop(free), position=len(prompt))
+                    samplers[seq.slot] = self._sampler(params, prompt, seed)  # freed at its end, or below on failure
                     batch.n_tokens = 0
                     for position, token in enumerate(prompt):
                         seq.output = self._add(batch, token, position, seq.slot, position == len(prompt) - 1)
