@@ -33,3 +33,22 @@ def load_collection(name: str, limit: int | None = None):
                                 {q: collection.qrels[q] for q in kept if q in collection.qrels}, collection.documents,
                                 collection.excluded)
     return collection
+
+
+def result(collection, qids: list[str], rankings: list):
+    """The run of ``rankings`` (one per query id) with its per-query metrics."""
+    from tongsearch_qr.evaluation import MEASURES, RunResult
+    from tongsearch_qr.metrics import evaluate
+
+    run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+    return RunResult(run, evaluate(run, collection.qrels, MEASURES))
+
+
+def cell(run, baseline) -> dict:
+    """nDCG@10 of ``run`` and its mean per-query difference from ``baseline`` with ``eval``'s paired bootstrap 95%
+    interval, wins and losses."""
+    from tongsearch_qr.evaluation import paired_difference
+
+    diff = paired_difference({"reasoning": run, "baseline": baseline})
+    return {"ndcg10": run.summary["ndcg_cut_10"], "diff": diff["mean_difference"], "low": diff["ci_low"],
+            "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"]}

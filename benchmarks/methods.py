@@ -26,14 +26,12 @@ import json
 import time
 from pathlib import Path
 
-from _common import REPO, load_collection
+from _common import REPO, cell, load_collection, result
 
 from tongsearch_qr import GenerationParams, QRReasoner
-from tongsearch_qr.data import Collection
-from tongsearch_qr.evaluation import MEASURES, RunResult, paired_difference, passage_feedback
+from tongsearch_qr.evaluation import passage_feedback
 from tongsearch_qr.fusion import Fusion, fused_search
 from tongsearch_qr.methods import METHODS
-from tongsearch_qr.metrics import evaluate
 from tongsearch_qr.models import resolve_model
 from tongsearch_qr.modes import get_mode
 from tongsearch_qr.retrieval import make_retriever
@@ -42,17 +40,6 @@ COMBINATIONS = ("replace", "concat", "weighted:5", "rrf")
 #: our method -> querygym's method and parameters
 QUERYGYM = {"query2doc": ("query2doc", {"mode": "zs"}), "keywords": ("query2e", {"mode": "zs"}),
             "cot": ("query2doc", {"mode": "cot"})}
-
-
-def result(collection: Collection, qids: list[str], rankings: list) -> RunResult:
-    run = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
-    return RunResult(run, evaluate(run, collection.qrels, MEASURES))
-
-
-def cell(run: RunResult, baseline: RunResult) -> dict:
-    diff = paired_difference({"reasoning": run, "baseline": baseline})
-    return {"ndcg10": run.summary["ndcg_cut_10"], "diff": diff["mean_difference"], "low": diff["ci_low"],
-            "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"]}
 
 
 def method_for(name: str, dataset: str) -> str:
@@ -78,7 +65,7 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
-    base = QRReasoner(cache=args.cache, batch_size=args.batch_size)  # loads the embedded model once
+    base = QRReasoner("base", cache=args.cache, batch_size=args.batch_size)  # the untrained embedded model, once
     table: dict[str, dict] = {}
     for dataset in args.datasets.split(","):
         collection = load_collection(dataset, args.limit)

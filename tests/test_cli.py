@@ -133,15 +133,29 @@ def test_demo_collection_is_consistent():
     assert all(doc in corpus for judged in qrels.values() for doc in judged)
 
 
-def test_demo_runs_end_to_end(capsys):
+def _demo_table(out: str) -> dict[str, list[float]]:
+    table = out.split("mean over questions")[1].splitlines()
+    return {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[2:] if line.strip()}
+
+
+def test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_question(capsys):
+    from tongsearch_qr.models import reasoner_settings
+
+    mode = reasoner_settings("default")["mode"]
     assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "pydoc_data" in out and "[q01]" in out
-    table = out.split("mean over questions")[1].splitlines()
-    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[2:] if line.strip()}
-    assert set(rows) == {"original", "replace", "concat", "weighted"}
+    assert "pydoc_data" in out and "[q01]" in out and "untrained reasoning:" in out
+    rows = _demo_table(out)
+    assert set(rows) == {"original", mode, f"untrained/{mode}"}
     assert all(0 <= v <= 1 for values in rows.values() for v in values)
     assert rows["original"][0] > 0.2  # plain BM25 finds documentation for these questions
+
+
+def test_demo_of_another_model_compares_the_modes_asked_for(capsys):
+    assert main(["demo", "--model", "base", "--no-cache", "--greedy", "--max-new-tokens", "8", "--batch-size", "32",
+                 "--modes", "original", "replace", "concat", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert set(_demo_table(out)) == {"original", "replace", "concat"} and "untrained" not in out
 
 
 def _one_line_error(capsys) -> str:

@@ -106,6 +106,8 @@ def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path
     files = run(sys.executable, "-c", f"import importlib; [print(importlib.import_module(m).__file__) for m in {modules}]")
     assert all(Path(f).is_relative_to(target) for f in files.split()), files
     assert (target / "tongsearch_qr" / "training" / "configs" / "cpu-tiny.yaml").is_file()
+    adapter = run(sys.executable, "-c", "from tongsearch_qr.models import embedded_adapter; print(embedded_adapter())")
+    assert Path(adapter.strip()).is_relative_to(target)  # the shipped reasoner, checked against its pinned digests
 
     cli = str(target / "bin" / "tongsearch-qr")
     run(cli, "eval", "--dataset", "beir:../shared/data/scifact", "--retriever", "bm25", "--reasoner", "none",

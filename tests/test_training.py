@@ -209,12 +209,19 @@ def test_bad_configs_are_rejected(tmp_path):
                    "gradient_accumulation_steps: 1}\n")
     with pytest.raises(InputFormatError, match="GRPOConfig"):
         load_config(cfg).grpo_config()
+    for bad in ("objective: ppo", "questions_from: easy"):
+        cfg.write_text(f"data: {{mapping: m.json}}\nstages: [rft]\nrft: {{{bad}}}\n")
+        with pytest.raises(InputFormatError, match="rft.objective must be sft or dpo"):
+            load_config(cfg)
+    cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrft: {objective: dpo, dpo: {no_such_option: 1}}\n")
+    with pytest.raises(InputFormatError, match="rft.dpo: settings rejected by TRL's DPOConfig"):
+        dry_run(load_config(cfg))
 
 
-@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "qwen2.5-1.5b", "qwen2.5-7b"])
+@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "qwen2.5-1.5b", "qwen2.5-7b"])
 def test_bundled_configs_pass_the_dry_run(name):
     report = dry_run(load_config(config_path(name)))
-    if name == "cpu-rft":  # rejection sampling with LoRA on four sites (matheducators held out)
+    if name in ("cpu-rft", "cpu-dpo"):  # sampled rounds with LoRA on four sites (matheducators held out)
         assert report["stages"] == ["rft"] and report["lora"] and report["examples"] == 1305 - 189
         assert report["grpo_config"] is None
         return
@@ -358,7 +365,10 @@ def test_bm25_rank_over_the_whole_corpus_by_hand():
 
 
 @pytest.mark.slow
-def test_rejection_sampling_with_lora_writes_an_adapter_the_reasoner_loads(tmp_path, shared_data):
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_sampled_rounds_with_lora_write_an_adapter_the_reasoner_loads(tmp_path, shared_data, objective):
+    """Both objectives of the rft stage: rejection-sampling SFT on the best completion, and DPO on best/worst
+    pairs drawn from every training question."""
     from tongsearch_qr import GenerationParams, QRReasoner
     from tongsearch_qr.training import train
 
@@ -385,7 +395,9 @@ rft:
   questions: 6
   max_new_tokens: 8
   margin: -1.0
-  sft: {{max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3, seed: 0}}
+  objective: {objective}
+  questions_from: {"all" if objective == "dpo" else "hard"}
+  {objective}: {{max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3, seed: 0}}
 """)
     final = train(load_config(cfg))
     assert (final / "adapter_config.json").is_file() and (final / "tongsearch_qr.json").is_file()
@@ -397,3 +409,22 @@ rft:
     reasoner = QRReasoner(final, generation=GenerationParams.greedy(6))
     assert reasoner.mode.name == "weighted:3" and "keywords" in reasoner.template.user
     assert reasoner.reason(["How fine should espresso be ground?"])[0].strip()
+
+
+def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():
+    from tongsearch_qr import PromptTemplate
+    from tongsearch_qr.training.key_terms import KeyTerms, key_term_rows
+
+    corpus = ["Grind the beans finer for espresso.", "Store beans in an airtight container.", "Beans go stale.",
+              "coffee coffee"]
+    terms = KeyTerms(corpus)
+    question = "How should I store my coffee Beans airtight?"
+    # store and airtight occur in one answer, beans in three; coffee is not in this answer
+    assert terms.of(question, [corpus[1]], 10) == "store, airtight, Beans"
+    assert terms.of(question, [corpus[1]], 2) == "store, airtight"
+    assert terms.of("Why is the sky blue?", [corpus[1]], 10) == ""
+    template = PromptTemplate(user="Keywords for: {question}", system=None)
+    examples = [tdata.TrainingExample(question, [corpus[1]]), tdata.TrainingExample("Why is the sky blue?", [corpus[1]])]
+    rows = key_term_rows(examples, [ex.question for ex in examples], template, corpus, 10)
+    assert rows == [{"prompt": template.messages(question),
+                     "completion": [{"role": "assistant", "content": "store, airtight, Beans"}]}]

@@ -95,8 +95,8 @@ def reasoner_from_args(args: argparse.Namespace):
     else:
         sampling = GenerationParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                     repetition_penalty=args.repetition_penalty)
-        length = args.max_new_tokens or reasoner_settings(args.model if not args.model.startswith("file:") else None
-                                                          ).get("max_new_tokens", 500)
+        trained = {} if args.model.startswith("file:") else reasoner_settings(args.model)
+        length = args.max_new_tokens or trained.get("max_new_tokens", 500)
     if args.greedy:
         params = GenerationParams.greedy(length, sampling.repetition_penalty)
     else:
@@ -202,8 +202,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .models import BASE_MODEL, is_default
+    from .reasoner import QRReasoner
 
-    run_demo(reasoner_from_args(args), modes=args.modes, show=args.show)
+    reasoner = reasoner_from_args(args)
+    untrained = None
+    if is_default(args.model) and not args.method:  # the shipped trained reasoner: show what training changed
+        untrained = QRReasoner(BASE_MODEL, backend=args.backend, **backend_options(args), template=reasoner.template,
+                               generation=reasoner.generation, mode=reasoner.mode, progress=True,
+                               cache=False if args.no_cache else (args.cache or True))
+    run_demo(reasoner, modes=args.modes, show=args.show, untrained=untrained)
     return 0
 
 
@@ -312,11 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="BM25 on Python's documentation with and without reasoning (offline)")
-    demo.add_argument("--modes", nargs="+", default=["original", "replace", "concat", "weighted"],
-                      help="rewrite modes to compare (default: %(default)s)")
+    demo.add_argument("--modes", nargs="+", default=None,
+                      help="rewrite modes to compare with the question alone (default: the reasoner's own mode); "
+                           "the default reasoner is also shown untrained ('base'), with the same prompt and decoding")
     demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
     add_reasoner_arguments(demo)
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, seed=0)  # the same sampled reasoning, and so the same table, every run
 
     training = sub.add_parser("train", help="GRPO-train a query reasoner with TRL (needs the train extra)")
     training.add_argument("--config", required=True,

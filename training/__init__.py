@@ -17,7 +17,8 @@ from .config import TrainConfig, load_config
 
 
 def config_path(name_or_path: str) -> Path:
-    """A bundled config by name (``cpu-tiny``, ``qwen2.5-1.5b``, ``qwen2.5-7b``) or a path as given."""
+    """A bundled config by name (``cpu-dpo``, ``cpu-rft``, ``cpu-tiny``, ``qwen2.5-1.5b``, ``qwen2.5-7b``) or a
+    path as given."""
     bundled = CONFIG_DIR / f"{name_or_path}.yaml"
     plain_name = "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml"))
     return bundled if plain_name and bundled.is_file() else Path(name_or_path)

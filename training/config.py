@@ -16,6 +16,9 @@ from tongsearch_qr.errors import InputFormatError
 BUNDLED_DIR = Path(__file__).resolve().parent / "configs"
 
 
+STAGES = ("keyterms", "rft", "grpo")
+
+
 @dataclass
 class DataConfig:
     """Where the questions come from and how they are prepared."""
@@ -44,10 +47,12 @@ class ValidationConfig:
 
 @dataclass
 class RFTConfig:
-    """Rejection-sampling fine-tuning (expert iteration): per round, ``samples`` completions for each of
-    ``questions`` training questions the question alone does not already answer best, scored by the rewards; the
-    best one that beats the question by more than ``margin`` becomes an SFT target (TRL ``SFTTrainer``, settings
-    in ``sft``, passed to ``SFTConfig`` as is)."""
+    """Rounds of sampling and scoring (expert iteration): per round, ``samples`` completions for each of
+    ``questions`` training questions (``questions_from``: ``hard``, those the question alone does not already
+    answer best, or ``all``), scored by the rewards. ``objective: sft``: the best one that beats the question by
+    more than ``margin`` becomes an SFT target (TRL ``SFTTrainer``, settings in ``sft`` passed to ``SFTConfig``
+    as is); ``objective: dpo``: best (chosen) and worst (rejected) become a preference pair when their rewards
+    differ by more than ``margin`` (TRL ``DPOTrainer``, settings in ``dpo`` passed to ``DPOConfig``)."""
 
     rounds: int = 2
     samples: int = 8
@@ -55,6 +60,20 @@ class RFTConfig:
     max_new_tokens: int = 48
     margin: float = 0.0
     batch_size: int = 64
+    objective: str = "sft"
+    questions_from: str = "hard"
+    sft: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KeyTermsConfig:
+    """The supervised warm start on key terms (see :mod:`tongsearch_qr.training.key_terms`): at most ``terms``
+    per target, ``max_new_tokens`` the reasoning length the trained reasoner uses, ``sft`` passed to TRL's
+    ``SFTConfig`` as is."""
+
+    terms: int = 10
+    max_new_tokens: int = 48
     sft: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +88,8 @@ class TrainConfig:
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "bm25_rank"}])
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     grpo: dict[str, Any] = field(default_factory=dict)
-    stages: list[str] = field(default_factory=lambda: ["grpo"])  # run in order: rft, grpo
+    stages: list[str] = field(default_factory=lambda: ["grpo"])  # run in order: keyterms, rft, grpo
+    keyterms: KeyTermsConfig = field(default_factory=KeyTermsConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     lora: dict[str, Any] | None = None  # peft LoraConfig options; None: full fine-tuning
     prompt: dict[str, Any] | None = None  # {user, system}: the reasoner's prompt (default: the paper's)
@@ -139,9 +159,10 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         data = DataConfig(**(raw.pop("data", None) or {}))
         validation = ValidationConfig(**(raw.pop("validation", None) or {}))
         rft = RFTConfig(**(raw.pop("rft", None) or {}))
+        keyterms = KeyTermsConfig(**(raw.pop("keyterms", None) or {}))
         folder = file.resolve().parent
         base_dir = Path.cwd() if folder == BUNDLED_DIR else folder
-        config = TrainConfig(**raw, data=data, validation=validation, rft=rft, base_dir=base_dir)
+        config = TrainConfig(**raw, data=data, validation=validation, rft=rft, keyterms=keyterms, base_dir=base_dir)
     except TypeError as exc:
         raise InputFormatError(f"{file}: {exc}") from exc
     if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
@@ -152,13 +173,18 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     for reward in config.rewards:
         if not isinstance(reward, dict) or "name" not in reward:
             raise InputFormatError(f"{file}: each reward needs a name (got {reward!r})")
-    unknown = [s for s in config.stages if s not in ("rft", "grpo")]
+    unknown = [s for s in config.stages if s not in STAGES]
     if not config.stages or unknown:
-        raise InputFormatError(f"{file}: stages must be a list of rft and/or grpo (got {config.stages!r})")
+        raise InputFormatError(f"{file}: stages must be a list of {', '.join(STAGES)} (got {config.stages!r})")
+    if config.keyterms.terms < 1 or config.keyterms.max_new_tokens < 1:
+        raise InputFormatError(f"{file}: keyterms terms and max_new_tokens must be >= 1")
     if config.prompt is not None and (not isinstance(config.prompt, dict) or "{question}" not in str(config.prompt.get("user"))):
         raise InputFormatError(f"{file}: prompt needs a user text containing {{question}} (got {config.prompt!r})")
     if config.rft.rounds < 1 or config.rft.samples < 1 or config.rft.questions < 1:
         raise InputFormatError(f"{file}: rft rounds, samples and questions must be >= 1")
+    if config.rft.objective not in ("sft", "dpo") or config.rft.questions_from not in ("hard", "all"):
+        raise InputFormatError(f"{file}: rft.objective must be sft or dpo and rft.questions_from hard or all "
+                               f"(got {config.rft.objective!r}, {config.rft.questions_from!r})")
     from tongsearch_qr.modes import get_mode
 
     get_mode(config.mode)

@@ -1,13 +1,16 @@
-"""GRPO training of a query reasoner with TRL: data -> rewards -> ``GRPOTrainer``, with validation before,
-during and after training, CSV logs, checkpoints, resume, and a final model ``QRReasoner(path)`` loads."""
+"""Training a query reasoner with TRL: data -> rewards -> the configured stages (``keyterms``: supervised warm
+start; ``rft``: sampled rounds, SFT or DPO; ``grpo``: ``GRPOTrainer``), with validation before, during and after
+training, CSV logs, checkpoints, resume, and a final model ``QRReasoner(path)`` loads."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,20 +266,26 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
                            corpus if config.validation.pool == "corpus" else None) if prepared.validation else None)
     log.info("%s: %d training questions, %d validation, rewards %s, output %s", "+".join(config.stages),
              len(prepared.train), len(prepared.validation), [r.__name__ for r in rewards], output_dir)
-    for stage in config.stages:
-        if stage == "rft":
-            from .rft import run_rft
+    logged = itertools.count()
 
-            def on_round(round_no: int, policy: Any, stats: dict[str, float]) -> None:
-                if not main_process:
-                    return
-                results = {**stats, **(validator(policy, tokenizer) if validator else {})}
-                csv_log.write(round_no, results)
-                print(f"[rft round {round_no}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
+    def report(stage: str, policy: Any, stats: dict[str, float]) -> None:
+        """Validate ``policy`` and log ``stats`` beside the results (one log.csv step per report)."""
+        if not main_process:
+            return
+        results = {**stats, **(validator(policy, tokenizer) if validator else {})}
+        step = next(logged)
+        csv_log.write(step, results)
+        print(f"[{stage} {step}] " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()), flush=True)
+
+    for stage in config.stages:
+        if stage == "keyterms":
+            model = _run_key_terms(model, tokenizer, prepared.train, corpus, template, config, output_dir, report)
+        elif stage == "rft":
+            from .rft import run_rft
 
             ranker = BM25Rank(mode="original", metric="rr", gain=False, corpus=corpus)
             model = run_rft(model, tokenizer, prepared.train, template, config, rewards, weights, ranker, output_dir,
-                            on_round)
+                            lambda round_no, policy, stats: report(f"rft round {round_no}", policy, stats))
         else:
             model = _run_grpo(model, tokenizer, prepared, rewards, weights, grpo_config, csv_log, validator, config,
                               checkpoint, callbacks)
@@ -287,6 +296,23 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
         save_reasoner_settings(final, config)
         log.info("final model saved to %s (load it with QRReasoner(%r))", final, str(final))
     return final
+
+
+def _run_key_terms(model: Any, tokenizer: Any, train: list[data_mod.TrainingExample], corpus: list[str],
+                   template: PromptTemplate, config: TrainConfig, output_dir: Path,
+                   report: Callable[[str, Any, dict[str, float]], None]) -> Any:
+    """The supervised warm start on key terms (:mod:`.key_terms`), validated before and after."""
+    from .key_terms import key_term_rows
+    from .rft import fine_tune
+
+    short = [data_mod.truncate_question(ex.question, tokenizer, config.data.max_question_tokens) for ex in train]
+    rows = key_term_rows(train, short, template, corpus, config.keyterms.terms)
+    log.info("key terms: %d of %d training questions have some", len(rows), len(train))
+    report("keyterms", model, {"keyterms/examples": len(rows)})
+    model, stats = fine_tune(model, tokenizer, rows, "sft", config.keyterms.sft, output_dir / "keyterms",
+                             config.lora_config())
+    report("keyterms", model, {f"keyterms/{k}": v for k, v in stats.items()})
+    return model
 
 
 def _run_grpo(model: Any, tokenizer: Any, prepared: PreparedData, rewards: list[Any], weights: list[float],
@@ -313,7 +339,9 @@ def save_reasoner_settings(folder: Path, config: TrainConfig) -> None:
         settings = json.loads(adapter_config.read_text(encoding="utf-8"))
         settings["base_model_name_or_path"] = config.model
         adapter_config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    length = config.rft.max_new_tokens if "grpo" not in config.stages else config.grpo.get("max_completion_length")
+    last = config.stages[-1]
+    length = {"keyterms": config.keyterms.max_new_tokens, "rft": config.rft.max_new_tokens,
+              "grpo": config.grpo.get("max_completion_length")}[last]
     write_reasoner_settings(folder, config.template(), config.mode, length)
 
 
@@ -330,15 +358,18 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
         overrides["use_cpu"] = True
         notes.append("no GPU here: GRPOConfig checked with use_cpu=True (bf16 needs the GPU machine)")
     grpo_config = config.grpo_config(**overrides) if "grpo" in config.stages else None
+    from .rft import trainer_options, trl_classes
+
+    checked = [("keyterms.sft", "sft", config.keyterms.sft)] if "keyterms" in config.stages else []
     if "rft" in config.stages:
-        from trl import SFTConfig
-
-        from .rft import sft_options
-
+        objective = config.rft.objective
+        checked.append((f"rft.{objective}", objective, config.rft.sft if objective == "sft" else config.rft.dpo))
+    for where, objective, options in checked:
+        config_class = trl_classes(objective)[0]
         try:
-            SFTConfig(**sft_options(config, config.path(config.output_dir)))
+            config_class(**trainer_options(options, config.path(config.output_dir)))
         except (TypeError, ValueError) as exc:
-            raise InputFormatError(f"rft.sft: settings rejected by TRL's SFTConfig: {exc}") from exc
+            raise InputFormatError(f"{where}: settings rejected by TRL's {config_class.__name__}: {exc}") from exc
     config.lora_config()
     examples = build_examples(config)
     sample = examples[:sample_size]
