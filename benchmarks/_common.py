@@ -52,3 +52,15 @@ def cell(run, baseline) -> dict:
     diff = paired_difference({"reasoning": run, "baseline": baseline})
     return {"ndcg10": run.summary["ndcg_cut_10"], "diff": diff["mean_difference"], "low": diff["ci_low"],
             "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"]}
+
+
+def bm25_with_question(dataset: str, limit: int | None = None):
+    """A dataset (see :func:`load_collection`), its query ids and texts in order, a BM25 (bm25s) index of its
+    documents, and the run of the questions alone: what every side-by-side benchmark starts from."""
+    from tongsearch_qr.retrieval import make_retriever
+
+    collection = load_collection(dataset, limit)
+    qids = list(collection.queries)
+    texts = [collection.queries[q] for q in qids]
+    index = make_retriever("bm25").index(collection.iter_documents())
+    return collection, qids, texts, index, result(collection, qids, index.search(texts, k=1000))

@@ -19,11 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import REPO, cell, load_collection, result
+from _common import REPO, bm25_with_question, cell, result
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.evaluation import RunResult
-from tongsearch_qr.retrieval import make_retriever
 
 
 def main() -> None:
@@ -50,11 +49,7 @@ def main() -> None:
     table: dict = {"setup": setup, "datasets": {}}
     print(json.dumps(setup), flush=True)
     for dataset in args.datasets.split(","):
-        collection = load_collection(dataset, args.limit)
-        qids = list(collection.queries)
-        texts = [collection.queries[q] for q in qids]
-        index = make_retriever("bm25").index(collection.iter_documents())
-        original = result(collection, qids, index.search(texts, k=1000))
+        collection, qids, texts, index, original = bm25_with_question(dataset, args.limit)
         rows: dict = {}
         for decoding, params in decodings.items():
             runs = {}

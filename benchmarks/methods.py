@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import REPO, cell, load_collection, result
+from _common import REPO, bm25_with_question, cell, result
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.evaluation import passage_feedback
@@ -68,11 +68,7 @@ def main() -> None:
     base = QRReasoner("base", cache=args.cache, batch_size=args.batch_size)  # the untrained embedded model, once
     table: dict[str, dict] = {}
     for dataset in args.datasets.split(","):
-        collection = load_collection(dataset, args.limit)
-        qids = list(collection.queries)
-        texts = [collection.queries[q] for q in qids]
-        index = make_retriever("bm25").index(collection.iter_documents())
-        baseline = result(collection, qids, index.search(texts, k=1000))
+        collection, qids, texts, index, baseline = bm25_with_question(dataset, args.limit)
         table[dataset] = {"original": {"ndcg10": baseline.summary["ndcg_cut_10"]}, "rows": {}}
         print(f"{dataset}: {len(qids)} queries, original nDCG@10 {baseline.summary['ndcg_cut_10']:.4f}", flush=True)
         for name in names:
