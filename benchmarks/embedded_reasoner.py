@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3", help="sampling seeds, averaged per query")
     parser.add_argument("--limit", type=int, default=None, help="first N queries of each dataset")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache", default="/tmp/tongsearch-qr-embedded-cache.sqlite")
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "results" / "embedded-cache.sqlite"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "embedded"))
     args = parser.parse_args()
     out = Path(args.output)

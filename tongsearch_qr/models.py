@@ -10,6 +10,7 @@ merged once into the cache); ``"base"`` names the untrained model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -249,17 +250,23 @@ def embedded_gguf_path() -> Path:
 
 def embedded_adapter() -> Path:
     """The shipped LoRA adapter's folder, after checking each of its files against its pinned sha256 digest (a
-    changed or missing file is an error, and nothing is loaded)."""
+    changed or missing file is an error, and nothing is loaded). Files are hashed once per process while their
+    size and modification time stay the same."""
     folder = EMBEDDED_ADAPTER
     for name, expected in EMBEDDED_ADAPTER_SHA256.items():
         file = folder / name
-        found = hash_file_sha256(file) if file.is_file() else "missing"
+        found = _sha256_of(file, file.stat().st_size, file.stat().st_mtime_ns) if file.is_file() else "missing"
         if found != expected:
             raise ModelNotAvailableError(
                 f"the shipped reasoner's {file} does not match its pinned sha256 ({found[:16]}... instead of "
                 f"{expected[:16]}...): the installation is damaged or was modified, so it is not loaded. "
                 "Reinstall tongsearch-qr, or use the untrained embedded model: QRReasoner('base') / --model base.")
     return folder
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(file: Path, size: int, mtime_ns: int) -> str:
+    return hash_file_sha256(file)
 
 
 def hash_file_sha256(file: Path) -> str:
