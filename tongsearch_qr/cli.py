@@ -83,6 +83,11 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
     return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
 
 
+def cache_spec(args: argparse.Namespace) -> str | bool:
+    """The reasoning cache the CLI options ask for: ``--no-cache``, ``--cache FILE``, else the user cache."""
+    return False if args.no_cache else (args.cache or True)
+
+
 def reasoner_from_args(args: argparse.Namespace):
     """Build the :class:`QRReasoner` the reasoner options describe."""
     from .models import reasoner_settings
@@ -101,8 +106,7 @@ def reasoner_from_args(args: argparse.Namespace):
         params = GenerationParams.greedy(length, sampling.repetition_penalty)
     else:
         params = sampling.with_(max_new_tokens=length, seed=args.seed)
-    cache = False if args.no_cache else (args.cache or True)
-    common = dict(think=args.think, generation=params, cache=cache, samples=args.samples, method=method, progress=True)
+    common = dict(think=args.think, generation=params, cache=cache_spec(args), samples=args.samples, method=method, progress=True)
     if args.model.startswith("file:"):
         fallback = None
         if args.fallback:
@@ -210,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if is_default(args.model) and not args.method:  # the shipped trained reasoner: show what training changed
         untrained = QRReasoner(BASE_MODEL, backend=args.backend, **backend_options(args), template=reasoner.template,
                                generation=reasoner.generation, mode=reasoner.mode, progress=True,
-                               cache=False if args.no_cache else (args.cache or True))
+                               cache=cache_spec(args))
     run_demo(reasoner, modes=args.modes, show=args.show, untrained=untrained)
     return 0
 

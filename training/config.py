@@ -65,6 +65,10 @@ class RFTConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     dpo: dict[str, Any] = field(default_factory=dict)
 
+    def trainer_options(self) -> dict[str, Any]:
+        """The options of the objective's TRL config (``sft`` or ``dpo``)."""
+        return self.sft if self.objective == "sft" else self.dpo
+
 
 @dataclass
 class KeyTermsConfig:

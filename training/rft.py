@@ -138,7 +138,7 @@ def run_rft(model: Any, tokenizer: Any, train: Sequence[data_mod.TrainingExample
     """All rounds; returns the fine-tuned model (a peft model when ``lora:`` is set). ``on_round(round,
     model, stats)`` is called after each round (and with round 0 before the first) to validate and log."""
     rft = config.rft
-    options = rft.sft if rft.objective == "sft" else rft.dpo
+    options = rft.trainer_options()
     candidates = hard_questions(train, ranker) if rft.questions_from == "hard" else list(train)
     log.info("RFT (%s): %d of %d training questions to sample from", rft.objective, len(candidates), len(train))
     on_round(0, model, {"rft/candidate_questions": len(candidates)})

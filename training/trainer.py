@@ -363,7 +363,7 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     checked = [("keyterms.sft", "sft", config.keyterms.sft)] if "keyterms" in config.stages else []
     if "rft" in config.stages:
         objective = config.rft.objective
-        checked.append((f"rft.{objective}", objective, config.rft.sft if objective == "sft" else config.rft.dpo))
+        checked.append((f"rft.{objective}", objective, config.rft.trainer_options()))
     for where, objective, options in checked:
         config_class = trl_classes(objective)[0]
         try:
