@@ -44,6 +44,15 @@ def test_think_mode_without_tags_uses_the_whole_completion_like_the_paper(comple
     assert PromptTemplate.paper(think=True).extract(completion) == completion.strip()
 
 
+def test_keywords_template_keeps_each_term_once_in_order():
+    template = PromptTemplate(user="Keywords for: {question}", system=None, keywords=True)
+    completion = " teaching, Logic, teaching,\nlogic , set theory\n\n, Teaching, proofs "
+    assert template.extract(completion) == "teaching, Logic, set theory, proofs"
+    assert PromptTemplate(user="Keywords for: {question}", system=None).extract(completion) == completion.strip()
+    assert template.key()["keywords"] is True and "keywords" not in PromptTemplate().key()
+    assert PromptTemplate(**template.key()) == template  # saved settings load back
+
+
 def test_template_needs_placeholder():
     with pytest.raises(ValueError, match="placeholder"):
         PromptTemplate(user="no placeholder")

@@ -25,7 +25,9 @@ from tongsearch_qr.training.rewards import (
     make_reward,
     ndcg_at,
     reciprocal_rank,
+    reasoning_of,
 )
+from tongsearch_qr.training.trainer import build_rewards
 
 
 def msg(text: str) -> list[dict]:
@@ -90,6 +92,23 @@ def test_bm25_rank_by_hand():
     assert plain([msg("burr grinder even grounds")], **{k: [v] for k, v in POOL.items()}) == [1.0]
     ndcg = BM25Rank(mode="replace", metric="ndcg", gain=False)
     assert ndcg.score([POOL["question"]], **POOL) == pytest.approx([1 / math.log2(3)])
+
+
+def test_keyword_rewards_count_each_term_once(tmp_path):
+    # "night" (only in a negative) said four times outranks the positive's "grinder"; said once, it does not
+    columns = {k: [v] * 2 for k, v in POOL.items()}
+    completions = [msg("grinder, night, night, night, night"), msg("grinder, night")]
+    plain, keywords = (BM25Rank(mode="replace", metric="rr", gain=False, keywords=k) for k in (False, True))
+    assert plain(completions, **columns) == [0.5, 1.0]
+    assert keywords(completions, **columns) == [1.0, 1.0]
+    assert reasoning_of(completions[0], think=False, keywords=True) == "grinder, night"
+    assert reasoning_of(msg("<think>x</think><answer>a, b, a</answer>"), think=True, keywords=True) == "a, b"
+    assert reasoning_of(msg(" , \n"), think=False, keywords=True) is None
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("data: {mapping: m.json}\nprompt: {user: 'Keywords: {question}', keywords: true}\n"
+                   "rewards: [{name: bm25_rank}]\n")
+    config = load_config(cfg)
+    assert config.template().keywords and build_rewards(config)[0][0].inner.keywords
 
 
 def test_rank_metrics_by_hand():
@@ -212,6 +231,10 @@ def test_bad_configs_are_rejected(tmp_path):
     for bad in ("objective: ppo", "questions_from: easy"):
         cfg.write_text(f"data: {{mapping: m.json}}\nstages: [rft]\nrft: {{{bad}}}\n")
         with pytest.raises(InputFormatError, match="rft.objective must be sft or dpo"):
+            load_config(cfg)
+    for bad in ("{user: 'q {question}', keyword: true}", "{user: 'q {question}', keywords: 'yes'}"):
+        cfg.write_text(f"data: {{mapping: m.json}}\nprompt: {bad}\n")
+        with pytest.raises(InputFormatError, match="prompt takes user, system and keywords"):
             load_config(cfg)
     cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrft: {objective: dpo, dpo: {no_such_option: 1}}\n")
     with pytest.raises(InputFormatError, match="rft.dpo: settings rejected by TRL's DPOConfig"):

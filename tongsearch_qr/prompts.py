@@ -29,6 +29,7 @@ THINK_SYSTEM_PROMPT = (
 _THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 
 
+_TERM_SEPARATORS = re.compile(r"[,\n]")
 _PLACEHOLDER = re.compile(r"\{question\}|\{passages\}")
 
 
@@ -40,7 +41,8 @@ class PromptTemplate:
     ``""``); ``None`` leaves the system turn to the model's chat template. ``one_line``: newlines in the
     question become spaces first (BRIGHT's reasoning prompt does this). ``passages`` > 0: the user turn
     also shows that many retrieved passages (corpus feedback) in a ``{passages}`` placeholder, numbered
-    ``1.<text>`` one per line, each cut to ``passage_words`` words.
+    ``1.<text>`` one per line, each cut to ``passage_words`` words. ``keywords``: the completion is a list of
+    terms (separated by commas or line breaks); :meth:`extract` keeps each distinct term once, in order.
     """
 
     user: str = PAPER_USER_TEMPLATE
@@ -49,6 +51,7 @@ class PromptTemplate:
     one_line: bool = False
     passages: int = 0
     passage_words: int = 128
+    keywords: bool = False
 
     def __post_init__(self) -> None:
         if "{question}" not in self.user:
@@ -89,12 +92,12 @@ class PromptTemplate:
 
         In think mode this is the text inside ``<answer>…</answer>`` after a ``<think>`` block; a
         completion without those tags is used whole, exactly as the paper's code does. Outside think
-        mode the completion is used as is.
+        mode the completion is used as is. A ``keywords`` template then keeps each term once (the first
+        spelling, compared without case), joined by ``", "``.
         """
-        if not self.think:
-            return completion.strip()
-        answer = parse_think_answer(completion)
-        return completion.strip() if answer is None else answer
+        answer = parse_think_answer(completion) if self.think else None
+        text = completion.strip() if answer is None else answer
+        return distinct_terms(text) if self.keywords else text
 
     def key(self) -> dict[str, object]:
         """Identity of the template for cache keys."""
@@ -103,6 +106,8 @@ class PromptTemplate:
             key["one_line"] = True
         if self.passages:
             key.update(passages=self.passages, passage_words=self.passage_words)
+        if self.keywords:
+            key["keywords"] = True
         return key
 
 
@@ -110,3 +115,13 @@ def parse_think_answer(completion: str) -> str | None:
     """The ``<answer>`` text of a ``<think>…</think><answer>…</answer>`` completion, or ``None``."""
     match = _THINK_ANSWER.search(completion)
     return match.group(1).strip() if match else None
+
+
+def distinct_terms(text: str) -> str:
+    """The terms of a comma- or line-separated list, each once (first spelling, compared without case)."""
+    terms: dict[str, str] = {}
+    for item in _TERM_SEPARATORS.split(text):
+        term = item.strip()
+        if term:
+            terms.setdefault(term.casefold(), term)
+    return ", ".join(terms.values())

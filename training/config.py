@@ -96,7 +96,7 @@ class TrainConfig:
     keyterms: KeyTermsConfig = field(default_factory=KeyTermsConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     lora: dict[str, Any] | None = None  # peft LoraConfig options; None: full fine-tuning
-    prompt: dict[str, Any] | None = None  # {user, system}: the reasoner's prompt (default: the paper's)
+    prompt: dict[str, Any] | None = None  # {user, system, keywords}: the reasoner's prompt (default: the paper's)
     mode: str = "concat"  # the rewrite mode the trained reasoner is meant for (written beside the model)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -106,7 +106,8 @@ class TrainConfig:
 
         if self.prompt is None:
             return PromptTemplate.paper(think=self.think)
-        return PromptTemplate(user=self.prompt["user"], system=self.prompt.get("system"), think=self.think)
+        return PromptTemplate(user=self.prompt["user"], system=self.prompt.get("system"), think=self.think,
+                              keywords=self.prompt.get("keywords", False))
 
     def lora_config(self) -> Any:
         """peft ``LoraConfig`` from ``lora:`` (``None`` without one)."""
@@ -184,6 +185,9 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         raise InputFormatError(f"{file}: keyterms terms and max_new_tokens must be >= 1")
     if config.prompt is not None and (not isinstance(config.prompt, dict) or "{question}" not in str(config.prompt.get("user"))):
         raise InputFormatError(f"{file}: prompt needs a user text containing {{question}} (got {config.prompt!r})")
+    if config.prompt is not None and (set(config.prompt) - {"user", "system", "keywords"}
+                                      or not isinstance(config.prompt.get("keywords", False), bool)):
+        raise InputFormatError(f"{file}: prompt takes user, system and keywords (true/false); got {config.prompt!r}")
     if config.rft.rounds < 1 or config.rft.samples < 1 or config.rft.questions < 1:
         raise InputFormatError(f"{file}: rft rounds, samples and questions must be >= 1")
     if config.rft.objective not in ("sft", "dpo") or config.rft.questions_from not in ("hard", "all"):

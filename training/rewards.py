@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tongsearch_qr.modes import get_mode
-from tongsearch_qr.prompts import parse_think_answer
+from tongsearch_qr.prompts import distinct_terms, parse_think_answer
 
 Reward = Callable[..., list[float]]
 
@@ -32,17 +32,19 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"unexpected completion format: {type(completion).__name__}")
 
 
-def reasoning_of(completion: Any, think: bool) -> str | None:
-    """The reasoning a completion carries, or ``None`` when it is empty or (think mode) has no answer tags."""
+def reasoning_of(completion: Any, think: bool, keywords: bool = False) -> str | None:
+    """The reasoning a completion carries (``keywords``: its distinct terms), or ``None`` when it is empty or
+    (think mode) has no answer tags."""
     text = completion_text(completion)
     if think:
         text = parse_think_answer(text) or ""
-    return text.strip() or None
+    return (distinct_terms(text) if keywords else text.strip()) or None
 
 
 class EmbeddingAdvantage:
     """``scale`` x mean over positives of [cos(reasoning, doc) - cos(question, doc)]; ``invalid`` (-1) for an
-    empty completion or, with ``think=True``, one without ``<answer>`` tags.
+    empty completion or, with ``think=True``, one without ``<answer>`` tags. ``keywords=True``: the reasoning
+    is the completion's distinct terms (as a ``keywords`` prompt template extracts them).
 
     ``model``: a sentence-transformers model name/path or instance (paper: BAAI/bge-base-en-v1.5; default the
     offline all-MiniLM-L6-v2). All texts of a call (the whole group) are encoded in one batch; question and
@@ -51,9 +53,9 @@ class EmbeddingAdvantage:
 
     __name__ = "embedding_advantage"
 
-    def __init__(self, model: Any = None, *, scale: float = 10.0, think: bool = False, invalid: float = -1.0,
-                 batch_size: int = 64, max_length: int | None = None):
-        self.model_spec, self.scale, self.think, self.invalid = model, scale, think, invalid
+    def __init__(self, model: Any = None, *, scale: float = 10.0, think: bool = False, keywords: bool = False,
+                 invalid: float = -1.0, batch_size: int = 64, max_length: int | None = None):
+        self.model_spec, self.scale, self.think, self.keywords, self.invalid = model, scale, think, keywords, invalid
         self.batch_size, self.max_length = batch_size, max_length
         self._model: Any = None
         self._memo: dict[str, np.ndarray] = {}
@@ -79,7 +81,7 @@ class EmbeddingAdvantage:
 
     def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],
                  **_: Any) -> list[float]:
-        reasoning = [reasoning_of(c, self.think) for c in completions]
+        reasoning = [reasoning_of(c, self.think, self.keywords) for c in completions]
         fixed = self._encode([*question, *(d for docs in positives for d in docs)], remember=True)
         made = self._encode([r for r in reasoning if r], remember=False)
         rewards = []
@@ -116,16 +118,18 @@ class BM25Rank:
 
     ``metric``: ``rr`` (reciprocal rank of the first positive) or ``ndcg`` (nDCG@10). With ``gain=True`` the
     reward is the change against the question alone (0 = no better than not reasoning). ``invalid`` for
-    empty/unparseable completions. One small BM25 index per question (or one for the corpus), built once.
+    empty/unparseable completions; ``think`` and ``keywords`` as for :class:`EmbeddingAdvantage`. One small BM25
+    index per question (or one for the corpus), built once.
     """
 
     __name__ = "bm25_rank"
 
     def __init__(self, *, mode: str = "concat", metric: str = "rr", gain: bool = True, think: bool = False,
-                 invalid: float = -1.0, corpus: Sequence[str] | None = None, depth: int = 100):
+                 keywords: bool = False, invalid: float = -1.0, corpus: Sequence[str] | None = None, depth: int = 100):
         if metric not in ("rr", "ndcg"):
             raise ValueError(f"metric must be 'rr' or 'ndcg', got {metric!r}")
-        self.mode, self.metric, self.gain, self.think, self.invalid = get_mode(mode), metric, gain, think, invalid
+        self.mode, self.metric, self.gain, self.invalid = get_mode(mode), metric, gain, invalid
+        self.think, self.keywords = think, keywords
         self._pools: dict[str, tuple[Any, int]] = {}
         self.corpus, self.depth = (list(dict.fromkeys(corpus)) if corpus is not None else None), depth
         self._corpus_index: Any = None
@@ -158,7 +162,7 @@ class BM25Rank:
     def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],
                  negatives: Sequence[Sequence[str]] | None = None, **_: Any) -> list[float]:
         negatives = negatives if negatives is not None else [[] for _ in question]
-        reasoning = [reasoning_of(c, self.think) for c in completions]
+        reasoning = [reasoning_of(c, self.think, self.keywords) for c in completions]
         rewards: list[float] = [self.invalid] * len(completions)
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(question):
@@ -234,5 +238,5 @@ def checked(reward: Reward) -> Reward:
     return run
 
 
-__all__ = ["REWARDS", "BM25Rank", "EmbeddingAdvantage", "LengthPenalty", "ThinkFormat", "checked",
+__all__ = ["REWARDS", "BM25Rank", "EmbeddingAdvantage", "LengthPenalty", "ThinkFormat", "checked", "reasoning_of",
            "make_reward", "ndcg_at", "reciprocal_rank"]

@@ -69,6 +69,7 @@ def build_rewards(config: TrainConfig, corpus: list[str] | None = None) -> tuple
         options = dict(spec.get("options") or {})
         if spec["name"] in ("embedding_advantage", "bm25_rank"):
             options.setdefault("think", config.think)
+            options.setdefault("keywords", config.template().keywords)
         if spec["name"] == "bm25_rank":
             pool = options.pop("pool", "question")
             if pool not in ("question", "corpus"):
