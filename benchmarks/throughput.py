@@ -101,7 +101,9 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
 def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool) -> list[dict]:
     from tongsearch_qr.serving import LocalServer
 
-    extra = ["--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--dtype", "bfloat16"]
+    # whole-prompt prefill: vLLM-CPU's engine dies on seeded requests whose prefill is split (see cpu_engine_defaults)
+    extra = ["--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--dtype", "bfloat16",
+             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     extra += ["--enforce-eager"] if eager else []
     rows = []
     start = time.perf_counter()

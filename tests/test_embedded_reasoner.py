@@ -54,6 +54,7 @@ def test_the_default_reasoner_is_the_trained_adapter_with_its_mode_and_the_base_
     trained = QRReasoner(backend=smol_backend)
     default = QRReasoner()
     assert default.mode.name == settings["mode"] and default.generation.max_new_tokens == settings["max_new_tokens"]
+    assert default.template.key() == settings["template"]
     assert QRReasoner("base").mode.name == "replace"  # the untrained model keeps the paper's defaults
     base = make_backend("transformers", "base", batch_size=8)
     assert base.cache_id != smol_backend.cache_id

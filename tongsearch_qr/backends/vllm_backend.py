@@ -39,6 +39,21 @@ def sampling_params(params: GenerationParams, n: int = 1) -> Any:
                           repetition_penalty=params.repetition_penalty, seed=params.seed)
 
 
+def cpu_engine_defaults(model_dir: str, max_model_len: int | None) -> dict[str, Any]:
+    """Engine options vLLM-CPU needs for seeded sampling (``{}`` elsewhere): chunked prefill off, with a token
+    budget that holds a whole prompt. vLLM rewinds the random generator of a seeded request whose prefill was
+    split over steps, which CPU generators cannot do ("CPU Generator does not use offset": the engine dies)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    if max_model_len is None:
+        from transformers import AutoConfig
+
+        max_model_len = int(getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 0) or 0)
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
 class VLLMBackend:
     """Reasoning with ``vllm.LLM``. Prompts are rendered with the model's chat template exactly as the
     transformers backend renders them (too-long questions cut to fit ``max_model_len``), then all of a
@@ -46,7 +61,8 @@ class VLLMBackend:
     chunk reaches the reasoning cache before the next starts.
 
     ``tensor_parallel_size`` and ``gpu_memory_utilization`` (on vLLM-CPU: the fraction of RAM for the
-    KV cache) go to the engine, as do any other ``engine_options`` (e.g. ``enforce_eager=True``).
+    KV cache) go to the engine, as do any other ``engine_options`` (e.g. ``enforce_eager=True``). On vLLM-CPU
+    each prompt is prefilled whole (see :func:`cpu_engine_defaults`) unless the options say otherwise.
     """
 
     def __init__(
@@ -78,7 +94,9 @@ class VLLMBackend:
         self.source = resolve_model(model)
         self.chunk_size = chunk_size
         self.progress = progress
-        self.llm = LLM(model=local_model_dir(self.source), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+        model_dir = local_model_dir(self.source)
+        engine_options = {**cpu_engine_defaults(model_dir, max_model_len), **engine_options}
+        self.llm = LLM(model=model_dir, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
                        **engine_options)
         self.tokenizer = self.llm.get_tokenizer()
