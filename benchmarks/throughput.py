@@ -1,4 +1,5 @@
-"""Reasoning throughput of the embedded model on every backend, on the same queries, in one run:
+"""Reasoning throughput of the untrained embedded model (``base``: the shipped GGUF's weights, the paper's prompt)
+on every backend, on the same queries, in one run:
 
 - the seed's way (one query per generate call, float32), on the first ``--baseline-queries``;
 - the transformers backend at batch 8 and at its default batching;
@@ -33,6 +34,9 @@ from tongsearch_qr import GenerationParams, PromptTemplate, QRReasoner
 from tongsearch_qr.models import resolve_model
 
 PARAMS = {"max_new_tokens": 128, "seed": 0}
+#: the untrained embedded model (the weights of the shipped GGUF) and the paper's prompt on every row, so that
+#: every path runs the same weights and writes the same kind of text
+MODEL = "base"
 
 
 def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[str], float]:
@@ -40,7 +44,7 @@ def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(None).path
+    path = resolve_model(MODEL).path
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     template = PromptTemplate.paper()
@@ -67,7 +71,7 @@ def vllm_worker(spec_file: str, out_file: str) -> None:
     """Runs inside the vLLM environment: one engine with the spec's ``max_num_seqs``."""
     spec = json.loads(Path(spec_file).read_text())
     start = time.perf_counter()
-    reasoner = QRReasoner(backend="vllm", generation=GenerationParams(**spec["params"]), dtype="bfloat16",
+    reasoner = QRReasoner(MODEL, backend="vllm", generation=GenerationParams(**spec["params"]), dtype="bfloat16",
                           gpu_memory_utilization=0.3, max_model_len=2048, max_num_seqs=spec["max_num_seqs"],
                           enforce_eager=spec["eager"])
     load = time.perf_counter() - start
@@ -107,7 +111,7 @@ def run_http(python: str, queries: list[str], concurrencies: list[int], baseline
     extra += ["--enforce-eager"] if eager else []
     rows = []
     start = time.perf_counter()
-    with LocalServer("vllm", None, port=8791, python=python, extra=extra, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+    with LocalServer("vllm", MODEL, port=8791, python=python, extra=extra, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
                      log=Path(tempfile.gettempdir()) / "tongsearch-qr-throughput-server.log") as server:
         load = time.perf_counter() - start
         for concurrency in concurrencies:
@@ -127,7 +131,7 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], params
     rows = []
     for parallel in [1, *parallels]:
         start = time.perf_counter()
-        reasoner = QRReasoner(backend="llamacpp", generation=params, parallel=parallel)
+        reasoner = QRReasoner(MODEL, backend="llamacpp", generation=params, parallel=parallel)
         load = time.perf_counter() - start
         texts, seconds = timed_reason(reasoner, queries[:baseline] if parallel == 1 else queries)
         rows.append({"label": f"llamacpp backend, parallel {parallel} (bf16)", "texts": texts, "seconds": seconds,
@@ -164,13 +168,13 @@ def main() -> None:
     PARAMS["max_new_tokens"] = args.max_new_tokens
     queries = bright_queries(args.task, args.queries)
     params = GenerationParams(**PARAMS)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None).path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL).path)
     rows: list[dict] = []
 
     texts, seconds = sequential_fp32(queries[: args.baseline_queries], params)
     rows.append({"label": "seed: sequential batch-1 float32", "texts": texts, "seconds": seconds})
     for batch_size, label in ((8, "transformers backend, batch 8"), (64, "transformers backend, default batching")):
-        reasoner = QRReasoner(generation=params, batch_size=batch_size)
+        reasoner = QRReasoner(MODEL, generation=params, batch_size=batch_size)
         texts, seconds = timed_reason(reasoner, queries)
         rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
                      "seconds": seconds})
