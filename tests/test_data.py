@@ -9,6 +9,7 @@ from tongsearch_qr import DataNotAvailableError, InputFormatError
 from tongsearch_qr.data import (
     BRIGHT_TASKS,
     Collection,
+    bright_answers,
     load_beir,
     load_bright,
     read_qrels,
@@ -53,6 +54,29 @@ def test_shared_bright_examples_for_all_tasks(shared_data):
     aops = load_bright("aops", source=shared_data / "bright")
     assert sum(len(e) for e in aops.excluded.values()) > 600_000
     assert all("N/A" not in e for e in aops.excluded.values())
+
+
+def test_bright_gold_answers_of_the_stackexchange_tasks(shared_data, tmp_path):
+    source = shared_data / "bright"
+    total = 0
+    for task in BRIGHT_TASKS[:7]:
+        with gzip.open(source / "examples" / f"{task}.jsonl.gz", "rt") as fh:
+            rows = [json.loads(line) for line in fh]
+        assert bright_answers(task, source=source) == [(r["query"], r["gold_answer"]) for r in rows]
+        total += len(rows)
+    assert total == 749
+    for task in BRIGHT_TASKS[7:]:  # leetcode, pony, aops, theoremqa: gold_answer is "N/A"
+        with pytest.raises(InputFormatError, match=f"BRIGHT {task} has no gold answers"):
+            bright_answers(task, source=source)
+    root = make_bright_fixture(tmp_path / "b")
+    pq.write_table(pa.table({"id": ["0", "1"], "query": ["q one", "q two"], "gold_answer": ["answer one", "N/A"]}),
+                   root / "examples" / "biology-00000-of-00001.parquet")
+    assert bright_answers("biology", source=root) == [("q one", "answer one")]
+    pq.write_table(pa.table({"id": ["0"], "query": ["q one"]}), root / "examples" / "biology-00000-of-00001.parquet")
+    with pytest.raises(InputFormatError, match=r"missing columns \['gold_answer'\]"):
+        bright_answers("biology", source=root)
+    with pytest.raises(ValueError, match="unknown BRIGHT task"):
+        bright_answers("chemistry", source=source)
 
 
 def test_parquet_layout_with_documents_and_long(tmp_path):

@@ -149,6 +149,32 @@ def test_qa_jsonl_builder_on_the_shared_stackexchange_data(shared_data):
     assert all(len(e.negatives) == 5 and not set(e.negatives) & set(e.positives) for e in validation)
 
 
+def test_bright_examples_only_train_and_leave_validation_as_it_was(tmp_path, shared_data, smol_backend):
+    from tongsearch_qr.training.trainer import prepare_data
+
+    cfg = tmp_path / "c.yaml"
+    site = shared_data / "stackexchange-qa" / "coffee" / "qa_pairs.jsonl"
+    cfg.write_text(f"stages: [keyterms]\nkeyterms: {{sft: {{use_cpu: true}}}}\n"
+                   f"data: {{qa_jsonl: ['{site}'], validation_size: 10, negatives: 5}}\n")
+    config = load_config(cfg)
+    tokenizer, template = smol_backend.tokenizer, config.template()
+    plain = prepare_data(config, tokenizer, template)
+    config.data.bright = {"source": str(shared_data / "bright"), "tasks": ["biology", "economics"]}
+    mixed = prepare_data(config, tokenizer, template)
+    bright = tdata.from_bright(["biology", "economics"], shared_data / "bright")
+    assert len(bright) == 206 and {ex.source for ex in bright} == {"biology", "economics"}
+    assert [(e.question, e.negatives) for e in mixed.validation] == [(e.question, e.negatives) for e in plain.validation]
+    assert mixed.validation_corpus == plain.validation_corpus == plain.corpus and len(plain.corpus) == 105
+    assert len(mixed.corpus) == 105 + 206 and len(mixed.train) == 95 + 206 == len(mixed.train_dataset)
+    plain_train = {e.question: e.negatives for e in plain.train}
+    for ex in mixed.train:  # the split data keeps its negatives; BRIGHT questions get theirs from every positive
+        if ex.source == "coffee":
+            assert ex.negatives == plain_train[ex.question]
+        else:
+            assert len(ex.negatives) == 5 and set(ex.negatives) <= set(mixed.corpus) - set(ex.positives)
+    assert dry_run(config)["examples"] == 105 + 206
+
+
 def test_grpo_dataset_is_conversational_with_truncated_prompts(smol_backend):
     from tongsearch_qr.prompts import PromptTemplate
 
@@ -235,6 +261,10 @@ def test_bad_configs_are_rejected(tmp_path):
     for bad in ("{user: 'q {question}', keyword: true}", "{user: 'q {question}', keywords: 'yes'}"):
         cfg.write_text(f"data: {{mapping: m.json}}\nprompt: {bad}\n")
         with pytest.raises(InputFormatError, match="prompt takes user, system and keywords"):
+            load_config(cfg)
+    for bad in ("tasks: biology", "tasks: [], source: hub", "tasks: [biology], dir: x"):
+        cfg.write_text(f"data: {{mapping: m.json, bright: {{{bad}}}}}\n")
+        with pytest.raises(InputFormatError, match="data.bright takes tasks"):
             load_config(cfg)
     cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrft: {objective: dpo, dpo: {no_such_option: 1}}\n")
     with pytest.raises(InputFormatError, match="rft.dpo: settings rejected by TRL's DPOConfig"):

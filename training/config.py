@@ -26,6 +26,7 @@ class DataConfig:
     qa_jsonl: list[str] = field(default_factory=list)  # globs of Q/A JSONL files
     mapping: str | None = None  # JSON question -> positive text(s)
     preferences: dict[str, Any] | None = None  # options of from_stack_exchange_preferences (hub)
+    bright: dict[str, Any] | None = None  # {tasks: [...], source: dir | hub}: training only, never validation
     negatives: int = 30
     validation_size: int = 32
     max_question_tokens: int = 384
@@ -135,6 +136,11 @@ class TrainConfig:
             files += map(Path, matched)
         return files
 
+    def bright_source(self) -> str | Path | None:
+        """Where ``data.bright`` is read from: a local folder (relative to ``base_dir``) or ``None`` (the hub)."""
+        source = (self.data.bright or {}).get("source", "hub")
+        return None if source == "hub" else self.path(source)
+
     def grpo_config(self, **overrides: Any) -> Any:
         """TRL ``GRPOConfig`` from ``grpo:`` (output_dir from the config unless given there)."""
         from trl import GRPOConfig
@@ -172,6 +178,13 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         raise InputFormatError(f"{file}: {exc}") from exc
     if not (config.data.qa_jsonl or config.data.mapping or config.data.preferences):
         raise InputFormatError(f"{file}: data needs qa_jsonl, mapping or preferences")
+    bright = config.data.bright
+    if bright is not None and (not isinstance(bright, dict) or set(bright) - {"tasks", "source"}
+                               or not isinstance(bright.get("tasks"), list) or not bright["tasks"]
+                               or not all(isinstance(t, str) for t in bright["tasks"])
+                               or not isinstance(bright.get("source", "hub"), str)):
+        raise InputFormatError(f"{file}: data.bright takes tasks (a list of BRIGHT StackExchange tasks) and source "
+                               f"(a folder or 'hub'); got {bright!r}")
     seeds = config.validation.sampling_seeds
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise InputFormatError(f"{file}: validation.sampling_seeds must be a list of integers (got {seeds!r})")

@@ -3,7 +3,8 @@ conversational format (``prompt`` messages plus the columns the rewards read).
 
 Sources: a JSON mapping question -> positive text(s) (the seed's format), Q/A JSONL files such as
 ``stackexchange-qa/<site>/qa_pairs.jsonl`` (the accepted answer is the positive: the paper's V2 data),
-and, online, the hub dataset ``HuggingFaceH4/stack-exchange-preferences`` (the paper's sampler).
+BRIGHT's StackExchange tasks (their ``gold_answer``), and, online, the hub dataset
+``HuggingFaceH4/stack-exchange-preferences`` (the paper's sampler).
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def from_qa_jsonl(paths: Iterable[str | os.PathLike[str]], *, question_fields: S
                 for p in read_qa_pairs(path, question_fields=question_fields, answer_field=answer_field)]
         examples += rows[:limit_per_file] if limit_per_file else rows
     return check_examples(examples, ", ".join(map(str, paths)) or "Q/A files")
+
+
+def from_bright(tasks: Sequence[str], source: str | os.PathLike[str] | None = None) -> list[TrainingExample]:
+    """Examples from BRIGHT's StackExchange tasks: each query with its accepted answer (``gold_answer``) as the
+    positive; ``source`` a local BRIGHT copy (as :func:`tongsearch_qr.data.load_bright`) or ``None`` for the hub.
+    The task name is kept as ``source``."""
+    from tongsearch_qr.data import bright_answers
+
+    if isinstance(tasks, str) or not tasks:
+        raise InputFormatError(f"BRIGHT training data needs a list of tasks, got {tasks!r}")
+    examples = [TrainingExample(query, [answer], source=task)
+                for task in tasks for query, answer in bright_answers(task, source=source)]
+    return check_examples(examples, f"BRIGHT {', '.join(tasks)}")
 
 
 def site_of(domain_url: str) -> str:

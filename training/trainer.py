@@ -28,16 +28,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    """Train and validation examples (with negatives) and the TRL datasets built from them."""
+    """Train and validation examples (with negatives), the TRL datasets built from them, every positive
+    (``corpus``) and the positives of the data the validation split was drawn from (``validation_corpus``)."""
 
     train: list[data_mod.TrainingExample]
     validation: list[data_mod.TrainingExample]
     train_dataset: Any
     validation_dataset: Any
+    corpus: list[str]
+    validation_corpus: list[str]
 
 
 def build_examples(config: TrainConfig) -> list[data_mod.TrainingExample]:
-    """All examples the config's data section names."""
+    """The examples the config's data section names that are split into train and validation."""
     examples: list[data_mod.TrainingExample] = []
     if config.data.qa_jsonl:
         examples += data_mod.from_qa_jsonl(config.qa_files())
@@ -48,17 +51,32 @@ def build_examples(config: TrainConfig) -> list[data_mod.TrainingExample]:
     return data_mod.check_examples(examples, "training data")
 
 
+def build_training_only(config: TrainConfig) -> list[data_mod.TrainingExample]:
+    """The examples that only ever train (``data.bright``): validation stays on the split data."""
+    if config.data.bright is None:
+        return []
+    return data_mod.from_bright(config.data.bright["tasks"], config.bright_source())
+
+
 def prepare_data(config: TrainConfig, tokenizer: Any, template: PromptTemplate) -> PreparedData:
-    """Build, split (deterministically), mine negatives for and format the config's data."""
+    """Build, split (deterministically), mine negatives for and format the config's data. Training-only
+    examples join the training split (mixed in by the same hash order); their negatives come from every positive,
+    while the split data's come from its own positives, so that validation is the same with or without them."""
     examples = build_examples(config)
     data_mod.mine_negatives(examples, config.data.negatives)
     train, validation = data_mod.split(examples, validation_size=config.data.validation_size)
+    validation_corpus = list(dict.fromkeys(p for ex in [*train, *validation] for p in ex.positives))
+    extra = build_training_only(config)
+    corpus = list(dict.fromkeys([*validation_corpus, *(p for ex in extra for p in ex.positives)]))
+    if extra:
+        data_mod.mine_negatives(extra, config.data.negatives, corpus=corpus)
+        train = data_mod.split(train + extra, validation_size=0)[0]
     if config.data.limit:
         train = train[: config.data.limit]
     to_dataset = data_mod.to_grpo_dataset
     return PreparedData(train, validation, to_dataset(train, template, tokenizer, config.data.max_question_tokens),
                         to_dataset(validation, template, tokenizer, config.data.max_question_tokens)
-                        if validation else None)
+                        if validation else None, corpus, validation_corpus)
 
 
 def build_rewards(config: TrainConfig, corpus: list[str] | None = None) -> tuple[list[Any], list[float]]:
@@ -257,14 +275,15 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     template = config.template()
     model, tokenizer = load_model(config)
     prepared = prepare_data(config, tokenizer, template)
-    corpus = list(dict.fromkeys(p for ex in [*prepared.train, *prepared.validation] for p in ex.positives))
+    corpus = prepared.corpus
     rewards, weights = build_rewards(config, corpus)
     main_process = PartialState().is_main_process  # under `accelerate launch`, only the main process writes
     csv_log = CSVLog(output_dir / "log.csv")
     if prepared.validation and main_process:  # so that `tongsearch-qr eval --dataset beir:<output_dir>/validation` scores it
         data_mod.write_beir(prepared.validation, output_dir / "validation")
     validator = (Validator(config, prepared.validation, rewards, weights, template, tokenizer,
-                           corpus if config.validation.pool == "corpus" else None) if prepared.validation else None)
+                           prepared.validation_corpus if config.validation.pool == "corpus" else None)
+                 if prepared.validation else None)
     log.info("%s: %d training questions, %d validation, rewards %s, output %s", "+".join(config.stages),
              len(prepared.train), len(prepared.validation), [r.__name__ for r in rewards], output_dir)
     logged = itertools.count()
@@ -372,7 +391,7 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise InputFormatError(f"{where}: settings rejected by TRL's {config_class.__name__}: {exc}") from exc
     config.lora_config()
-    examples = build_examples(config)
+    examples = build_examples(config) + build_training_only(config)
     sample = examples[:sample_size]
     corpus = [p for ex in examples for p in ex.positives]
     data_mod.mine_negatives(sample, config.data.negatives, corpus=corpus)

@@ -41,7 +41,7 @@ def load_bright(task: str, *, source: str | os.PathLike[str] | None = None,
         raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)} (or 'all')")
     split = "long_documents" if long else "documents"
     hub = source is None or str(source) == "hub"
-    examples = _hub_rows("examples", task) if hub else _local_examples(Path(source), task)
+    examples = _hub_rows("examples", task) if hub else _local_examples(Path(source), task, _EXAMPLE_COLUMNS)
     qrels_file = None if hub or long else Path(source) / "qrels" / f"{task}.txt"
 
     queries: dict[str, str] = {}
@@ -66,13 +66,31 @@ def load_bright(task: str, *, source: str | os.PathLike[str] | None = None,
     return Collection(f"bright:{task}{':long' if long else ''}", queries, qrels, stream, excluded)
 
 
-def _local_examples(root: Path, task: str) -> list[dict]:
+def bright_answers(task: str, *, source: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
+    """``(query, gold_answer)`` of each example of a BRIGHT StackExchange task (the accepted answer, BRIGHT's
+    ``gold_answer``); ``source`` as in :func:`load_bright`. The other tasks have no gold answers: an error."""
+    if task not in BRIGHT_TASKS:
+        raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)}")
+    hub = source is None or str(source) == "hub"
+    rows = _hub_rows("examples", task) if hub else _local_examples(Path(source), task, ["query", "gold_answer"])
+    pairs = [(row["query"], row["gold_answer"]) for row in rows
+             if isinstance(row.get("gold_answer"), str) and row["gold_answer"].strip() not in ("", "N/A")]
+    if not pairs:
+        raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
+                               f"{', '.join(BRIGHT_TASKS[:7])})")
+    return pairs
+
+
+_EXAMPLE_COLUMNS = ["id", "query", "gold_ids", "gold_ids_long", "excluded_ids"]
+
+
+def _local_examples(root: Path, task: str, columns: list[str]) -> list[dict]:
+    """The task's examples from a local copy (parquet: only ``columns``, which must exist except gold_ids_long)."""
     if not root.is_dir():
         raise DataNotAvailableError(f"BRIGHT directory {root} does not exist")
     parquet = _parquet_files(root / "examples", task)
     if parquet:
-        return [row for path in parquet for row in _read_parquet(path, ["id", "query", "gold_ids", "gold_ids_long",
-                                                                        "excluded_ids"])]
+        return [row for path in parquet for row in _read_parquet(path, columns)]
     for name in (f"{task}.jsonl.gz", f"{task}.jsonl"):
         path = root / "examples" / name
         if path.is_file():
