@@ -40,9 +40,9 @@ _BASE_ALIASES = {BASE_MODEL, "smollm2", "smollm2-base", "SmolLM2-135M-Instruct",
 EMBEDDED_ADAPTER = Path(__file__).resolve().parent / "embedded"
 #: sha256 of each file of the shipped adapter that goes into the model, checked before it is loaded
 EMBEDDED_ADAPTER_SHA256 = {
-    "adapter_config.json": "5c2b7d1354e78621677fd36346b3abfe27f949f5cf1e91b8d5047a8930c30440",
-    "adapter_model.safetensors": "4959c6b829053b973c3e907be8083665e68b8474eb7f87b81ce67e22588ba9ad",
-    "tongsearch_qr.json": "7b201f2e7bddba6db617a39a29e10b3dc478698de23ebce1d0ac3761fb43a2d9",
+    "adapter_config.json": "2e487406ffd4787cbd251dd7749283eb6ae134ca93cfaedaec5d47e01e62dd12",
+    "adapter_model.safetensors": "b290606792cc8c1fa407bc1df5d338439bf5113f100f9316e613014d5be9b9b2",
+    "tongsearch_qr.json": "01fdbd2084cdef8e06c840ca7323f04ceee46a9f82e065e95a0903b226946026",
 }
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
