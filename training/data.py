@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tongsearch_qr.data.bright import bright_answers
 from tongsearch_qr.data.qa import ANSWER_FIELD, QUESTION_FIELDS, read_qa_pairs
 from tongsearch_qr.errors import DataNotAvailableError, InputFormatError
 from tongsearch_qr.prompts import PromptTemplate
@@ -81,8 +82,6 @@ def from_bright(tasks: Sequence[str], source: str | os.PathLike[str] | None = No
     """Examples from BRIGHT's StackExchange tasks: each query with its accepted answer (``gold_answer``) as the
     positive; ``source`` a local BRIGHT copy (as :func:`tongsearch_qr.data.load_bright`) or ``None`` for the hub.
     The task name is kept as ``source``."""
-    from tongsearch_qr.data import bright_answers
-
     if isinstance(tasks, str) or not tasks:
         raise InputFormatError(f"BRIGHT training data needs a list of tasks, got {tasks!r}")
     examples = [TrainingExample(query, [answer], source=task)

@@ -22,6 +22,8 @@ from .trec import read_qrels
 HUB_ID = "xlangai/BRIGHT"
 BRIGHT_TASKS = ["biology", "earth_science", "economics", "psychology", "robotics", "stackoverflow",
                 "sustainable_living", "leetcode", "pony", "aops", "theoremqa_theorems", "theoremqa_questions"]
+#: the tasks whose ``gold_answer`` is a StackExchange accepted answer (the others have none)
+STACKEXCHANGE_TASKS = BRIGHT_TASKS[:7]
 LOCAL_HELP = ("use a local copy instead: examples and qrels as in the shared data (examples/<task>.jsonl.gz, "
               "qrels/<task>.txt) or the hub's parquet layout (examples/, documents/, long_documents/ holding "
               "<task>-00000-of-00001.parquet), e.g. `--bright-dir DIR --documents DIR` or "
@@ -37,11 +39,9 @@ def load_bright(task: str, *, source: str | os.PathLike[str] | None = None,
     hub ``source`` and no ``documents`` the hub's documents are used). ``long`` selects
     ``long_documents`` and ``gold_ids_long``.
     """
-    if task not in BRIGHT_TASKS:
-        raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)} (or 'all')")
     split = "long_documents" if long else "documents"
-    hub = source is None or str(source) == "hub"
-    examples = _hub_rows("examples", task) if hub else _local_examples(Path(source), task, _EXAMPLE_COLUMNS)
+    hub = _is_hub(source)
+    examples = _examples(task, source, ["id", "query", "gold_ids", "gold_ids_long", "excluded_ids"])
     qrels_file = None if hub or long else Path(source) / "qrels" / f"{task}.txt"
 
     queries: dict[str, str] = {}
@@ -69,19 +69,26 @@ def load_bright(task: str, *, source: str | os.PathLike[str] | None = None,
 def bright_answers(task: str, *, source: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
     """``(query, gold_answer)`` of each example of a BRIGHT StackExchange task (the accepted answer, BRIGHT's
     ``gold_answer``); ``source`` as in :func:`load_bright`. The other tasks have no gold answers: an error."""
-    if task not in BRIGHT_TASKS:
-        raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)}")
-    hub = source is None or str(source) == "hub"
-    rows = _hub_rows("examples", task) if hub else _local_examples(Path(source), task, ["query", "gold_answer"])
+    rows = _examples(task, source, ["query", "gold_answer"])
     pairs = [(row["query"], row["gold_answer"]) for row in rows
              if isinstance(row.get("gold_answer"), str) and row["gold_answer"].strip() not in ("", "N/A")]
     if not pairs:
         raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
-                               f"{', '.join(BRIGHT_TASKS[:7])})")
+                               f"{', '.join(STACKEXCHANGE_TASKS)})")
     return pairs
 
 
-_EXAMPLE_COLUMNS = ["id", "query", "gold_ids", "gold_ids_long", "excluded_ids"]
+def _examples(task: str, source: str | os.PathLike[str] | None, columns: list[str]) -> Any:
+    """A task's example rows from the hub (``source`` ``None``/``"hub"``) or a local copy (there only ``columns``)."""
+    if task not in BRIGHT_TASKS:
+        raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)} (or 'all')")
+    if _is_hub(source):
+        return _hub_rows("examples", task)
+    return _local_examples(Path(source), task, columns)
+
+
+def _is_hub(source: str | os.PathLike[str] | None) -> bool:
+    return source is None or str(source) == "hub"
 
 
 def _local_examples(root: Path, task: str, columns: list[str]) -> list[dict]:
