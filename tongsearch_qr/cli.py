@@ -331,9 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo, seed=0)  # the same sampled reasoning, and so the same table, every run
 
-    training = sub.add_parser("train", help="GRPO-train a query reasoner with TRL (needs the train extra)")
+    training = sub.add_parser("train", help="train a query reasoner with TRL: key-term SFT, rejection sampling, GRPO "
+                                           "(needs the train extra)")
     training.add_argument("--config", required=True,
-                          help="YAML config, or a bundled one by name: cpu-tiny, qwen2.5-1.5b, qwen2.5-7b")
+                          help="YAML config, or a bundled one by name (training/configs: cpu-keyterms reproduces the "
+                               "shipped reasoner; cpu-tiny, cpu-rft, cpu-dpo, qwen2.5-1.5b, qwen2.5-7b)")
     training.add_argument("--dry-run", action="store_true",
                           help="check the config (GRPOConfig, data, rewards on sample completions) without training")
     training.add_argument("--resume", default=None, help="checkpoint folder to resume from, or 'latest'")
