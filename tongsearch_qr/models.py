@@ -40,8 +40,8 @@ _BASE_ALIASES = {BASE_MODEL, "smollm2", "smollm2-base", "SmolLM2-135M-Instruct",
 EMBEDDED_ADAPTER = Path(__file__).resolve().parent / "embedded"
 #: sha256 of each file of the shipped adapter that goes into the model, checked before it is loaded
 EMBEDDED_ADAPTER_SHA256 = {
-    "adapter_config.json": "2e487406ffd4787cbd251dd7749283eb6ae134ca93cfaedaec5d47e01e62dd12",
-    "adapter_model.safetensors": "b290606792cc8c1fa407bc1df5d338439bf5113f100f9316e613014d5be9b9b2",
+    "adapter_config.json": "85551894e7a331701b4e3e5db7fd21956b35a0d25ddd7680af75676e4f518c27",
+    "adapter_model.safetensors": "1c287557384ae1c68aca329014901b1fd8376e7a1f8a0ef607c00fe5e3785c1b",
     "tongsearch_qr.json": "01fdbd2084cdef8e06c840ca7323f04ceee46a9f82e065e95a0903b226946026",
 }
 T = TypeVar("T")
