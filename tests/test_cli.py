@@ -224,3 +224,13 @@ def test_every_command_line_option_is_documented_in_the_readme():
                for option in action.option_strings if option.startswith("--") and option != "--help"
                and not re.search(re.escape(option) + r"(?![\w-])", readme)}
     assert not missing, sorted(missing)
+
+
+def test_train_help_names_every_bundled_config(capsys):
+    from conftest import REPO
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    names = sorted(p.stem for p in (REPO / "training" / "configs").glob("*.yaml") if not p.stem.startswith("accelerate"))
+    assert "cpu-keyterms" in names and f"bundled: {', '.join(names)})" in helptext

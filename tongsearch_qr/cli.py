@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import TongSearchError
 from .generation import GenerationParams
@@ -334,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     training = sub.add_parser("train", help="train a query reasoner with TRL: key-term SFT, rejection sampling, GRPO "
                                            "(needs the train extra)")
     training.add_argument("--config", required=True,
-                          help="YAML config, or a bundled one by name (training/configs: cpu-keyterms reproduces the "
-                               "shipped reasoner; cpu-tiny, cpu-rft, cpu-dpo, qwen2.5-1.5b, qwen2.5-7b)")
+                          help="YAML config, or a bundled one by name (cpu-keyterms reproduces the shipped reasoner; "
+                               f"bundled: {', '.join(bundled_training_configs()) or 'none installed'})")
     training.add_argument("--dry-run", action="store_true",
                           help="check the config (GRPOConfig, data, rewards on sample completions) without training")
     training.add_argument("--resume", default=None, help="checkpoint folder to resume from, or 'latest'")
@@ -353,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to the server as they are")
     serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def bundled_training_configs() -> list[str]:
+    """Names of the YAML configs bundled with the training package, found without importing it (no TRL needed)."""
+    spec = importlib.util.find_spec(f"{__package__}.training")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(path.stem for folder in spec.submodule_search_locations
+                  for path in Path(folder, "configs").glob("*.yaml") if not path.stem.startswith("accelerate"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
