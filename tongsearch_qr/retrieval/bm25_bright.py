@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .base import Ranking, check_search_args, collect_documents, read_index_meta, write_index_meta
-from .lucene import analyze, analyze_flat
+from .lucene import analyze, analyze_ids
 
 
 class BrightBM25Retriever:
@@ -36,29 +36,23 @@ class BrightBM25Retriever:
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "BrightBM25Retriever":
         """Analyse and weight ``(doc id, text)`` pairs."""
-        import pandas as pd
+        from .bm25_bright_kernels import count_terms, first_documents
 
         ids, texts = collect_documents(docs)
-        flat, lengths = analyze_flat(texts, show_progress=self.show_progress)
-        codes, uniques = pd.factorize(flat, sort=False)
-        uniques = uniques.tolist()
-        doc_of_token = np.repeat(np.arange(len(ids)), lengths)
+        terms, lengths, vocabulary = analyze_ids(texts, show_progress=self.show_progress)
         # gensim's Dictionary numbers new terms document by document, each document's new terms sorted
-        first_seen = np.full(len(uniques), len(ids), dtype=np.int64)
-        np.minimum.at(first_seen, codes, doc_of_token)
-        first = first_seen.tolist()
-        order = sorted(range(len(uniques)), key=lambda i: (first[i], uniques[i]))
-        new_id = np.empty(len(uniques), dtype=np.int64)
-        new_id[order] = np.arange(len(uniques))
-        self.vocabulary = dict(zip(uniques, new_id.tolist()))
+        first = first_documents(terms, lengths, len(vocabulary))
+        order = np.lexsort((np.array(vocabulary, dtype=object).astype(str), first))
+        order = order[first[order] < len(ids)]  # a term in no document (only in a piece the JVM redid) is none
+        new_id = np.full(len(vocabulary), -1, dtype=np.int32)
+        new_id[order] = np.arange(len(order), dtype=np.int32)
+        self.vocabulary = {vocabulary[i]: k for k, i in enumerate(order.tolist())}
 
-        tf = sp.csr_matrix((np.ones(len(flat), dtype=np.float64), (doc_of_token, new_id[codes])),
-                           shape=(len(ids), len(uniques)))
-        tf.sum_duplicates()
-        tf.sort_indices()
+        indptr, indices, freq = count_terms(new_id[terms], lengths, len(order))
+        tf = sp.csr_matrix((freq, indices, indptr), shape=(len(ids), len(order)))
         num_docs = len(ids)
         self.avgdl = float(lengths.sum()) / num_docs
-        dfs = np.bincount(tf.indices, minlength=len(uniques))
+        dfs = np.bincount(tf.indices, minlength=len(order))
         log_n = math.log(num_docs + 1.0)
         self.idfs = np.array([log_n - math.log(df + 0.5) for df in dfs.tolist()])
         self.weights = self._weigh(tf, lengths).T.tocsr()
@@ -66,11 +60,11 @@ class BrightBM25Retriever:
         return self
 
     def _weigh(self, tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
-        """gensim's LuceneBM25Model term weights, float64 then float32, rows of ``tf`` with their lengths."""
-        rows = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
-        freq = tf.data
-        weight = self.idfs[tf.indices] * (freq / (freq + self.k1 * (1 - self.b + self.b * lengths[rows] / self.avgdl)))
-        return sp.csr_matrix((weight.astype(np.float32), tf.indices, tf.indptr), shape=tf.shape)
+        """gensim's LuceneBM25Model term weights (float32) of the rows of ``tf``, with their lengths."""
+        from .bm25_bright_kernels import weigh
+
+        weights = weigh(tf.indptr, tf.indices, tf.data, lengths, self.idfs, self.k1, self.b, self.avgdl)
+        return sp.csr_matrix((weights, tf.indices, tf.indptr), shape=tf.shape)
 
     def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
         rows, cols = [], []

