@@ -50,6 +50,51 @@ def test_zero_score_padding_save_load_and_separator(tmp_path):
     assert analyze(["one qqzxsepxzqq two", "three"]) == [["on", "qqzxsepxzqq", "two"], ["three"]]
 
 
+def every_shared_text(shared_data) -> dict[str, list[str]]:
+    """The texts the fast analyzer is proved on: SciFact, BRIGHT queries and gold answers, both published
+    reasoning files, the StackExchange Q/A."""
+    from tongsearch_qr.data import BRIGHT_TASKS, STACKEXCHANGE_TASKS, bright_answers, load_bright
+    from tongsearch_qr.data.qa import read_qa_pairs
+
+    scifact = shared_data / "scifact"
+    texts = {"scifact corpus": [f"{d['title']} {d['text']}" for d in map(json.loads, (scifact / "corpus.jsonl").open())],
+             "scifact queries": [q["text"] for q in map(json.loads, (scifact / "queries.jsonl").open())]}
+    texts["bright queries"] = [q for task in BRIGHT_TASKS
+                               for q in load_bright(task, source=shared_data / "bright").queries.values()]
+    texts["bright gold answers"] = [a for task in STACKEXCHANGE_TASKS
+                                    for _, a in bright_answers(task, source=shared_data / "bright")]
+    for path in sorted((shared_data / "tongsearch-qr").glob("*.json")):
+        texts[path.stem] = list(json.loads(path.read_text(encoding="utf-8")).values())
+    pairs = [p for path in sorted((shared_data / "stackexchange-qa").glob("*/qa_pairs.jsonl")) for p in read_qa_pairs(path)]
+    texts["stackexchange questions"] = [p.question for p in pairs]
+    texts["stackexchange answers"] = [p.answer for p in pairs]
+    return texts
+
+
+def test_fast_analysis_is_token_identical_to_the_jvm_on_every_shared_text(shared_data):
+    from tongsearch_qr.retrieval.lucene import analyze, jvm_analyze
+
+    texts = every_shared_text(shared_data)
+    assert len(texts) == 8 and all(len(group) > 100 for group in texts.values())
+    for name, group in texts.items():
+        assert analyze(group) == jvm_analyze(group), name
+    assert any(not text.isascii() for text in texts["bright gold answers"])  # both paths are exercised
+
+
+def test_fast_analysis_is_token_identical_to_the_jvm_on_random_text():
+    """Letters, digits and every character the ASCII rules treat specially, next to non-ASCII letters,
+    combining marks, no-break spaces, joiners, ideographs and emoji, in random order."""
+    import random
+
+    from tongsearch_qr.retrieval.lucene import analyze, jvm_analyze
+
+    rng = random.Random(7)
+    alphabet = [*"aZbY09_:.,;'\" -\t\n\r/@#", "s", "S", "'s", "é", "\u0301", "\u00a0", "α", "\u200d", "日本", "😀",
+                "\u00ad", "’", "x" * 120]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20000)]
+    assert analyze(texts) == jvm_analyze(texts)
+
+
 def test_pyserini_lucene_bm25_on_scifact(scifact, shared_data, tmp_path):
     """Lucene BM25 (k1=0.9, b=0.4) over an index pyserini builds: Anserini's SciFact reference is 0.6789."""
     from tongsearch_qr.data import load_beir

@@ -24,8 +24,8 @@ from tongsearch_qr.training.rewards import (
     checked,
     make_reward,
     ndcg_at,
-    reciprocal_rank,
     reasoning_of,
+    reciprocal_rank,
 )
 from tongsearch_qr.training.trainer import build_rewards
 

