@@ -15,6 +15,10 @@ on every backend, on the same queries, in one run:
 All paths use the paper's sampling settings (seeded), bfloat16 where the CPU has it; tokens are counted
 the same way for all (the generated text re-tokenised). Prints tokens/s and queries/s side by side and
 the ratios. Model load / server start-up times are printed apart and not counted.
+
+What limits the rate: each row's matrix-product work (2 x parameters per prompt token, plus the output layer
+per generated token; attention left out) per second, beside the bfloat16 matrix-product rate torch measures on
+this machine at the model's layer shapes, and the work rate a 30x speed-up over the seed would need.
 """
 
 from __future__ import annotations
@@ -143,6 +147,35 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], params
     return rows
 
 
+def matmul_flops(path: str, tokenizer, queries: list[str], texts: list[str]) -> float:
+    """Matrix-product FLOPs of reasoning ``texts`` for ``queries``: every prompt token through the layers,
+    every generated token through the layers and the output layer (llama architecture; attention left out)."""
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    kv = hidden * config["num_key_value_heads"] // config["num_attention_heads"]
+    per_token = 2 * layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
+    template = PromptTemplate.paper()
+    prompt_tokens = sum(len(tokenizer.apply_chat_template(template.messages(q), add_generation_prompt=True,
+                                                          return_dict=True)["input_ids"]) for q in queries)
+    generated = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return per_token * prompt_tokens + (per_token + 2 * hidden * config["vocab_size"]) * generated
+
+
+def bf16_matmul_rate(path: str, rows: int = 256, repeats: int = 200) -> float:
+    """FLOP/s of torch's bfloat16 matrix product at the model's layer shapes, ``rows`` tokens at a time."""
+    import torch
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    x = torch.randn(rows, hidden, dtype=torch.bfloat16)
+    weights = [torch.randn(hidden, inter, dtype=torch.bfloat16), torch.randn(inter, hidden, dtype=torch.bfloat16)]
+    (x @ weights[0]) @ weights[1]  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        (x @ weights[0]) @ weights[1]
+    return repeats * 2 * (2 * rows * hidden * inter) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
@@ -185,22 +218,31 @@ def main() -> None:
         rows += run_vllm_engine(args.vllm_python, queries, args.eager)
         rows += run_http(args.vllm_python, queries, args.concurrency, args.baseline_queries, args.eager)
 
+    path = resolve_model(MODEL).path
     for row in rows:
         row["tokens"] = sum(len(ids) for ids in tokenizer(row["texts"], add_special_tokens=False)["input_ids"])
         row["tps"] = row["tokens"] / row["seconds"]
+        row["gflops"] = matmul_flops(path, tokenizer, queries[: len(row["texts"])], row["texts"]) / row["seconds"] / 1e9
     base = rows[0]["tps"]
     by_label = {row["label"]: row for row in rows}
     print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
           "paper sampling (seeded)")
-    print(f"{'path':<48}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}")
+    print(f"{'path':<48}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}"
+          f"{'GFLOP/s':>9}")
     for row in rows:
         load = f"{row['load']:.0f}" if "load" in row else "-"
         print(f"{row['label']:<48}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
-              f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}")
+              f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}{row['gflops']:>9.1f}")
     best = max((row for row in rows if row["label"].startswith("llamacpp")), key=lambda row: row["tps"])
     batched = next(row for row in rows if row["label"].startswith("transformers backend, default"))
     print(f"best llamacpp ({best['label']}) vs seed batch-1: {best['tps'] / base:.1f}x; "
           f"vs transformers default batching: {best['tps'] / batched['tps']:.2f}x")
+    fastest = max(rows, key=lambda row: row["tps"])
+    work_per_token = fastest["gflops"] / fastest["tps"]  # GFLOP per generated token, prompt included
+    print(f"limit: {work_per_token:.2f} GFLOP of matrix products per generated token (prompt included); 30x the "
+          f"seed ({30 * base:.0f} tokens/s) needs {30 * base * work_per_token:.0f} GFLOP/s; the fastest row "
+          f"({fastest['label']}) does {fastest['gflops']:.0f}; torch's bfloat16 matrix product at the layer shapes "
+          f"(256 tokens at a time) does {bf16_matmul_rate(path) / 1e9:.0f} GFLOP/s here")
     if not args.skip_vllm:
         vllm8 = by_label["vllm engine, max_num_seqs=8"]["tps"]
         tf8 = next(row["tps"] for row in rows if row["label"].startswith("transformers backend, batch 8"))
