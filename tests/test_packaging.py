@@ -27,6 +27,7 @@ EXTRA_OF = {
     "tongsearch_qr/retrieval/lucene.py": "pyserini",
     "tongsearch_qr/retrieval/pyserini.py": "pyserini",
     "tongsearch_qr/retrieval/bm25_bright.py": "pyserini",
+    "tongsearch_qr/retrieval/bm25_bright_kernels.py": "pyserini",
     "tongsearch_qr/retrieval/dense.py": "dense",
     "tongsearch_qr/fusion.py": "fusion",
     "tongsearch_qr/backends/llamacpp_backend.py": "llamacpp",
