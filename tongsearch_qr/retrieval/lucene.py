@@ -77,9 +77,7 @@ def _analyzer() -> tuple[Any, Any, Any, Any]:
 def analyze(texts: Sequence[str], show_progress: bool = False) -> list[list[str]]:
     """Tokens of each text under pyserini's default Lucene analyzer (as BRIGHT uses)."""
     terms, lengths, vocabulary = analyze_ids(texts, show_progress)
-    words = np.array(vocabulary, dtype=object)[terms] if vocabulary else np.empty(0, dtype=object)
-    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    return [words[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
+    return _per_text(np.array(vocabulary, dtype=object)[terms], lengths)
 
 
 def analyze_ids(texts: Sequence[str], show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -167,9 +165,14 @@ def _ranks(sizes: np.ndarray) -> np.ndarray:
 
 
 def jvm_analyze(texts: Sequence[str]) -> list[list[str]]:
-    tokens, lengths = _jvm_analyze_flat(texts)
-    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    return [tokens[a:b].tolist() for a, b in zip(bounds, bounds[1:])]
+    """Tokens of each text, every text analysed by the JVM (the reference :func:`analyze` is proved against)."""
+    return _per_text(*_jvm_analyze_flat(texts))
+
+
+def _per_text(tokens: np.ndarray, lengths: np.ndarray) -> list[list[str]]:
+    """Consecutive ``tokens`` as one list per text of ``lengths`` tokens."""
+    starts, ends = _bounds(lengths)
+    return [tokens[a:b].tolist() for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 1000, show_progress: bool = False,
