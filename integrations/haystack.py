@@ -27,7 +27,7 @@ from YAML without extra flags.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -147,19 +147,21 @@ class CoreRetrieverComponent:
             self._retriever = make_retriever(self.kind, **self.options).index(pairs)
 
     @component.output_types(documents=list[Document])
-    def run(self, query: str, top_k: int | None = None) -> dict[str, Any]:
+    def run(self, query: str, top_k: int | None = None, exclude: list[str] | None = None) -> dict[str, Any]:
+        """The best ``top_k`` documents for ``query``, without the ``exclude`` ids (BRIGHT's excluded ids)."""
         if self._retriever is None:
             raise RuntimeError("CoreRetrieverComponent is not warmed up: call warm_up() (pipelines do it on run)")
-        ranking = self._retriever.search([query], k=top_k or self.top_k)[0]
+        ranking = self._retriever.search([query], k=top_k or self.top_k, exclude=[set(exclude or ())])[0]
         return {"documents": [replace(self._documents[doc_id], score=score) for doc_id, score in ranking]}
 
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+                 exclude: Mapping[str, Collection[str]] | None = None, **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``); with
     ``fusion`` (RRF, k=60, weights allowed) a second retriever searches the original query and a
-    ``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` fuses the two."""
+    ``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` fuses the two. Each query's ``exclude`` ids are
+    left out by every retriever, before any fusion."""
     from haystack import Pipeline
     from haystack.components.joiners import DocumentJoiner
 
@@ -181,5 +183,10 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
         pipeline.connect("question_retriever.documents", "joiner.documents")
         pipeline.connect("retriever.documents", "joiner.documents")
         last = "joiner"
-    return {qid: [(d.id, float(d.score or 0.0)) for d in pipeline.run({"reasoner": {"query": q}})[last]["documents"]]
-            for qid, q in queries.items()}
+    retrievers = ["retriever", "question_retriever"] if fusion is not None else ["retriever"]
+    rankings = {}
+    for qid, query in queries.items():
+        excluded = sorted((exclude or {}).get(qid, ()))
+        inputs = {"reasoner": {"query": query}, **{name: {"exclude": excluded} for name in retrievers}}
+        rankings[qid] = [(d.id, float(d.score or 0.0)) for d in pipeline.run(inputs)[last]["documents"]]
+    return rankings

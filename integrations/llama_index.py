@@ -21,7 +21,7 @@ Fusing the question's ranking with the reasoning's, LlamaIndex's way (:func:`fus
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -91,12 +91,14 @@ class QRQueryTransform(BaseQueryTransform):
 
 class CoreLlamaRetriever(BaseRetriever):
     """A tongsearch-qr retriever (``bm25``, ``bm25-bright``, ``dense``, ``pyserini``) as a LlamaIndex
-    retriever over ``TextNode``s (node ids are the document ids); it searches ``query_str``."""
+    retriever over ``TextNode``s (node ids are the document ids); it searches ``query_str``, leaving out the
+    ``exclude`` ids (see :meth:`excluding`)."""
 
-    def __init__(self, retriever: Retriever, nodes: Sequence[BaseNode], similarity_top_k: int = 10):
+    def __init__(self, retriever: Retriever, nodes: Sequence[BaseNode] | Mapping[str, BaseNode],
+                 similarity_top_k: int = 10, exclude: Collection[str] = ()):
         super().__init__()
-        self._retriever, self._nodes = retriever, {node.node_id: node for node in nodes}
-        self._top_k = similarity_top_k
+        self._retriever, self._top_k, self._exclude = retriever, similarity_top_k, exclude
+        self._nodes = nodes if isinstance(nodes, Mapping) else {node.node_id: node for node in nodes}
 
     @classmethod
     def from_nodes(cls, nodes: Sequence[BaseNode], kind: str = "bm25", *, similarity_top_k: int = 10,
@@ -106,8 +108,13 @@ class CoreLlamaRetriever(BaseRetriever):
         retriever = make_retriever(kind, **options).index((n.node_id, n.get_content()) for n in nodes)
         return cls(retriever, nodes, similarity_top_k)
 
+    def excluding(self, exclude: Collection[str]) -> CoreLlamaRetriever:
+        """The same index and nodes, leaving the ``exclude`` document ids out of every result (BRIGHT's
+        excluded ids of one query)."""
+        return CoreLlamaRetriever(self._retriever, self._nodes, self._top_k, exclude)
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        ranking = self._retriever.search([query_bundle.query_str], k=self._top_k)[0]
+        ranking = self._retriever.search([query_bundle.query_str], k=self._top_k, exclude=[self._exclude])[0]
         return [NodeWithScore(node=self._nodes[doc_id], score=score) for doc_id, score in ranking]
 
 
@@ -138,15 +145,20 @@ def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, f
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+                 exclude: Mapping[str, Collection[str]] | None = None, **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (with ``fusion``:
-    :func:`fused_with_question`) per query (``eval --via llama-index``)."""
+    :func:`fused_with_question`) per query (``eval --via llama-index``); each query's ``exclude`` ids are left
+    out of every ranking, before any fusion."""
     from llama_index.core.retrievers import TransformRetriever
     from llama_index.core.schema import TextNode
 
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
-    base = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
+    index = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
     transform = QRQueryTransform(reasoner=reasoner, mode=mode)
-    retriever = TransformRetriever(base, transform) if fusion is None else \
-        fused_with_question(base, transform, fusion, similarity_top_k=k)
-    return {qid: [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(q)] for qid, q in queries.items()}
+    rankings = {}
+    for qid, query in queries.items():
+        base = index.excluding((exclude or {}).get(qid, ()))
+        retriever = TransformRetriever(base, transform) if fusion is None else \
+            fused_with_question(base, transform, fusion, similarity_top_k=k)
+        rankings[qid] = [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(query)]
+    return rankings

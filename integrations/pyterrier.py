@@ -22,7 +22,7 @@ Fusing the question's ranking with the reasoning's, PyTerrier's way (:func:`fuse
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -90,14 +90,18 @@ class QRReasoner(pt.Transformer):
 class CoreRetriever(pt.Transformer):
     """A tongsearch-qr retriever (``bm25``, ``bm25-bright``, ``dense``, ``pyserini``) as a query ->
     results transformer (``qid, query, docno, score, rank``). Built :meth:`from_corpus`, it also loads
-    documents' text for ``pt.text.get_text(retriever)``."""
+    documents' text for ``pt.text.get_text(retriever)``. ``exclude`` maps a qid to document ids its results
+    leave out (BRIGHT's excluded ids), as the core retriever's ``search(exclude=...)`` does."""
 
-    def __init__(self, retriever: Retriever, num_results: int = 1000, texts: Mapping[str, str] | None = None):
+    def __init__(self, retriever: Retriever, num_results: int = 1000, texts: Mapping[str, str] | None = None,
+                 exclude: Mapping[str, Collection[str]] | None = None):
         self.retriever, self.num_results, self.texts = retriever, num_results, texts
+        self.exclude = exclude or {}
 
     @classmethod
     def from_corpus(cls, corpus: Iterable[Mapping[str, Any]], kind: str = "bm25", *, num_results: int = 1000,
-                    text_field: str = "text", **options: Any) -> CoreRetriever:
+                    text_field: str = "text", exclude: Mapping[str, Collection[str]] | None = None,
+                    **options: Any) -> CoreRetriever:
         """Index an iterable of dicts with ``docno`` and ``text_field`` using the core retriever ``kind``."""
         texts: dict[str, str] = {}
 
@@ -108,7 +112,7 @@ class CoreRetriever(pt.Transformer):
                 texts[str(doc["docno"])] = doc[text_field]
                 yield doc["docno"], doc[text_field]
 
-        return cls(make_retriever(kind, **options).index(pairs()), num_results, texts)
+        return cls(make_retriever(kind, **options).index(pairs()), num_results, texts, exclude)
 
     def text_loader(self, fields: list[str] | str = "*", *, verbose: bool = False) -> pt.Transformer:
         """A transformer adding each result's ``text`` (PyTerrier's ``HasTextLoader``)."""
@@ -121,7 +125,8 @@ class CoreRetriever(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.query_frame(inp, extra_columns=["query"])
-        rankings = self.retriever.search(inp["query"].tolist(), k=self.num_results) if len(inp) else []
+        exclude = [self.exclude.get(qid, ()) for qid in inp["qid"]] if self.exclude else None
+        rankings = self.retriever.search(inp["query"].tolist(), k=self.num_results, exclude=exclude) if len(inp) else []
         rows = [
             {**query_row, "docno": docno, "score": score, "rank": rank}
             for query_row, ranking in zip(inp.to_dict("records"), rankings)
@@ -135,9 +140,9 @@ def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion:
                         num_results: int = 1000) -> pt.Transformer:
     """``retriever`` on the question fused with ``reasoner >> retriever`` (whose results get the question back,
     ``pt.model.pop_queries``, so both rankings describe the same query), built from PyTerrier's own parts:
-    unweighted RRF is ``pyterrier_alpha``'s ``RRFusion`` (its ranks count from 0, so it is given ``k - 1``);
-    weighted RRF and score fusion are ``w * (... >> normalise) + ...`` with PyTerrier's operators, the
-    normalisers being ``pt.apply`` transformers (``pyterrier_alpha``'s ``PerQueryMaxMinScore`` fails to
+    unweighted RRF is ``pyterrier_alpha``'s ``RRFusion`` (it scores ``1 / (k + rank)`` with ranks from 0, so it is
+    given ``k + 1``); weighted RRF and score fusion are ``w * (... >> normalise) + ...`` with PyTerrier's
+    operators, the normalisers being ``pt.apply`` transformers (``pyterrier_alpha``'s ``PerQueryMaxMinScore`` fails to
     import its validator in pyterrier-alpha 0.16.5)."""
     import pyterrier_alpha as pta
 
@@ -149,7 +154,7 @@ def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion:
     runs = [retriever, reasoner >> retriever >> pt.apply.generic(pt.model.pop_queries)]
     weights = fusion.weights_for(len(runs), " (the question, then the reasoning)")
     if fusion.method == "rrf" and fusion.weights is None:
-        return pta.RRFusion(*runs, k=fusion.k - 1, num_results=num_results)
+        return pta.RRFusion(*runs, k=fusion.k + 1, num_results=num_results)
     normalise = pt.apply.generic(_reciprocal_ranks(fusion.k) if fusion.method == "rrf" else _min_max)
     parts = [w * (run >> normalise) for w, run in zip(weights, runs)]
     combined = parts[0]
@@ -178,10 +183,12 @@ def _min_max(res: pd.DataFrame) -> pd.DataFrame:
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: CoreReasoner, mode: str,
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+                 exclude: Mapping[str, Collection[str]] | None = None, **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``QRReasoner >> CoreRetriever`` (with ``fusion``: :func:`fused_with_question`) over a topics frame
-    (what ``tongsearch-qr eval --via pyterrier`` does)."""
-    stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k, **options)
+    (what ``tongsearch-qr eval --via pyterrier`` does); each query's ``exclude`` ids are left out of every
+    ranking, before any fusion."""
+    stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k,
+                                      exclude=exclude, **options)
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
     pipeline = QRReasoner(reasoner=reasoner, mode=mode) >> stage
     if fusion is not None:

@@ -107,3 +107,23 @@ def greedy_reasoner(smol_backend, reasoning_cache_file):
     from tongsearch_qr import GenerationParams, QRReasoner
 
     return QRReasoner(backend=smol_backend, generation=GenerationParams.greedy(16), cache=reasoning_cache_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised causal LM of the embedded model's architecture, a few layers of width 32, with the
+    embedded model's tokenizer and chat template: training tests exercise every code path in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tongsearch_qr.models import embedded_model_dir
+
+    source = embedded_model_dir()
+    config = AutoConfig.from_pretrained(source)
+    config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 8})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder

@@ -137,3 +137,57 @@ def test_pyserini_leaves_the_environment_as_it_was_and_removes_its_temporary_ind
     env["JAVA_HOME"] = "/usr/lib/jvm/some-old-java"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_kernels_stay_in_bounds_on_adversarial_texts_and_match_the_jvm(tmp_path):
+    """Every kernel compiled with NUMBA_BOUNDSCHECK=1 (a fresh numba cache, so nothing unchecked is reused), in a
+    subprocess (an unchecked write can crash the process): single letters, separators only, very long tokens,
+    empty strings, mixed scripts, many distinct tokens and random short texts are analysed as the JVM does and
+    indexed by bm25-bright without error."""
+    code = r'''
+import random
+import numpy as np
+from numba import config, njit
+from tongsearch_qr.retrieval import make_retriever
+from tongsearch_qr.retrieval.lucene import analyze, jvm_analyze
+
+@njit
+def past_the_end(a):
+    return a[len(a)]
+
+assert config.BOUNDSCHECK
+try:
+    past_the_end(np.zeros(1))
+    raise SystemExit("bounds are not checked")
+except IndexError:
+    pass
+rng = random.Random(3)
+alphabet = [*"aZ09_:.,;'\" -\t\n", "é", "\u0301", "α", "日本", "😀", "\u00a0", "x" * 300]
+cases = {
+    "the report's 'x y z' * 5": ["x y z"] * 5,
+    "single letters": ["a"] * 1000,
+    "letters a to h": list("abcdefgh"),
+    "one empty text": [""],
+    "empty texts": ["", "a", "", ""],
+    "separators only": [" ", "...", ",;:'", "_", "__ __", " \t\n", "-" * 5000],
+    "very long tokens": ["a" * 255, "b" * 256, "c" * 5000 + " d", ("e1" * 200 + " ") * 3, "é" * 300 + " f" * 3],
+    "mixed scripts": ["日本語 text", "αβγ abc.def", "café's 9,5 x\u0301y", "😀a😀 b", "a\u00a0b \u200dc"],
+    "many distinct tokens": [" ".join(f"w{i}" for i in range(20000)), *(f"t{i}" for i in range(5000))],
+    "random short texts": ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)],
+}
+failed = []
+for name, texts in cases.items():
+    try:
+        expected = jvm_analyze(texts)
+        assert analyze(texts) == expected, "tokens differ from the JVM's"
+        index = make_retriever("bm25-bright").index((str(i), text) for i, text in enumerate(texts))
+        assert set(index.vocabulary) == {t for tokens in expected for t in tokens}, "vocabulary differs"
+        assert len(index.search(["a x"], k=3)[0]) == min(3, len(texts)), "short ranking"
+    except Exception as exc:
+        failed.append(f"{name}: {type(exc).__name__}: {exc}")
+print("\n".join(failed) or "OK")
+'''
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), (done.returncode, done.stdout[-3000:],
+                                                                         done.stderr[-3000:])

@@ -142,7 +142,8 @@ def test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_questi
     from tongsearch_qr.models import reasoner_settings
 
     mode = reasoner_settings("default")["mode"]
-    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32"]) == 0
+    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32",
+                 "--no-bright"]) == 0
     out = capsys.readouterr().out
     assert "pydoc_data" in out and "[q01]" in out and "untrained reasoning:" in out
     rows = _demo_table(out)
@@ -153,7 +154,7 @@ def test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_questi
 
 def test_demo_of_another_model_compares_the_modes_asked_for(capsys):
     assert main(["demo", "--model", "base", "--no-cache", "--greedy", "--max-new-tokens", "8", "--batch-size", "32",
-                 "--modes", "original", "replace", "concat", "--show", "1"]) == 0
+                 "--modes", "original", "replace", "concat", "--show", "1", "--no-bright"]) == 0
     out = capsys.readouterr().out
     assert set(_demo_table(out)) == {"original", "replace", "concat"} and "untrained" not in out
 
@@ -234,3 +235,26 @@ def test_train_help_names_every_bundled_config(capsys):
     helptext = " ".join(capsys.readouterr().out.split())
     names = sorted(p.stem for p in (REPO / "training" / "configs").glob("*.yaml") if not p.stem.startswith("accelerate"))
     assert "cpu-keyterms" in names and f"bundled: {', '.join(names)})" in helptext
+
+
+def test_sampling_options_typed_beside_a_method_win_over_its_defaults(tmp_path, capsys):
+    from tongsearch_qr.cli import build_parser, reasoner_from_args
+
+    reasoning = tmp_path / "r.json"
+    reasoning.write_text("{}")
+
+    def generation(*options):
+        argv = ["reason", "--input", "q.jsonl", "--output", "o.jsonl", "--no-cache", "--model", f"file:{reasoning}"]
+        g = reasoner_from_args(build_parser().parse_args([*argv, *options])).generation
+        return g.temperature, g.top_p, g.top_k, g.repetition_penalty, g.max_new_tokens, g.do_sample
+
+    assert generation("--method", "hyde") == (0.7, 1.0, 0, 1.0, 512, True)
+    assert generation("--method", "hyde", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5",
+                      "--repetition-penalty", "1.2") == (0.3, 0.9, 5, 1.2, 512, True)
+    assert generation("--method", "bright-reasoning", "--temperature", "0.2") == (0.2, 0.8, 0, 1.0, 2048, True)
+    assert generation("--method", "hyde", "--greedy", "--repetition-penalty", "1.3")[3:] == (1.3, 512, False)
+    assert generation("--top-k", "7") == (0.7, 0.8, 7, 1.05, 500, True)  # no method: the paper's settings
+    with pytest.raises(SystemExit):
+        main(["reason", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "a value given here wins over the --method's" in helptext

@@ -125,7 +125,9 @@ def test_eval_counts_empty_reasoning_in_its_summary(tmp_path, caplog):
     reasoning.write_text(json.dumps({"salt water kidneys": "kidneys filter blood", "volcano eruption": ""}))
     rc, out = _eval(tmp_path, "--reasoner", f"file:{reasoning}", "--mode", "concat", "--no-cache")
     assert rc == 0
-    assert json.loads((out / "reasoning.json").read_text()) == {"queries": 2, "cached": 0, "generated": 2, "empty": 1}
+    report = json.loads((out / "reasoning.json").read_text())
+    assert report.pop("backend")["cache_id"].startswith("precomputed:")
+    assert report == {"queries": 2, "cached": 0, "generated": 2, "empty": 1}
     assert "1 completions came back empty" in caplog.text
 
 
@@ -152,3 +154,36 @@ def test_seeds_average_each_querys_metrics_over_the_samples(tmp_path):
     assert one[1] != one[2]
     both = run_collection(c, "bm25", reasoner=reasoner, mode="concat", seeds=[1, 2])["reasoning"]
     assert both.per_query["0"]["ndcg_cut_10"] == pytest.approx((one[1] + one[2]) / 2)
+
+
+def test_metrics_and_run_files_score_the_returned_order_of_tied_documents(tmp_path):
+    """trec_eval (and pytrec_eval) re-sort equal scores by doc id, descending: "c", "b", "a" here. The ranking
+    returned puts "a" first, so the metrics must be those of "a" first, and run.trec must make trec_eval read
+    that order too (parsed here the way trec_eval does: by score alone)."""
+    import pytrec_eval
+
+    from tongsearch_qr.data import read_run, write_run
+    from tongsearch_qr.evaluation import MEASURES
+    from tongsearch_qr.fusion import Fusion
+    from tongsearch_qr.metrics import evaluate
+
+    qrels = {"q": {"a": 1}, "r": {"y": 1}}
+    # RRF ties: "a" and "c" both first in one ranking, "b" second in both; the returned order breaks ties by id
+    fused = Fusion("rrf").fuse([[[("a", 2.0), ("b", 1.0)], [("x", 1.0)]], [[("c", 5.0), ("b", 4.0)], [("y", 0.0)]]], 10)
+    assert [doc for doc, _ in fused[0]] == ["b", "a", "c"] and fused[0][1][1] == fused[0][2][1]
+    run = {"q": dict(fused[0]), "r": {"x": 0.0, "z": 0.0, "y": 0.0}}  # r: all tied, "y" third as returned
+    metrics = evaluate(run, qrels, MEASURES)
+    assert metrics["q"]["recip_rank"] == 0.5 and metrics["q"]["P_1"] == 0.0
+    assert metrics["r"]["recip_rank"] == pytest.approx(1 / 3)
+    write_run(tmp_path / "run.trec", run)
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert [line.split()[2] for line in lines] == ["b", "a", "c", "x", "z", "y"]
+    with (tmp_path / "run.trec").open() as handle:
+        as_trec_eval_reads = pytrec_eval.parse_run(handle)
+    assert pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "ndcg_cut.10"}).evaluate(as_trec_eval_reads) == {
+        q: {m: metrics[q][m] for m in ("recip_rank", "ndcg_cut_10")} for q in qrels}
+    assert evaluate(read_run(tmp_path / "run.trec"), qrels, MEASURES) == metrics
+    written = read_run(tmp_path / "run.trec")
+    assert written["q"]["a"] == run["q"]["a"] and written["q"]["c"] == pytest.approx(run["q"]["c"], rel=1e-6)
+    with pytest.raises(ValueError, match="query 'q': document 'b' has score nan"):
+        evaluate({"q": {"a": 1.0, "b": float("nan")}}, qrels)

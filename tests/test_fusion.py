@@ -131,3 +131,20 @@ def test_transformers_samples_are_rows_of_one_batch_and_each_reproducible():
     assert len(set(three)) == 3  # independent draws
     assert backend.generate(["Why is the sea salty?"], template, params, samples=[2]) == three[2:]
     assert backend.generate(["Why is the sea salty?"], template, params) == three[:1]  # sample 0 = the plain draw
+
+
+def test_fusing_no_queries_and_numpy_weights():
+    import numpy as np
+
+    assert Fusion().fuse([[], []], depth=10) == []  # rankings of no queries: nothing fused, no ranx error
+    with pytest.raises(ValueError, match="nothing to fuse"):
+        Fusion().fuse([], depth=10)
+    for weight in (np.float64(2), np.float32(2), np.int64(2), 2):
+        fusion = Fusion("rrf", weights=(weight, 1))
+        assert fusion.weights == (2.0, 1.0) and all(type(w) is float for w in fusion.weights)
+        assert fusion.fuse([A, B], depth=10) == Fusion("rrf", weights=(2, 1)).fuse([A, B], depth=10)
+    for bad in ((np.float32(-1), 1), (np.float64(0), 0), (np.float32("nan"), 1), (True, 1), ("1", 1)):
+        with pytest.raises(ValueError, match="fusion weights"):
+            Fusion(weights=bad)
+    with pytest.raises(ValueError, match="2 fusion weights for 1 rankings"):
+        Fusion(weights=(np.float32(1), 1)).fuse([A], depth=10)

@@ -3,6 +3,8 @@ the end of turn, the cache, a model directory exported to GGUF, clear errors."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from conftest import EVERYDAY_QUESTIONS as QUESTIONS
 
@@ -73,3 +75,153 @@ def test_bad_models_and_options_are_refused_clearly(tmp_path):
     (other / "config.json").write_text('{"model_type": "qwen2", "num_hidden_layers": 28}')
     with pytest.raises(ModelNotAvailableError, match="convert_hf_to_gguf.py"):
         make_backend("llamacpp", other)
+
+
+#: SmolLM2-135M's KV cache per token: 30 layers x 3 KV heads x 64 dims x (key + value) x 2 bytes (float16)
+SMOL_KV_BYTES_PER_TOKEN = 30 * 3 * 64 * 2 * 2
+
+
+def test_runs_keep_the_kv_cache_in_its_budget_and_give_short_prompts_every_slot():
+    from tongsearch_qr.backends.llamacpp_backend import plan_runs
+
+    budget = 64 * 1024 * SMOL_KV_BYTES_PER_TOKEN  # 64 sequences of 1,024 tokens
+    lengths = [300] * 50 + [8000] + [3000] * 3 + [300] * 50
+    runs = plan_runs(lengths, 500, 64, budget, SMOL_KV_BYTES_PER_TOKEN)
+    assert [(len(r.rows), r.slots, r.per_sequence) for r in runs] == [(1, 1, 8704), (3, 3, 3584), (100, 64, 1024)]
+    assert sorted(row for r in runs for row in r.rows) == list(range(len(lengths)))
+    assert all(r.slots * r.per_sequence * SMOL_KV_BYTES_PER_TOKEN <= budget for r in runs)
+    assert runs[0].rows == [50] and all(lengths[row] + 500 <= r.per_sequence for r in runs for row in r.rows)
+    everything_fits = plan_runs([120, 80, 300], 500, 64, budget, SMOL_KV_BYTES_PER_TOKEN)
+    assert [(r.rows, r.slots, r.per_sequence) for r in everything_fits] == [([2, 0, 1], 3, 1024)]  # one context, as before
+
+
+def test_a_long_prompt_decodes_with_fewer_sequences_within_the_kv_budget(llama, monkeypatch):
+    """One context at a time, each within kv_cache_gib: the long prompts two at a time, the short ones all together."""
+    import llama_cpp
+
+    assert llama.kv_bytes_per_token == SMOL_KV_BYTES_PER_TOKEN
+    from tongsearch_qr.backends.prompting import render
+
+    long_questions = [f"{topic}: " + "why is this so? " * 300 for topic in ("Tides", "Storms")]
+    longest = max(len(render(llama.tokenizer, PAPER, q)) for q in long_questions) + 8
+    budget = 2 * -(-longest // 256) * 256 * SMOL_KV_BYTES_PER_TOKEN  # two sequences of the long prompts
+    small = make_backend("llamacpp", None, parallel=8, kv_cache_gib=budget / (1 << 30))
+    contexts = []
+    real = llama_cpp.llama_init_from_model
+
+    def init(model, params):
+        contexts.append((params.n_ctx, params.n_seq_max))
+        return real(model, params)
+
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", init)
+    texts = small.generate([*QUESTIONS[:3], *long_questions, *QUESTIONS[3:6]], PAPER, GenerationParams.greedy(8))
+    assert all(text.strip() for text in texts)
+    assert [slots for _, slots in contexts] == [2, 6]
+    assert all(n_ctx * SMOL_KV_BYTES_PER_TOKEN <= budget for n_ctx, _ in contexts), contexts
+    with pytest.raises(ValueError, match=r"needs 0\.\d+ GiB of KV cache, more than kv_cache_gib=0\.001"):
+        make_backend("llamacpp", None, kv_cache_gib=0.001).generate(long_questions, PAPER, GenerationParams.greedy(8))
+
+
+def test_concurrent_generate_calls_take_turns_on_the_one_context(monkeypatch):
+    """Thread A pauses inside its call (a sequence finished, others waiting) while thread B calls generate on the same
+    backend: B must not clear or replace A's context; both get what they get alone."""
+    backend = make_backend("llamacpp", None, parallel=2)
+    params = GenerationParams(max_new_tokens=16, seed=11)
+    alone_a, alone_b = backend.generate(QUESTIONS[:4], PAPER, params), backend.generate(QUESTIONS[4:8], PAPER, params)
+    b_is_in = threading.Event()
+    real_context = backend._context
+
+    def context(*args):
+        if threading.current_thread().name == "b":
+            b_is_in.set()
+        return real_context(*args)
+
+    monkeypatch.setattr(backend, "_context", context)
+    results, errors = {}, []
+
+    def call(name, questions, on_result=None):
+        try:
+            results[name] = backend.generate(questions, PAPER, params, on_result=on_result)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    b = threading.Thread(target=call, name="b", args=("b", QUESTIONS[4:8]))
+
+    def first_done_then_wait_for_b(row, text):
+        if not b.is_alive() and "b" not in results:
+            b.start()
+            b_is_in.wait(timeout=2)  # with turns, B cannot get in while A runs
+
+    a = threading.Thread(target=call, name="a", args=("a", QUESTIONS[:4], first_done_then_wait_for_b))
+    a.start()
+    a.join(timeout=300)
+    b.join(timeout=300)
+    assert not errors and results == {"a": alone_a, "b": alone_b}
+
+
+def test_bad_kv_budgets_are_refused():
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="kv_cache_gib must be > 0"):
+            make_backend("llamacpp", None, kv_cache_gib=bad)
+
+
+def test_the_shared_prompt_prefix_is_decoded_once_per_run_and_changes_little(llama, monkeypatch):
+    """The chat template and instructions before the question go through llama.cpp once per run, their KV cache
+    copied into every other sequence; greedy text stays that of whole-prompt prefills (up to llama.cpp's
+    rounding), and seeded runs still repeat."""
+    import llama_cpp
+
+    from tongsearch_qr.backends.llamacpp_backend import template_prefix
+    from tongsearch_qr.backends.prompting import render
+
+    prefix = template_prefix(llama.tokenizer, PAPER)
+    prompts = [render(llama.tokenizer, PAPER, q) for q in QUESTIONS[:6]]
+    assert len(prefix) >= 40 and all(p[:len(prefix)] == prefix for p in prompts)
+    assert render(llama.tokenizer, PAPER, "a")[:len(prefix)] == prefix
+    whole = make_backend("llamacpp", None, parallel=4, share_prefix=False)
+    decoded = []
+    real_decode = llama_cpp.llama_decode
+
+    def counting_decode(ctx, batch):
+        decoded.append(batch.n_tokens)
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+    greedy = GenerationParams.greedy(1)  # one token each: every decode is a prefill
+    llama.generate(QUESTIONS[:6], PAPER, greedy)
+    shared_tokens, decoded[:] = sum(decoded), []
+    whole.generate(QUESTIONS[:6], PAPER, greedy)
+    assert sum(decoded) == sum(map(len, prompts)) and shared_tokens == sum(decoded) - 5 * len(prefix)
+    monkeypatch.undo()
+
+    greedy = GenerationParams.greedy(16)
+    shared, plain = llama.generate(QUESTIONS[:6], PAPER, greedy), whole.generate(QUESTIONS[:6], PAPER, greedy)
+    assert sum(a == b for a, b in zip(shared, plain)) >= 4, list(zip(shared, plain))
+    seeded = GenerationParams(max_new_tokens=16, seed=5)
+    assert llama.generate(QUESTIONS[:6], PAPER, seeded) == llama.generate(QUESTIONS[:6], PAPER, seeded)
+
+
+def test_weight_types_are_exported_once_each_and_key_the_cache(llama):
+    q8 = make_backend("llamacpp", None, parallel=4, weights_type="q8_0")
+    assert q8.weights_type == "Q8_0" and q8.cache_id == llama.cache_id.rsplit(":", 1)[0] + ":q8_0"
+    assert q8.gguf_path != llama.gguf_path and make_backend("llamacpp", None, weights_type="Q8_0").gguf_path == q8.gguf_path
+    greedy = GenerationParams.greedy(12)
+    ours, reference = q8.generate(QUESTIONS[:6], PAPER, greedy), llama.generate(QUESTIONS[:6], PAPER, greedy)
+    tokens = [llama.tokenizer(t, add_special_tokens=False)["input_ids"][:4] for t in ours + reference]
+    assert sum(a == b for a, b in zip(tokens[:6], tokens[6:])) >= 4, list(zip(ours, reference))
+    with pytest.raises(ValueError, match="unknown GGUF weights type 'Q3'"):
+        make_backend("llamacpp", None, weights_type="Q3")
+
+
+def test_the_weight_type_follows_llamacpps_reported_cpu_features():
+    from tongsearch_qr.backends.llamacpp_backend import cpu_features, weights_type_for
+
+    class Reporting:
+        @staticmethod
+        def llama_print_system_info():
+            return b"CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 0 | AVX512_BF16 = 0 | OPENMP = 1 | "
+
+    zen3 = cpu_features(Reporting)
+    assert zen3 == {"SSE3", "AVX2", "F16C", "OPENMP"} and weights_type_for(zen3) == "F16"
+    assert weights_type_for(zen3 | {"AVX512", "AVX512_BF16"}) == "BF16"
+    assert "AVX2" in cpu_features()  # this machine, as the installed llama.cpp reports it

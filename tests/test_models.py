@@ -95,13 +95,6 @@ def test_two_models_saved_to_one_path_get_two_cache_identities(tmp_path, smol_ba
     assert ids[0] != ids[1] and ids[1] == ids[2]
 
 
-def test_openai_cache_identity_is_the_served_model_not_the_url():
-    from tongsearch_qr.backends.openai_backend import OpenAIBackend
-
-    here, there = OpenAIBackend("qr-7b", base_url="http://127.0.0.1:8000/v1"), OpenAIBackend("qr-7b", base_url="http://gpu-box:9000/v1")
-    assert here.cache_id == there.cache_id != OpenAIBackend("qr-1.5b", base_url="http://127.0.0.1:8000/v1").cache_id
-
-
 def test_a_lora_adapter_directory_loads_merged_once_with_its_prompt_and_mode(tmp_path, smol_backend, caplog):
     """What `tongsearch-qr train` writes with `lora:` is a model spec: merged into its base once and cached,
     with the prompt and rewrite mode it was trained for as the reasoner's defaults."""

@@ -5,85 +5,25 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import EVERYDAY_QUESTIONS as QUESTIONS
 from conftest import free_port
+from fake_openai_server import DROP, Servers
 
 from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner, ReasoningCache
+from tongsearch_qr.backends.base import row_seed
 from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.prompts import PromptTemplate
-
-DROP = object()
-
-
-class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 that answers each POST with the next scripted (status, headers, body)
-    (``DROP``: closes the connection without a reply), then with a chat completion echoing the question."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str], str]]):
-        self.script = list(script)
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def do_GET(self):
-                self._send(200, {}, json.dumps({"data": []}))
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                if outer.script and outer.script[0] is DROP:
-                    outer.script.pop(0)
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                elif outer.script:
-                    self._send(*outer.script.pop(0))
-                else:
-                    question = body["messages"][-1]["content"]
-                    # like vLLM: choice j of a seeded request is drawn with seed + j
-                    texts = [f"re: {question[-20:]}" + (f" #{body['seed'] + j}" if j or "seed" in body else "")
-                             for j in range(body.get("n", 1))]
-                    reply = {"choices": [{"index": j, "message": {"role": "assistant", "content": t}}
-                                         for j, t in reversed(list(enumerate(texts)))]}
-                    self._send(200, {}, json.dumps(reply))
-
-            def _send(self, status, headers, text):
-                data = text.encode()
-                self.send_response(status)
-                for key, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
 def scripted():
-    servers = []
-
-    def make(script):
-        servers.append(ScriptedServer(script))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
+    servers = Servers()
+    yield servers
+    servers.close()
 
 
 def backend(url, **options) -> OpenAIBackend:  # url: one or a list
@@ -92,11 +32,16 @@ def backend(url, **options) -> OpenAIBackend:  # url: one or a list
 
 def test_request_body_carries_the_papers_sampling_and_greedy_as_temperature_zero():
     b = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1")
-    body = b.request_body("why?", PromptTemplate.paper(), GenerationParams(seed=3))
+    params = GenerationParams(seed=3)
+    body = b.request_body("why?", PromptTemplate.paper(), params)
     assert body["messages"] == [{"role": "system", "content": ""},
                                 {"role": "user", "content": PromptTemplate.paper().messages("why?")[1]["content"]}]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"],
-            body["seed"]) == (500, 0.7, 0.8, 20, 1.05, 3)
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"]) == \
+        (500, 0.7, 0.8, 20, 1.05)
+    # the seed of each (seed, sample index) is derived as every backend derives a row's seed
+    assert body["seed"] == row_seed(3, body["messages"], params.key(), 0)
+    assert b.request_body("why?", PromptTemplate.paper(), params, sample=1)["seed"] == \
+        row_seed(3, body["messages"], params.key(), 1) != body["seed"]
     greedy = b.request_body("why?", PromptTemplate.paper(), GenerationParams.greedy(32))
     assert greedy["temperature"] == 0.0 and "top_p" not in greedy and greedy["max_tokens"] == 32
     strict = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", sampling_extras=False)
@@ -131,21 +76,59 @@ def test_429_and_5xx_are_retried_and_results_come_back_in_input_order(scripted):
     assert len(server.requests) == 7 + 3  # three answers were retried
 
 
-def test_samples_of_a_question_are_one_request_with_n(scripted, tmp_path):
-    server = scripted([])
-    params = GenerationParams(seed=10)
-    reasoner = QRReasoner("m", backend="openai", base_url=server.url, samples=3, generation=params,
+def test_each_seed_and_sample_index_draws_with_a_seed_of_its_own(scripted, tmp_path):
+    # like vLLM, the fake server draws choice j of a seeded request with seed + j: one seed sent with n would make
+    # seed 1's sample 1 seed 2's sample 0
+    server = scripted()
+    reasoner = QRReasoner("m", backend="openai", base_url=server.url, samples=2, generation=GenerationParams(seed=1),
                           cache=tmp_path / "c.sqlite")
-    got = reasoner.reason_samples(["why?", "how?"])
-    assert [r["n"] for r in server.requests] == [3, 3] and {r["seed"] for r in server.requests} == {10}
-    assert [[text.rsplit(" ", 1)[1] for text in texts] for texts in got] == [["#10", "#11", "#12"]] * 2
-    # a later run that asks for a fourth sample gets the first three from the cache and choice 3 of n=4
-    more = QRReasoner("m", backend="openai", base_url=server.url, samples=4, generation=params,
+    by_seed = {seed: reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(["why?", "how?"])
+               for seed in (1, 2)}  # as eval --seeds 1,2 --samples 2 does
+    for i in range(2):
+        assert len(set(by_seed[1][i] + by_seed[2][i])) == 4, "four distinct draws"
+    assert [r["n"] for r in server.requests] == [1] * 8 and len({r["seed"] for r in server.requests}) == 8
+    # a later run that asks for a third sample gets the first two from the cache and draws only the third
+    more = QRReasoner("m", backend="openai", base_url=server.url, samples=3, generation=GenerationParams(seed=1),
                       cache=tmp_path / "c.sqlite").reason_samples(["why?"])
-    assert more[0][:3] == got[0] and more[0][3].endswith("#13") and server.requests[-1]["n"] == 4
+    assert more[0][:2] == by_seed[1][0] and len(server.requests) == 9 and more[0][2] not in by_seed[1][0]
+    # unseeded, a question's samples are one request with n
+    backend(server.url).generate(["q", "q"], PromptTemplate.paper(), GenerationParams(), samples=[0, 1])
+    assert server.requests[-1]["n"] == 2 and "seed" not in server.requests[-1]
     short = scripted([(200, {}, json.dumps({"choices": [{"index": 0, "message": {"content": "one"}}]}))])
     with pytest.raises(BackendUnavailableError, match="must support the 'n' parameter"):
         backend(short.url).generate(["q", "q"], PromptTemplate.paper(), GenerationParams(), samples=[0, 1])
+
+
+def test_the_cache_keys_by_the_id_the_server_lists_so_new_weights_get_new_keys(scripted, tmp_path):
+    server = scripted(models=[{"id": "/runs/qr@1111", "object": "model"}])  # as tongsearch-qr serve lists a model
+    cache, greedy = tmp_path / "c.sqlite", GenerationParams.greedy(16)
+    first = QRReasoner("/runs/qr", backend="openai", base_url=server.url, generation=greedy, cache=cache)
+    assert first.backend.cache_id == "openai:/runs/qr@1111"
+    first.reason(["why?"])
+    assert server.requests[-1]["model"] == "/runs/qr@1111"
+    server.models = [{"id": "/runs/qr@2222", "object": "model"}]  # retrained into the same folder, served again
+    with pytest.raises(BackendUnavailableError, match="now serve '/runs/qr@2222', not '/runs/qr@1111'"):
+        first.reason(["how?"])  # this backend's keys belong to the old weights
+    second = QRReasoner("/runs/qr", backend="openai", base_url=server.url, generation=greedy, cache=cache)
+    assert second.backend.cache_id == "openai:/runs/qr@2222"
+    second.reason(["why?"])  # not the old weights' cached completion
+    assert len(server.requests) == 2 and server.requests[-1]["model"] == "/runs/qr@2222"
+    exact = QRReasoner("/runs/qr@2222", backend="openai", base_url=server.url, generation=greedy, cache=cache)
+    assert exact.backend.cache_id == "openai:/runs/qr@2222"
+    # a server that does not list the model: keyed by the name given
+    assert backend(scripted().url).cache_id == "openai:served-model"
+    # replicas must serve the same weights
+    other = scripted(models=[{"id": "/runs/qr@3333"}])
+    with pytest.raises(BackendUnavailableError, match="serve different models"):
+        _ = OpenAIBackend("/runs/qr", base_url=[server.url, other.url]).cache_id
+    with pytest.raises(BackendUnavailableError, match="no OpenAI-compatible server answers"):
+        _ = backend(f"http://127.0.0.1:{free_port()}/v1").cache_id
+
+
+def test_the_cache_identity_is_the_served_model_not_the_url(scripted):
+    here, there = scripted(models=[{"id": "qr-7b"}]), scripted(models=[{"id": "qr-7b"}, {"id": "qr-1.5b"}])
+    assert OpenAIBackend("qr-7b", base_url=here.url).cache_id == OpenAIBackend("qr-7b", base_url=there.url).cache_id \
+        != OpenAIBackend("qr-1.5b", base_url=there.url).cache_id
 
 
 def test_retries_run_out_with_a_clear_error_after_finished_items_were_reported(scripted):

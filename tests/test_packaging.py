@@ -7,14 +7,20 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
-import tomllib
 from conftest import REPO
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the lowest Python that requires-python allows
+    import tomli as tomllib
 
 #: source file -> the extra that may bring its imports (everything else must be a core dependency)
 EXTRA_OF = {
@@ -24,6 +30,7 @@ EXTRA_OF = {
     "training/": "train",
     "tongsearch_qr/backends/vllm_backend.py": "vllm",
     "tongsearch_qr/backends/openai_backend.py": "openai",
+    "tongsearch_qr/backends/openai_servers.py": "openai",
     "tongsearch_qr/retrieval/lucene.py": "pyserini",
     "tongsearch_qr/retrieval/pyserini.py": "pyserini",
     "tongsearch_qr/retrieval/bm25_bright.py": "pyserini",
@@ -31,6 +38,7 @@ EXTRA_OF = {
     "tongsearch_qr/retrieval/dense.py": "dense",
     "tongsearch_qr/fusion.py": "fusion",
     "tongsearch_qr/backends/llamacpp_backend.py": "llamacpp",
+    "tongsearch_qr/scale/ray_job.py": "ray",
 }
 #: modules that belong to packages not installed in the test environment
 NOT_INSTALLED = {"vllm": "vllm"}
@@ -85,11 +93,38 @@ def test_the_core_declares_no_extra_only_dependency():
     assert not core & {"httpx", "pandas", "pyserini", "trl", "vllm"}, core
 
 
+@pytest.fixture(scope="module")
+def wheel_build(tmp_path_factory) -> tuple[Path, str]:
+    """A wheel that setuptools (the build backend pip runs for `pip install .`) builds from a clean copy of the
+    source files (those git tracks or would track), and everything the build printed."""
+    source, dist = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if (REPO / name).is_file():  # a tracked file deleted in the working tree is left out
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    code = "import sys, setuptools.build_meta as backend; print(backend.build_wheel(sys.argv[1]))"
+    build = subprocess.run([sys.executable, "-W", "default", "-c", code, str(dist)], cwd=source, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return dist / build.stdout.split()[-1], build.stdout + build.stderr
+
+
+def test_a_wheel_builds_without_a_setuptools_warning(wheel_build):
+    """Users read warnings as breakage: the build prints none, and the data folders are in the wheel."""
+    wheel, log = wheel_build
+    warnings = [line for line in log.splitlines() if re.search(r"warn|!!", line, re.IGNORECASE)]
+    assert not warnings, "\n".join(warnings)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"tongsearch_qr/embedded/adapter_model.safetensors", "tongsearch_qr/embedded/tongsearch_qr.json",
+            "tongsearch_qr/training/configs/cpu-keyterms.yaml"} <= names
+
+
 @pytest.mark.slow
-def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path, shared_data):
-    dist, target = tmp_path / "dist", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(REPO)], check=True)
-    wheel = next(dist.glob("tongsearch_qr-*.whl"))
+def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path, shared_data, wheel_build):
+    wheel, target = wheel_build[0], tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
                    check=True)
     work = tmp_path / "work"  # outside the source tree, with ../shared beside it as in a checkout
@@ -118,3 +153,17 @@ def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path
     assert json.loads((work / "out" / "metrics.json").read_text())["average"]["ndcg_cut_10"] > 0.6
     report = json.loads(run(cli, "train", "--config", "cpu-tiny", "--dry-run"))
     assert report["examples"] > 1000 and report["tokenizer_checked"]
+
+
+def test_make_test_runs_the_core_tests_on_the_lowest_python_requires_python_allows():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lowest = re.fullmatch(r">=\s*(3\.\d+)", project["project"]["requires-python"]).group(1)
+    assert project["tool"]["ruff"]["target-version"] == f"py{lowest.replace('.', '')}"
+    makefile = (REPO / "Makefile").read_text()
+    assert f"/versions/{lowest}.*/bin/python{lowest})" in makefile and f"python{lowest})" in makefile
+    test_recipe = re.search(r"^test: (.*)\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert "setup-min" in test_recipe.group(1) and "$(MIN_PYTEST)" in test_recipe.group(2)
+    listed = re.findall(r"tests/\S+?\.py", makefile.split("MIN_TESTS :=")[1].split("MIN_PYTEST =")[0])
+    assert listed and all((REPO / name).is_file() for name in listed), listed  # a renamed test file is not left behind
+    skipped = re.findall(r"(tests/\S+?\.py)::(\w+)", makefile)
+    assert all(f"def {test}(" in (REPO / name).read_text() for name, test in skipped), skipped

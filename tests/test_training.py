@@ -1,14 +1,11 @@
-"""GRPO training module: rewards on hand-computed cases, data builders on the real StackExchange Q/A data,
-configs (the GPU recipes dry-run here), bad inputs, and a short real TRL run that saves, resumes and loads."""
+"""Training module, the parts that need no training run: rewards on hand-computed cases (nDCG against
+pytrec_eval), data builders on the real StackExchange Q/A and BRIGHT data, validation, configs (the GPU recipes
+dry-run here) and bad inputs. Runs of the stages are in test_training_stages.py."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import pytest
 from tongsearch_qr.errors import InputFormatError
 from tongsearch_qr.training import CONFIG_DIR, config_path, dry_run, load_config
 from tongsearch_qr.training import data as tdata
+from tongsearch_qr.training.prepare import build_rewards
 from tongsearch_qr.training.rewards import (
     BM25Rank,
     EmbeddingAdvantage,
@@ -27,7 +25,6 @@ from tongsearch_qr.training.rewards import (
     reasoning_of,
     reciprocal_rank,
 )
-from tongsearch_qr.training.trainer import build_rewards
 
 
 def msg(text: str) -> list[dict]:
@@ -117,6 +114,39 @@ def test_rank_metrics_by_hand():
     assert ndcg_at([False, True, True], 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
 
 
+@pytest.mark.parametrize("ranked, relevant", [([True], 2), ([False, True, False], 3), ([True, True], 2),
+                                              ([False] * 12 + [True], 1), ([False, False, True, False, True], 4)])
+def test_ndcg_reward_agrees_with_pytrec_eval_when_positives_are_not_all_retrieved(ranked, relevant):
+    import pytrec_eval
+
+    run = {"q": {f"d{i}": float(100 - i) for i in range(len(ranked))}}
+    qrels = {"q": {f"d{i}": 1 for i, rel in enumerate(ranked) if rel}}
+    qrels["q"].update({f"missing{j}": 1 for j in range(relevant - sum(ranked))})
+    expected = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)["q"]["ndcg_cut_10"]
+    assert ndcg_at(ranked, 10, relevant=relevant) == pytest.approx(expected)
+
+
+def test_bm25_rank_ndcg_counts_the_positives_it_did_not_retrieve():
+    """One of two positives at rank 1 over a corpus, the other beyond the depth: 0.613 (pytrec_eval), not 1."""
+    corpus = ["burr grinders give even grounds", "blade grinders chop unevenly", "milk frothing for lattes"]
+    reward = BM25Rank(mode="replace", metric="ndcg", gain=False, corpus=corpus, depth=1)
+    out = reward([msg("burr even")], question=["which grinder"], positives=[[corpus[0], corpus[2]]])
+    assert out == pytest.approx([1 / (1 + 1 / math.log2(3))])
+
+
+def test_bm25_rank_over_each_questions_source():
+    pools = {"coffee": ["burr grinders give even grounds", "blade grinders chop unevenly"],
+             "tea": ["green tea steeps at 80 degrees", "black tea takes boiling water"]}
+    reward = BM25Rank(mode="replace", metric="rr", gain=False, corpus=pools)
+    out = reward([msg("even grounds"), msg("boiling water")], question=["grind?", "brew?"],
+                 positives=[[pools["coffee"][0]], [pools["tea"][1]]], source=["coffee", "tea"])
+    assert out == [1.0, 1.0]
+    with pytest.raises(ValueError, match="needs the dataset's source column"):
+        reward([msg("x")], question=["q"], positives=[["p"]])
+    with pytest.raises(ValueError, match="no corpus for source 'wine'"):
+        reward([msg("x")], question=["q"], positives=[[pools["tea"][0]]], source=["wine"])
+
+
 def test_shaping_rewards():
     assert LengthPenalty(max_words=4)([msg("a b c"), msg("a b c d e f"), msg("a " * 20), msg("")]) == [0.0, -0.5, -1.0, -1.0]
     assert ThinkFormat()([msg("<think>x</think><answer>y</answer>"), msg("y"), "<think>x</think><answer> </answer>"]) == [1, 0, 0]
@@ -150,22 +180,23 @@ def test_qa_jsonl_builder_on_the_shared_stackexchange_data(shared_data):
 
 
 def test_bright_examples_only_train_and_leave_validation_as_it_was(tmp_path, shared_data, smol_backend):
-    from tongsearch_qr.training.trainer import prepare_data
+    from tongsearch_qr.training.prepare import prepare
 
     cfg = tmp_path / "c.yaml"
     site = shared_data / "stackexchange-qa" / "coffee" / "qa_pairs.jsonl"
     cfg.write_text(f"stages: [keyterms]\nkeyterms: {{sft: {{use_cpu: true}}}}\n"
                    f"data: {{qa_jsonl: ['{site}'], validation_size: 10, negatives: 5}}\n")
     config = load_config(cfg)
-    tokenizer, template = smol_backend.tokenizer, config.template()
-    plain = prepare_data(config, tokenizer, template)
+    tokenizer = smol_backend.tokenizer
+    plain = prepare(config, tokenizer)
     config.data.bright = {"source": str(shared_data / "bright"), "tasks": ["biology", "economics"]}
-    mixed = prepare_data(config, tokenizer, template)
+    mixed = prepare(config, tokenizer)
     bright = tdata.from_bright(["biology", "economics"], shared_data / "bright")
     assert len(bright) == 206 and {ex.source for ex in bright} == {"biology", "economics"}
     assert [(e.question, e.negatives) for e in mixed.validation] == [(e.question, e.negatives) for e in plain.validation]
     assert mixed.validation_corpus == plain.validation_corpus == plain.corpus and len(plain.corpus) == 105
-    assert len(mixed.corpus) == 105 + 206 and len(mixed.train) == 95 + 206 == len(mixed.train_dataset)
+    assert len(mixed.corpus) == 105 + 206 and len(mixed.train) == 95 + 206
+    assert {s: len(docs) for s, docs in mixed.pools.items()} == {"coffee": 105, "biology": 103, "economics": 103}
     plain_train = {e.question: e.negatives for e in plain.train}
     for ex in mixed.train:  # the split data keeps its negatives; BRIGHT questions get theirs from every positive
         if ex.source == "coffee":
@@ -173,24 +204,38 @@ def test_bright_examples_only_train_and_leave_validation_as_it_was(tmp_path, sha
         else:
             assert len(ex.negatives) == 5 and set(ex.negatives) <= set(mixed.corpus) - set(ex.positives)
     assert dry_run(config)["examples"] == 105 + 206
+    config.data.bright["validation_size"] = 6  # BRIGHT validation questions: ranked in their task's answers
+    held = prepare(config, tokenizer)
+    assert len(held.validation) == 10 + 6 and len(held.train) == 95 + 200
+    assert {ex.source for ex in held.validation[10:]} <= {"biology", "economics"}
+    assert not {ex.question for ex in held.validation} & {ex.question for ex in held.train}
 
 
-def test_grpo_dataset_is_conversational_with_truncated_prompts(smol_backend):
+def test_bright_evaluation_only_tasks_are_refused_for_training(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {mapping: m.json, bright: {tasks: [biology, theoremqa_questions]}}\n")
+    with pytest.raises(InputFormatError, match="evaluation-only"):
+        load_config(cfg)
+
+
+def test_prompt_dataset_is_conversational_with_truncated_prompts(smol_backend):
     from tongsearch_qr.prompts import PromptTemplate
 
-    examples = [tdata.TrainingExample("word " * 1000, ["an answer"], ["a negative"])]
-    ds = tdata.to_grpo_dataset(examples, PromptTemplate.paper(), smol_backend.tokenizer, max_question_tokens=32)
+    examples = [tdata.TrainingExample("word " * 1000, ["an answer"], ["a negative"], source="coffee")]
+    ds = tdata.prompt_dataset(examples, PromptTemplate.paper(), smol_backend.tokenizer, max_question_tokens=32)
     row = ds[0]
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
     assert len(smol_backend.tokenizer(row["prompt"][1]["content"])["input_ids"]) < 32 + 120  # template + 32
     assert row["question"] == "word " * 1000 and row["positives"] == ["an answer"] and row["negatives"] == ["a negative"]
+    assert row["source"] == "coffee"
 
 
 def test_validation_with_sampling_seeds_averages_them_and_leaves_the_training_rng_alone(smol_backend, tmp_path):
     import torch
 
     from tongsearch_qr.prompts import PromptTemplate
-    from tongsearch_qr.training.trainer import Validator
+    from tongsearch_qr.training.prepare import Prepared
+    from tongsearch_qr.training.validation import Validator
 
     examples = [tdata.TrainingExample("How fine should espresso be ground?", ["Fine, like table salt."],
                                       ["Boil pasta in salted water.", "Grind coarse for a French press."]),
@@ -201,15 +246,16 @@ def test_validation_with_sampling_seeds_averages_them_and_leaves_the_training_rn
     def validator(seeds):
         cfg.write_text(f"data: {{mapping: m.json}}\nvalidation: {{max_new_tokens: 8, modes: [concat], "
                        f"sampling_seeds: {seeds}}}\n")
-        return Validator(load_config(cfg), examples, [make_reward("length_penalty", max_words=3)], [1.0],
-                         PromptTemplate.paper(), smol_backend.tokenizer)
+        prepared = Prepared(load_config(cfg), PromptTemplate.paper(), [], examples, [], [], {},
+                            [make_reward("length_penalty", max_words=3)], [1.0])
+        return Validator(prepared, smol_backend.tokenizer)
 
-    model, tokenizer = smol_backend.model, smol_backend.tokenizer
+    model = smol_backend.model
     state = torch.random.get_rng_state()
-    both = validator([1, 2])(model, tokenizer)
+    both = validator([1, 2])(model)
     assert torch.equal(torch.random.get_rng_state(), state)  # training's sampling is not reseeded
-    one, two = validator([1])(model, tokenizer), validator([2])(model, tokenizer)
-    assert validator([])(model, tokenizer).keys() == {k for k in both if not k.endswith("/sampled")}
+    one, two = validator([1])(model), validator([2])(model)
+    assert validator([])(model).keys() == {k for k in both if not k.endswith("/sampled")}
     for key in ("val/reward/sampled", "val/ndcg@10/concat/sampled", "val/reward/length_penalty/sampled"):
         assert both[key] == pytest.approx((one[key] + two[key]) / 2)
     assert both["val/ndcg@10/concat"] == one["val/ndcg@10/concat"]  # greedy does not depend on the seeds
@@ -254,10 +300,21 @@ def test_bad_configs_are_rejected(tmp_path):
                    "gradient_accumulation_steps: 1}\n")
     with pytest.raises(InputFormatError, match="GRPOConfig"):
         load_config(cfg).grpo_config()
-    for bad in ("objective: ppo", "questions_from: easy"):
-        cfg.write_text(f"data: {{mapping: m.json}}\nstages: [rft]\nrft: {{{bad}}}\n")
-        with pytest.raises(InputFormatError, match="rft.objective must be sft or dpo"):
+    for bad, match in (("stages: [rft]\nrft: {objective: dpo}", "rft.objective is gone: .* stage dpo"),
+                       ("stages: [rft]\nrft: {questions_from: easy}", "rft.questions_from must be hard or all"),
+                       ("stages: [grpo, grpo]", "each stage may appear once"), ("stages: [ppo]", "stages must be"),
+                       ("weights_dtype: int8", "weights_dtype must be float32"),
+                       ("stages: [distil]", "distil.teachers must list"),
+                       ("stages: [distil]\ndistil: {teachers: [t.json], target: prose}", "distil.target must be"),
+                       ("validation: {pool: everything}", "validation.pool must be"),
+                       ("distil: {teacher: [t.json]}", "unknown distil settings"),
+                       ("mode: weighted:0", "weighted:K"), ("stages: [dpo]\ndpo: {samples: 1}", "dpo.samples must be")):
+        cfg.write_text(f"data: {{mapping: m.json}}\n{bad}\n")
+        with pytest.raises(InputFormatError, match=match):
             load_config(cfg)
+    cfg.write_text("data: {mapping: m.json}\nstages: [distil]\ndistil: {teachers: [nowhere.json]}\n")
+    with pytest.raises(InputFormatError, match="distil.teachers: no such file"):
+        dry_run(load_config(cfg))
     for bad in ("{user: 'q {question}', keyword: true}", "{user: 'q {question}', keywords: 'yes'}"):
         cfg.write_text(f"data: {{mapping: m.json}}\nprompt: {bad}\n")
         with pytest.raises(InputFormatError, match="prompt takes user, system and keywords"):
@@ -266,17 +323,22 @@ def test_bad_configs_are_rejected(tmp_path):
         cfg.write_text(f"data: {{mapping: m.json, bright: {{{bad}}}}}\n")
         with pytest.raises(InputFormatError, match="data.bright takes tasks"):
             load_config(cfg)
-    cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrft: {objective: dpo, dpo: {no_such_option: 1}}\n")
-    with pytest.raises(InputFormatError, match="rft.dpo: settings rejected by TRL's DPOConfig"):
+    cfg.write_text("data: {mapping: m.json}\nstages: [dpo]\ndpo: {dpo: {no_such_option: 1}}\n")
+    with pytest.raises(InputFormatError, match="dpo.dpo: settings rejected by TRL's DPOConfig"):
         dry_run(load_config(cfg))
 
 
-@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "qwen2.5-1.5b", "qwen2.5-7b"])
+@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-distil", "qwen2.5-1.5b",
+                                  "qwen2.5-7b"])
 def test_bundled_configs_pass_the_dry_run(name):
     report = dry_run(load_config(config_path(name)))
-    if name in ("cpu-rft", "cpu-dpo"):  # sampled rounds with LoRA on four sites (matheducators held out)
-        assert report["stages"] == ["rft"] and report["lora"] and report["examples"] == 1305 - 189
-        assert report["grpo_config"] is None
+    if name in ("cpu-rft", "cpu-dpo", "cpu-keyterms"):  # LoRA on four sites (matheducators held out)
+        assert report["stages"] == {"cpu-rft": ["rft"], "cpu-dpo": ["dpo"], "cpu-keyterms": ["keyterms", "rft"]}[name]
+        assert report["lora"] and report["examples"] == 1305 - 189 and report["grpo_config"] is None
+        return
+    if name == "cpu-distil":  # + BRIGHT's training tasks (earth_science and the evaluation-only tasks held out)
+        assert report["stages"] == ["distil", "grpo"] and report["examples"] == 1305 - 189 + 525
+        assert "distil: 525 of 1641 questions have a teacher text" in report["notes"]
         return
     assert report["grpo_config"] == "GRPOConfig" and report["examples"] == 1305
     values = next(iter(report["rewards"].values()))
@@ -291,7 +353,7 @@ def test_bundled_configs_pass_the_dry_run(name):
 
 
 def test_resume_from_missing_or_corrupt_checkpoints_is_a_clear_error(tmp_path):
-    from tongsearch_qr.training.trainer import check_checkpoint, latest_checkpoint
+    from tongsearch_qr.training.tuning import check_checkpoint, last_checkpoint
 
     with pytest.raises(InputFormatError, match="does not exist"):
         check_checkpoint(tmp_path / "checkpoint-9")
@@ -303,108 +365,12 @@ def test_resume_from_missing_or_corrupt_checkpoints_is_a_clear_error(tmp_path):
     (broken / "trainer_state.json").write_text("{}")
     with pytest.raises(InputFormatError, match="no model weights"):
         check_checkpoint(broken)
-    with pytest.raises(InputFormatError, match="no checkpoint"):
-        latest_checkpoint(tmp_path / "empty")
-
-
-def tiny_config(tmp_path: Path, shared_data: Path) -> Path:
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"""
-model: default
-output_dir: run
-data:
-  qa_jsonl: ["{shared_data}/stackexchange-qa/coffee/qa_pairs.jsonl"]
-  negatives: 10
-  validation_size: 6
-  max_question_tokens: 96
-  limit: 8
-rewards:
-  - name: bm25_rank
-    options: {{mode: concat}}
-  - name: length_penalty
-    weight: 0.1
-    options: {{max_words: 40}}
-validation: {{every_steps: 1, max_new_tokens: 12, modes: [concat], sampling_seeds: [3]}}
-grpo:
-  max_steps: 2
-  learning_rate: 1.0e-5
-  per_device_train_batch_size: 4
-  gradient_accumulation_steps: 2
-  num_generations: 4
-  max_completion_length: 12
-  beta: 0.0
-  loss_type: dapo
-  gradient_checkpointing: false
-  bf16: false
-  logging_steps: 1
-  save_strategy: steps
-  save_steps: 1
-  report_to: none
-  seed: 0
-""")
-    return cfg
-
-
-@pytest.mark.slow
-def test_short_real_grpo_run_saves_resumes_and_the_result_runs_through_eval(tmp_path, shared_data):
-    from tongsearch_qr import GenerationParams, QRReasoner
-    from tongsearch_qr.cli import main
-    from tongsearch_qr.training import train
-
-    config = load_config(tiny_config(tmp_path, shared_data))
-    final = train(config)
-    run = tmp_path / "run"
-    assert (run / "checkpoint-2" / "trainer_state.json").is_file()
-    rows = (run / "log.csv").read_text().splitlines()
-    assert rows[0] == "step,name,value"
-    logged = {tuple(r.split(",")[:2]) for r in rows[1:]}
-    for step in ("0", "2"):  # validation before and after training
-        assert (step, "val/reward") in logged and (step, "val/ndcg@10/concat") in logged
-        assert (step, "val/ndcg@10/concat/sampled") in logged
-    assert ("0", "val/ndcg@10/original") in logged and any(name == "loss" for _, name in logged)
-
-    resumed = train(config, resume="latest", max_steps=3)  # one more step from checkpoint-2
-    assert json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
-    assert resumed == final
-
-    reasoner = QRReasoner(final, generation=GenerationParams.greedy(8))
-    assert reasoner.reason(["How fine should espresso be ground?"])[0].strip()
-    out = tmp_path / "eval"
-    rc = main(["eval", "--dataset", f"beir:{run / 'validation'}", "--model", str(final), "--greedy",
-               "--max-new-tokens", "8", "--mode", "concat", "--baseline", "--output", str(out), "--no-cache"])
-    assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= next(iter(metrics.values()))["NDCG@10"] <= 1
-
-
-@pytest.mark.slow
-def test_resume_errors_come_before_any_model_loading(tmp_path, shared_data):
-    from tongsearch_qr.training import train
-
-    config = load_config(tiny_config(tmp_path, shared_data))
-    with pytest.raises(InputFormatError, match="no checkpoint"):
-        train(config, resume="latest")
-    with pytest.raises(InputFormatError, match="does not exist"):
-        train(config, resume=str(tmp_path / "nowhere"))
-
-
-@pytest.mark.slow
-def test_under_accelerate_launch_only_the_main_process_logs_validates_and_writes(tmp_path, shared_data):
-    """Two CPU processes (``accelerate launch --num_processes 2``): one log.csv row per (step, name), one
-    validation per validation point, the validation collection and final model written once."""
-    config = tiny_config(tmp_path, shared_data)
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "tongsearch_qr.cli", "train", "--config", str(config), "--max-steps", "1"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("[validation step 0]") == 1 and done.stdout.count("[validation step 1]") == 1
-    rows = [tuple(r.split(",")[:2]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
-    once = [row for row in rows if row[1].startswith("val/") or row[1] == "loss"]
-    assert ("1", "loss") in once and ("1", "val/reward") in once and len(once) == len(set(once)), rows
-    assert (tmp_path / "run" / "validation" / "corpus.jsonl").is_file()
-    assert (tmp_path / "run" / "final" / "tokenizer_config.json").is_file()
+    assert last_checkpoint(tmp_path / "empty") is None
+    good = tmp_path / "checkpoint-2"  # the newest usable one; checkpoint-3 was cut short
+    good.mkdir()
+    (good / "trainer_state.json").write_text("{}")
+    (good / "adapter_model.safetensors").write_bytes(b"")
+    assert last_checkpoint(tmp_path) == str(good)
 
 
 def test_bm25_rank_over_the_whole_corpus_by_hand():
@@ -415,53 +381,6 @@ def test_bm25_rank_over_the_whole_corpus_by_hand():
     # the question alone ranks "blade grinders chop unevenly" first, the positive second (RR 1/2);
     # "burr even" puts the positive first (RR 1): a gain of 0.5; "lattes" never finds it: -0.5
     assert reward([msg("burr even"), msg("lattes")] , **{k: v * 2 for k, v in columns.items()}) == pytest.approx([0.5, -0.5])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("objective", ["sft", "dpo"])
-def test_sampled_rounds_with_lora_write_an_adapter_the_reasoner_loads(tmp_path, shared_data, objective):
-    """Both objectives of the rft stage: rejection-sampling SFT on the best completion, and DPO on best/worst
-    pairs drawn from every training question."""
-    from tongsearch_qr import GenerationParams, QRReasoner
-    from tongsearch_qr.training import train
-
-    cfg = tmp_path / "rft.yaml"
-    cfg.write_text(f"""
-model: default
-output_dir: run
-stages: [rft]
-mode: weighted:3
-prompt: {{user: "Write a list of keywords for the given query:\\nQuery: {{question}}\\nKeywords:", system: null}}
-lora: {{r: 8, lora_alpha: 16, target_modules: all-linear}}
-data:
-  qa_jsonl: ["{shared_data}/stackexchange-qa/coffee/qa_pairs.jsonl"]
-  negatives: 5
-  validation_size: 4
-  max_question_tokens: 64
-rewards:
-  - name: bm25_rank
-    options: {{mode: weighted:3, pool: corpus}}
-validation: {{max_new_tokens: 8, modes: [weighted:3], pool: corpus}}
-rft:
-  rounds: 1
-  samples: 3
-  questions: 6
-  max_new_tokens: 8
-  margin: -1.0
-  objective: {objective}
-  questions_from: {"all" if objective == "dpo" else "hard"}
-  {objective}: {{max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3, seed: 0}}
-""")
-    final = train(load_config(cfg))
-    assert (final / "adapter_config.json").is_file() and (final / "tongsearch_qr.json").is_file()
-    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == "default"
-    rows = [r.split(",") for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
-    logged = {(step, name): float(value) for step, name, value in rows}
-    assert logged[("1", "rft/questions")] == 6 and logged[("1", "rft/kept")] >= 1
-    assert ("0", "val/ndcg@10/weighted:3") in logged and ("1", "val/ndcg@10/weighted:3") in logged
-    reasoner = QRReasoner(final, generation=GenerationParams.greedy(6))
-    assert reasoner.mode.name == "weighted:3" and "keywords" in reasoner.template.user
-    assert reasoner.reason(["How fine should espresso be ground?"])[0].strip()
 
 
 def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():

@@ -10,6 +10,8 @@ import pytest
 from conftest import EVERYDAY_QUESTIONS, free_port
 
 from tongsearch_qr import GenerationParams, QRReasoner
+from tongsearch_qr.backends.base import row_seed
+from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.backends.prompting import render
 from tongsearch_qr.backends.vllm_backend import cpu_engine_defaults
 from tongsearch_qr.prompts import PromptTemplate
@@ -81,23 +83,36 @@ def test_seeded_sampling_of_more_prompt_tokens_than_one_step_holds(vllm_backend)
     assert cpu_engine_defaults(vllm_backend.llm.llm_engine.model_config.model, None)["max_num_batched_tokens"] == 8192
 
 
-def test_samples_of_a_question_are_one_request_with_n_and_each_reproducible(vllm_backend):
+def test_seeded_samples_are_requests_of_their_own_each_reproducible(vllm_backend):
     params, template = GenerationParams(max_new_tokens=16, seed=5), PromptTemplate.paper()
     seen = []
     original = vllm_backend.llm.generate
 
     def recording(prompts, sampling, *args, **kwargs):
-        seen.extend(s.n for s in sampling)
+        seen.append([(s.n, s.seed) for s in sampling])
         return original(prompts, sampling, *args, **kwargs)
 
     vllm_backend.llm.generate = recording
     try:
         three = vllm_backend.generate([QUESTIONS[0]] * 3 + [QUESTIONS[1]], template, params, samples=[0, 1, 2, 0])
         again = vllm_backend.generate([QUESTIONS[0]], template, params, samples=[2])
+        unseeded = vllm_backend.generate([QUESTIONS[0]] * 2, template, params.with_(seed=None), samples=[0, 1])
     finally:
         vllm_backend.llm.generate = original
-    assert seen == [3, 1, 3]  # one request per question, n = highest sample index + 1
+    ids = render(vllm_backend.tokenizer, template, QUESTIONS[0])
+    assert [n for n, _ in seen[0]] == [1, 1, 1, 1] and len({seed for _, seed in seen[0]}) == 4
+    assert seen[0][2][1] == row_seed(5, ids, params.key(), 2) == seen[1][0][1]  # the derivation every backend uses
     assert len(set(three[:3])) == 3 and again == three[2:3]
+    assert seen[2] == [(2, None)] and all(unseeded)  # unseeded: one request with n
+
+
+def test_seeds_1_2_with_2_samples_give_four_distinct_draws(vllm_backend):
+    # vLLM seeds choice j of a request with seed + j: one seed sent with n=2 made seed 1's sample 1 seed 2's sample 0
+    reasoner = QRReasoner(backend=vllm_backend, samples=2, generation=GenerationParams(max_new_tokens=24, seed=1))
+    by_seed = [reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(QUESTIONS[:3])
+               for seed in (1, 2)]  # as eval --seeds 1,2 --samples 2 does
+    for i in range(3):
+        assert len(set(by_seed[0][i] + by_seed[1][i])) == 4, (i, by_seed[0][i], by_seed[1][i])
 
 
 def test_a_question_too_long_for_the_context_is_cut_with_a_warning(vllm_backend, caplog):
@@ -117,20 +132,33 @@ def test_bad_engine_options_are_rejected_before_loading():
 
 
 def test_openai_backend_against_a_real_vllm_server(tmp_path):
+    from tongsearch_qr.models import resolve_model
     from tongsearch_qr.serving import LocalServer
 
     port = free_port()
-    extra = ["--gpu-memory-utilization", "0.15", "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32"]
+    extra = ["--gpu-memory-utilization", "0.15", "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32",
+             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     with LocalServer("vllm", None, port=port, python=sys.executable, extra=extra, log=tmp_path / "vllm.log",
                      env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) as server:
-        def reasoner(concurrency):  # vLLM accepts top_k and repetition_penalty: the paper's sampling, exactly
+        def reasoner(concurrency, **options):  # vLLM accepts top_k and repetition_penalty: the paper's sampling, exactly
             return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, concurrency=concurrency,
-                              generation=GenerationParams.greedy(24), cache=None)
+                              generation=GenerationParams.greedy(24), cache=None, **options)
 
         parallel = reasoner(8).reason(QUESTIONS)
         one_by_one = reasoner(1).reason(QUESTIONS[:3])
-        sampled = QRReasoner(server.model_name, backend="openai", base_url=server.base_url,
-                             generation=GenerationParams(max_new_tokens=24, seed=5)).reason(QUESTIONS[:2])
+        sampled = QRReasoner(server.model_name, backend="openai", base_url=server.base_url, samples=2,
+                             generation=GenerationParams(max_new_tokens=24, seed=1))
+        by_seed = [sampled.with_(generation=sampled.generation.with_(seed=seed)).reason_samples(QUESTIONS[:2])
+                   for seed in (1, 2)]  # eval --seeds 1,2 --samples 2
+        # the server lists the model as DIR@digest with its max_model_len: the directory alone names it, and a
+        # question too long for the 1,024-token context is cut to fit (it used to be a 400 that ended the run)
+        folder = resolve_model(None).path
+        by_folder = OpenAIBackend(folder, base_url=server.base_url)
+        long = "Why does the ocean taste salty when the rivers that feed it are fresh? " * 200
+        fitted = by_folder.generate([long], PromptTemplate.paper(), GenerationParams.greedy(24))
+    assert server.model_name.startswith(f"{folder}@") and by_folder.cache_id == f"openai:{server.model_name}"
     assert all(text.strip() for text in parallel) and len(set(parallel)) == len(QUESTIONS)
     assert parallel[:3] == one_by_one
-    assert all(text.strip() for text in sampled)
+    for i in range(2):
+        assert len(set(by_seed[0][i] + by_seed[1][i])) == 4 and all(by_seed[0][i] + by_seed[1][i])
+    assert fitted[0].strip()

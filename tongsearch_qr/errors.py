@@ -58,3 +58,16 @@ class DataNotAvailableError(TongSearchError, OSError):
 
 class BackendUnavailableError(TongSearchError, ConnectionError):
     """A generation server could not be reached, kept failing, or refused a request."""
+
+
+class RequestRejectedError(BackendUnavailableError):
+    """A server refused some requests for what they hold (HTTP 400, 413 or 422) while it answered the others, which
+    finished. ``rejected`` maps each refused question to the server's answer; ``total``: the questions asked."""
+
+    def __init__(self, rejected: dict[str, str], total: int):
+        self.rejected = dict(rejected)
+        shown = "; ".join(f"{q[:100]!r}: {why}" for q, why in list(self.rejected.items())[:5])
+        more = f" (and {len(self.rejected) - 5} more)" if len(self.rejected) > 5 else ""
+        super().__init__(f"the server rejected the requests of {len(self.rejected)} of {total} questions, so these have "
+                         f"no reasoning: {shown}{more}. The other questions finished (and are in the reasoning cache, "
+                         "if one is used); fix or leave out these and rerun")

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, load_qa, write_run
+from .data import BRIGHT_TASKS, Collection, load_beir, load_bright, load_bright_answers, load_qa, write_run
 from .fusion import Fusion, fused_search
 from .metrics import evaluate, mean
 from .modes import RewriteMode, get_mode
 from .retrieval import Ranking, make_retriever
-from .retrieval.base import drop_excluded, search_depth
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,9 @@ def bright_names(metrics: Mapping[str, float]) -> dict[str, float]:
 
 def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | None = None,
                   long: bool = False) -> list[Collection]:
-    """``bright:<task>``, ``bright:all``, ``beir:<dir>[@split]`` or ``qa:<file.jsonl>`` (a Q/A file: every
-    question against all of its answers) as collections."""
+    """``bright:<task>``, ``bright:all``, ``bright-answers:<task>`` (a StackExchange task's questions against
+    every gold answer of the task), ``beir:<dir>[@split]`` or ``qa:<file.jsonl>`` (a Q/A file: every question
+    against all of its answers) as collections."""
     kind, _, rest = spec.partition(":")
     if kind == "bright" and rest:
         tasks = BRIGHT_TASKS if rest == "all" else [rest]
@@ -57,7 +57,10 @@ def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | 
         return [load_beir(directory, split or "test")]
     if kind == "qa" and rest:
         return [load_qa(rest)]
-    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all, beir:<dir>[@split] or qa:<file.jsonl>")
+    if kind == "bright-answers" and rest:
+        return [load_bright_answers(rest, source=bright_dir)]
+    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all, bright-answers:<task>, "
+                     "beir:<dir>[@split] or qa:<file.jsonl>")
 
 
 @dataclass
@@ -81,7 +84,8 @@ class RunResult:
         return cls(results[0].run, per_query)
 
 
-#: entry-point group where stacks register ``rank_queries(docs, queries, reasoner, mode, k, kind, **options)``
+#: entry-point group where stacks register ``rank_queries(docs, queries, reasoner, mode, k, kind, exclude=qid -> ids,
+#: fusion=..., **options)``
 STACKS_GROUP = "tongsearch_qr.stacks"
 
 
@@ -101,8 +105,8 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
 
     ``via="core"`` indexes once with the core retriever; ``via`` a stack registered under the
     ``tongsearch_qr.stacks`` entry points (``pyterrier``, ``llama-index``, ``haystack``) runs the same
-    reasoner and retriever through that stack's adapter, retrieving deep enough to remove each query's
-    excluded ids afterwards. ``seeds``: sample the reasoning once per seed and average each query's metrics
+    reasoner and retriever through that stack's adapter, whose retrievers leave each query's excluded ids
+    out (before any fusion, as the core does). ``seeds``: sample the reasoning once per seed and average each query's metrics
     over them (the run files hold the first seed's rankings). ``fusion``: the reasoning run fuses the
     question's ranking (unless ``fusion.with_query`` is off) with one ranking per reasoning sample; through a
     stack, the stack's own fusion does it. A reasoner whose prompt shows retrieved passages (``lamer``) gets
@@ -144,14 +148,14 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
             raise ValueError("retriever-side and corpus-feedback methods (rm3, lamer) run through the core (--via core)")
         rank_queries = registered[via].load()
         docs = list(collection.iter_documents())
-        depth = search_depth(k, exclude)
+        excluded = dict(zip(qids, exclude))
 
         def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
                    fused: Fusion | None) -> list[Ranking]:
             extra = {"fusion": fused} if fused is not None else {}
-            by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, depth,
-                                  kind=retriever, **extra, **dict(retriever_options or {}))
-            return [drop_excluded(by_qid[q], excluded, k) for q, excluded in zip(qids, exclude)]
+            by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, k, kind=retriever,
+                                  exclude=excluded, **extra, **dict(retriever_options or {}))
+            return [by_qid[q] for q in qids]
     else:
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")
     results = {}

@@ -8,6 +8,7 @@ Fusion is a choice per use, never a default: it limits a weak reasoner's damage 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ class Fusion:
             raise ValueError(f"the RRF constant k must be a whole number >= 1, got {self.k!r}")
         if self.weights is not None:
             weights = tuple(self.weights)
-            if not weights or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights):
+            if not weights or any(isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0
+                                  for w in weights):  # numbers.Real: Python's and numpy's ints and floats
                 raise ValueError(f"fusion weights must be finite numbers >= 0, got {list(weights)}")
             if not any(weights):
                 raise ValueError("fusion weights are all 0: at least one ranking must count")
@@ -90,13 +92,15 @@ class Fusion:
     def fuse(self, runs: Sequence[Sequence[Ranking]], depth: int,
              weights: Sequence[float] | None = None) -> list[Ranking]:
         """``runs[r][q]`` is ranking ``r`` of query ``q``; the fused ranking of each query, best ``depth`` first
-        (``weights``: already checked ones, else :meth:`weights_for` the runs)."""
+        (``weights``: already checked ones, else :meth:`weights_for` the runs); no queries, no rankings out."""
         if not runs:
             raise ValueError("nothing to fuse: no rankings")
         queries = len(runs[0])
         if any(len(run) != queries for run in runs):
             raise ValueError(f"rankings of different query counts: {[len(run) for run in runs]}")
         weights = self.weights_for(len(runs)) if weights is None else list(weights)
+        if not queries:
+            return []
         from ranx import Run
         from ranx.fusion import rrf, wsum
         from ranx.normalization import min_max_norm

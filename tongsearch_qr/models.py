@@ -10,7 +10,6 @@ merged once into the cache); ``"base"`` names the untrained model.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ModelNotAvailableError
+from .file_hashes import hash_file_sha256
 from .hub import hub_offline, hub_unreachable
 from .paths import cache_root
 
@@ -48,9 +48,6 @@ T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-_FULLY_HASHED_BYTES = 16 << 20  # files up to this size are hashed whole; larger ones by size and sampled blocks
-_SAMPLED_BLOCKS, _BLOCK = 64, 64 << 10
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -62,43 +59,44 @@ class ModelSource:
 
     def identity(self) -> str:
         """What determines the weights, for cache keys: a local directory's content fingerprint (so a model
-        retrained into the same folder gets new keys); a hub model's commit, as resolved in the local
-        Hugging Face cache (call after loading)."""
+        retrained into the same folder gets new keys); a hub model's commit (:func:`hub_revision`)."""
         if self.local:
             return f"{self.model_id}@{directory_fingerprint(Path(self.path))}"
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(self.path, "config.json")
-        return f"{self.model_id}@{Path(cached).parent.name if isinstance(cached, str) else 'unresolved'}"
+        return f"{self.model_id}@{hub_revision(self.path)}"
 
 
 def directory_fingerprint(directory: Path) -> str:
-    """A hash of a model directory's content: each file's name and :func:`hash_file` content."""
+    """A hash of a model directory's content: each file's name and whole-content sha256 (:func:`hash_file_sha256`,
+    read once per file and remembered while the file stays the same)."""
     digest = hashlib.sha256()
     for file in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
-        digest.update(f"{file.name}\0".encode())
-        hash_file(file, digest)
+        digest.update(f"{file.name}\0{hash_file_sha256(file)}\0".encode())
     return digest.hexdigest()[:16]
 
 
 def file_fingerprint(file: Path) -> str:
-    """A hash of one model file's content (see :func:`hash_file`)."""
-    return hash_file(file, hashlib.sha256()).hexdigest()[:16]
+    """A hash of one model file's whole content (see :func:`hash_file_sha256`)."""
+    return hash_file_sha256(file)[:16]
 
 
-def hash_file(file: Path, digest: Any) -> Any:
-    """Feed ``file`` into ``digest``: its size, then small files (configs, tokenizer, chat template) whole and weight
-    files by 64 evenly spaced 64 KiB blocks (cheap, and any retraining changes them)."""
-    size = file.stat().st_size
-    digest.update(f"{size}\0".encode())
-    with file.open("rb") as handle:
-        if size <= _FULLY_HASHED_BYTES:
-            digest.update(handle.read())
-            return digest
-        for block in range(_SAMPLED_BLOCKS):
-            handle.seek(block * (size - _BLOCK) // (_SAMPLED_BLOCKS - 1))
-            digest.update(handle.read(_BLOCK))
-    return digest
+def hub_revision(repo_id: str) -> str:
+    """The commit a hub model id resolves to: the one in the local Hugging Face cache, else the hub's current one
+    (its ``config.json`` is fetched into the cache, where loading the model then finds that commit)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if not isinstance(cached, str):
+        if hub_offline():
+            raise hub_error(repo_id, OSError("HF_HUB_OFFLINE is set"))
+        unreachable = hub_unreachable()
+        if unreachable:
+            raise hub_error(repo_id, unreachable)
+        try:
+            cached = hf_hub_download(repo_id, "config.json")
+        except (OSError, EntryNotFoundError) as exc:
+            raise hub_error(repo_id, exc) from exc
+    return Path(cached).parent.name
 
 
 def is_default(spec: str | os.PathLike[str] | None) -> bool:
@@ -250,29 +248,18 @@ def embedded_gguf_path() -> Path:
 
 def embedded_adapter() -> Path:
     """The shipped LoRA adapter's folder, after checking each of its files against its pinned sha256 digest (a
-    changed or missing file is an error, and nothing is loaded). Files are hashed once per process while their
-    size and modification time stay the same."""
+    changed or missing file is an error, and nothing is loaded). Files are read once while they stay the same
+    (:func:`hash_file_sha256`)."""
     folder = EMBEDDED_ADAPTER
     for name, expected in EMBEDDED_ADAPTER_SHA256.items():
         file = folder / name
-        found = _sha256_of(file, file.stat().st_size, file.stat().st_mtime_ns) if file.is_file() else "missing"
+        found = hash_file_sha256(file) if file.is_file() else "missing"
         if found != expected:
             raise ModelNotAvailableError(
                 f"the shipped reasoner's {file} does not match its pinned sha256 ({found[:16]}... instead of "
                 f"{expected[:16]}...): the installation is damaged or was modified, so it is not loaded. "
                 "Reinstall tongsearch-qr, or use the untrained embedded model: QRReasoner('base') / --model base.")
     return folder
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of(file: Path, size: int, mtime_ns: int) -> str:
-    return hash_file_sha256(file)
-
-
-def hash_file_sha256(file: Path) -> str:
-    """The sha256 hex digest of a whole file."""
-    with file.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def embedded_model_dir() -> Path:

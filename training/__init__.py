@@ -1,11 +1,15 @@
-"""GRPO training of query reasoners with TRL, imported as ``tongsearch_qr.training``.
+"""Training query reasoners with TRL, imported as ``tongsearch_qr.training``.
 
 Needs the ``train`` extra (``pip install tongsearch-qr[train]``); the core never imports it.
 
 >>> from tongsearch_qr.training import load_config, train
 >>> final_dir = train(load_config("training/configs/cpu-tiny.yaml"))   # then QRReasoner(final_dir)
 
-Data builders live in ``.data``, reward callables (plain TRL reward functions) in ``.rewards``.
+The pipeline, one module per step: ``config`` (the YAML) -> ``prepare`` (data, pools, rewards; ``data``,
+``rewards``) -> ``trainer`` (orders the stages, resumes them) -> the stages behind one interface (``stage``):
+``supervised`` (``keyterms``: :mod:`.key_terms`, ``distil``: :mod:`.teachers`), ``sampled`` (``rft``, ``dpo``),
+``grpo``; ``validation`` (validator, ``log.csv`` and its plot), ``tuning`` (TRL fine-tuning, precision,
+checkpoints) and ``ranks`` (work split across ``accelerate launch`` processes) serve them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def config_path(name_or_path: str) -> Path:
 
 
 def train(config: TrainConfig, **options):
-    """Run GRPO training (see :func:`tongsearch_qr.training.trainer.train`)."""
+    """Run the config's stages (see :func:`tongsearch_qr.training.trainer.train`)."""
     from .trainer import train as run
 
     return run(config, **options)

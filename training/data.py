@@ -157,20 +157,29 @@ def truncate_question(question: str, tokenizer: Any, max_tokens: int) -> str:
     return question if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
-def to_grpo_dataset(examples: Sequence[TrainingExample], template: PromptTemplate, tokenizer: Any,
-                    max_question_tokens: int = 384) -> Any:
+def source_pools(examples: Iterable[TrainingExample]) -> dict[str, list[str]]:
+    """Every distinct positive of each source (a StackExchange site, a BRIGHT task): the pool a question ranks
+    in with ``pool: source``, as ``eval --dataset qa:FILE`` / ``bright-answers:TASK`` rank."""
+    pools: dict[str, dict[str, None]] = {}
+    for ex in examples:
+        pools.setdefault(ex.source, {}).update(dict.fromkeys(ex.positives))
+    return {source: list(docs) for source, docs in pools.items()}
+
+
+def prompt_dataset(examples: Sequence[TrainingExample], template: PromptTemplate, tokenizer: Any,
+                   max_question_tokens: int = 384) -> Any:
     """A ``datasets.Dataset`` in TRL's conversational format: ``prompt`` (chat messages with the question cut
-    to ``max_question_tokens``), and ``question``, ``positives``, ``negatives`` for the rewards."""
+    to ``max_question_tokens``), and ``question``, ``positives``, ``negatives``, ``source`` for the rewards."""
     from datasets import Dataset
 
     check_examples(examples, "dataset")
-    rows = {"prompt": [], "question": [], "positives": [], "negatives": []}
+    rows: dict[str, list[Any]] = {"prompt": [], "question": [], "positives": [], "negatives": [], "source": []}
     for ex in examples:
-        short = truncate_question(ex.question, tokenizer, max_question_tokens)
-        rows["prompt"].append(template.messages(short))
+        rows["prompt"].append(template.messages(truncate_question(ex.question, tokenizer, max_question_tokens)))
         rows["question"].append(ex.question)
         rows["positives"].append(list(ex.positives))
         rows["negatives"].append(list(ex.negatives))
+        rows["source"].append(ex.source)
     return Dataset.from_dict(rows)
 
 

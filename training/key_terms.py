@@ -25,29 +25,41 @@ class KeyTerms:
 
     def __init__(self, corpus: Sequence[str]):
         self._stemmer = None
-        documents = [set(tokens) for tokens in self._analyze(list(corpus))]
+        documents = [set(tokens) for tokens in self.analyze(list(corpus))]
         self._df = Counter(term for terms in documents for term in terms)
         self._size = len(documents)
 
-    def _analyze(self, texts: list[str]) -> list[list[str]]:
+    def analyze(self, texts: list[str]) -> list[list[str]]:
         """BM25's terms of each text (bm25s' English stopwords and Snowball stemmer, as the retriever)."""
-        import bm25s
         import Stemmer
 
+        from tongsearch_qr.retrieval.bm25 import bm25s_tokenize
+
         self._stemmer = self._stemmer or Stemmer.Stemmer("english")
-        return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
+        return bm25s_tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
+
+    def term_set(self, texts: Sequence[str]) -> set[str]:
+        """Every BM25 term of ``texts``."""
+        return {term for tokens in self.analyze(list(texts)) for term in tokens}
+
+    def rarest_first(self, terms: Sequence[str]) -> list[str]:
+        """``terms`` by document frequency over the corpus, rarest first (ties keep their order)."""
+        return sorted(terms, key=lambda t: -math.log((self._size + 1) / (self._df[t] + 1)))
 
     def of(self, question: str, positives: Sequence[str], limit: int) -> str:
         """The question's words whose BM25 term occurs in a positive, rarest first, comma-separated ("" if none)."""
-        answer = {term for tokens in self._analyze(list(positives)) for term in tokens}
-        words = _WORD.findall(question)
+        answer = self.term_set(positives)
         chosen: dict[str, str] = {}
-        for word, terms in zip(words, self._analyze(words)):
-            for term in terms:
-                if term in answer and term not in chosen:
-                    chosen[term] = word
-        rarest = sorted(chosen, key=lambda t: -math.log((self._size + 1) / (self._df[t] + 1)))
-        return ", ".join(chosen[t] for t in rarest[:limit])
+        for word, term in words_of(question, self):
+            if term in answer and term not in chosen:
+                chosen[term] = word
+        return ", ".join(chosen[t] for t in self.rarest_first(list(chosen))[:limit])
+
+
+def words_of(text: str, terms: KeyTerms) -> list[tuple[str, str]]:
+    """(word as written, BM25 term) for each word of ``text`` that has a term, in order."""
+    words = _WORD.findall(text)
+    return [(word, term) for word, found in zip(words, terms.analyze(words)) for term in found]
 
 
 def key_term_rows(examples: Sequence[data_mod.TrainingExample], questions: Sequence[str], template, corpus: Sequence[str],

@@ -12,7 +12,7 @@ Every reward returns one float per completion; :func:`checked` turns NaN/inf int
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,9 +100,12 @@ def reciprocal_rank(ranked_relevance: Sequence[bool]) -> float:
     return next((1.0 / (i + 1) for i, rel in enumerate(ranked_relevance) if rel), 0.0)
 
 
-def ndcg_at(ranked_relevance: Sequence[bool], k: int = 10) -> float:
-    """Binary-relevance nDCG@k."""
-    total = sum(ranked_relevance)
+def ndcg_at(ranked_relevance: Sequence[bool], k: int = 10, relevant: int | None = None) -> float:
+    """Binary-relevance nDCG@k as trec_eval computes it: the ideal ranking holds every relevant document
+    (``relevant``, default the relevant items in ``ranked_relevance``), not only those retrieved."""
+    total = sum(ranked_relevance) if relevant is None else relevant
+    if total < sum(ranked_relevance):
+        raise ValueError(f"ndcg_at: {sum(ranked_relevance)} relevant items ranked but relevant={relevant}")
     if not total:
         return 0.0
     dcg = sum(1.0 / math.log2(i + 2) for i, rel in enumerate(ranked_relevance[:k]) if rel)
@@ -113,66 +116,104 @@ def ndcg_at(ranked_relevance: Sequence[bool], k: int = 10) -> float:
 class BM25Rank:
     """Retrieval quality of the positives when the rewrite (``mode``: ``concat`` = question + reasoning, or
     ``replace``, ``weighted``...) is the BM25 query over the question's pool (positives + negatives), or, with
-    ``corpus`` (every training answer, as the trainer passes for ``pool: corpus``), over that whole corpus
-    (ranks beyond ``depth`` count as not found).
+    ``corpus``, over a whole corpus: one list of documents (every training answer, ``pool: corpus``), or a
+    mapping from each question's ``source`` column to its documents (``pool: source``: its site's or BRIGHT
+    task's answers); ranks beyond ``depth`` count as not found.
 
-    ``metric``: ``rr`` (reciprocal rank of the first positive) or ``ndcg`` (nDCG@10). With ``gain=True`` the
-    reward is the change against the question alone (0 = no better than not reasoning). ``invalid`` for
-    empty/unparseable completions; ``think`` and ``keywords`` as for :class:`EmbeddingAdvantage`. One small BM25
-    index per question (or one for the corpus), built once.
+    ``metric``: ``rr`` (reciprocal rank of the first positive) or ``ndcg`` (nDCG@10 over every positive, as
+    trec_eval). With ``gain=True`` the reward is the change against the question alone (0 = no better than not
+    reasoning). ``invalid`` for empty/unparseable completions; ``think`` and ``keywords`` as for
+    :class:`EmbeddingAdvantage`. Each BM25 index (per question pool, corpus or source) is built once.
     """
 
     __name__ = "bm25_rank"
 
     def __init__(self, *, mode: str = "concat", metric: str = "rr", gain: bool = True, think: bool = False,
-                 keywords: bool = False, invalid: float = -1.0, corpus: Sequence[str] | None = None, depth: int = 100):
+                 keywords: bool = False, invalid: float = -1.0,
+                 corpus: Sequence[str] | Mapping[str, Sequence[str]] | None = None, depth: int = 100):
         if metric not in ("rr", "ndcg"):
             raise ValueError(f"metric must be 'rr' or 'ndcg', got {metric!r}")
         self.mode, self.metric, self.gain, self.invalid = get_mode(mode), metric, gain, invalid
-        self.think, self.keywords = think, keywords
-        self._pools: dict[str, tuple[Any, int]] = {}
-        self.corpus, self.depth = (list(dict.fromkeys(corpus)) if corpus is not None else None), depth
-        self._corpus_index: Any = None
+        self.think, self.keywords, self.depth = think, keywords, depth
+        self.by_source = isinstance(corpus, Mapping)
+        if corpus is None:
+            self.corpora: dict[str | None, list[str]] = {}
+        elif isinstance(corpus, Mapping):
+            self.corpora = {source: list(dict.fromkeys(docs)) for source, docs in corpus.items()}
+        else:
+            self.corpora = {None: list(dict.fromkeys(corpus))}
+        self._indexes: dict[Any, Any] = {}
 
-    def _pool(self, question: str, positives: Sequence[str], negatives: Sequence[str]) -> tuple[Any, int]:
-        if question not in self._pools:
+    @property
+    def corpus(self) -> list[str] | None:
+        """The one corpus every question ranks in (``None`` with per-question pools or per-source corpora)."""
+        return self.corpora.get(None) if not self.by_source else None
+
+    def _index(self, key: Any, docs: Sequence[str]) -> Any:
+        if key not in self._indexes:
             from tongsearch_qr.retrieval.bm25 import BM25Retriever
 
+            self._indexes[key] = BM25Retriever(show_progress=False).index((str(i), d) for i, d in enumerate(docs))
+        return self._indexes[key]
+
+    def score(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str],
+              source: str | None = None) -> list[float]:
+        """The metric of each query over ``question``'s pool (or the corpus, or ``source``'s corpus)."""
+        wanted = set(positives)
+        metric = reciprocal_rank if self.metric == "rr" else (lambda ranked: ndcg_at(ranked, relevant=len(wanted)))
+        if self.corpora:
+            if self.by_source and source not in self.corpora:
+                raise ValueError(f"bm25_rank: no corpus for source {source!r} (sources: {sorted(self.corpora)})")
+            docs = self.corpora[source if self.by_source else None]
+            missing = wanted - set(docs)
+            if missing:
+                raise ValueError(f"bm25_rank: a positive of {question[:80]!r} is not in its corpus")
+            hits = self._index(("corpus", source), docs).search(list(queries), k=min(self.depth, len(docs)))
+            return [metric([docs[int(doc_id)] in wanted for doc_id, _ in ranked]) for ranked in hits]
+        docs = list(dict.fromkeys([*positives, *negatives]))
+        retriever = self._index(("question", question), docs)
+        return [metric([docs[int(doc_id)] in wanted for doc_id, _ in ranked])
+                for ranked in retriever.search(list(queries), k=len(docs))]
+
+    def margins(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str],
+                source: str | None = None) -> list[float]:
+        """For each query, the best positive's BM25 score minus the best other document's (> 0: a positive
+        ranks first; the larger, the more clearly), over the same pool as :meth:`score`."""
+        wanted = set(positives)
+        if self.corpora:
+            docs = self.corpora[source if self.by_source else None]
+            index = self._index(("corpus", source), docs)
+        else:
             docs = list(dict.fromkeys([*positives, *negatives]))
-            n_pos = len(dict.fromkeys(positives))
-            retriever = BM25Retriever(show_progress=False).index((str(i), d) for i, d in enumerate(docs))
-            self._pools[question] = (retriever, n_pos)
-        return self._pools[question]
-
-    def score(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str]) -> list[float]:
-        """The metric of each query over ``question``'s pool (or the corpus)."""
-        value = reciprocal_rank if self.metric == "rr" else ndcg_at
-        if self.corpus is not None:
-            from tongsearch_qr.retrieval.bm25 import BM25Retriever
-
-            if self._corpus_index is None:
-                self._corpus_index = BM25Retriever().index((str(i), d) for i, d in enumerate(self.corpus))
-            wanted = set(positives)
-            hits = self._corpus_index.search(list(queries), k=min(self.depth, len(self.corpus)))
-            return [value([self.corpus[int(doc_id)] in wanted for doc_id, _ in ranked]) for ranked in hits]
-        retriever, n_pos = self._pool(question, positives, negatives)
-        size = len(retriever.doc_ids)
-        return [value([int(doc_id) < n_pos for doc_id, _ in ranked]) for ranked in retriever.search(list(queries), k=size)]
+            index = self._index(("question", question), docs)
+        found = []
+        for ranked in index.search(list(queries), k=len(docs)):
+            best = {True: 0.0, False: 0.0}
+            for doc_id, value in ranked:
+                kind = docs[int(doc_id)] in wanted
+                best[kind] = max(best[kind], value)
+            found.append(best[True] - best[False])
+        return found
 
     def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],
-                 negatives: Sequence[Sequence[str]] | None = None, **_: Any) -> list[float]:
+                 negatives: Sequence[Sequence[str]] | None = None, source: Sequence[str] | None = None,
+                 **_: Any) -> list[float]:
         negatives = negatives if negatives is not None else [[] for _ in question]
+        if self.by_source and source is None:
+            raise ValueError("bm25_rank with per-source corpora (pool: source) needs the dataset's source column")
         reasoning = [reasoning_of(c, self.think, self.keywords) for c in completions]
         rewards: list[float] = [self.invalid] * len(completions)
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(question):
             groups.setdefault(q, []).append(i)
         for q, members in groups.items():  # one search call per question for the whole group
+            first = members[0]
             valid = [i for i in members if reasoning[i] is not None]
             queries = [self.mode.apply(q, reasoning[i]) for i in valid]
             if self.gain:
                 queries.append(q)
-            scores = self.score(queries, q, positives[members[0]], negatives[members[0]]) if queries else []
+            scores = (self.score(queries, q, positives[first], negatives[first],
+                                 source[first] if source is not None else None) if queries else [])
             base = scores.pop() if self.gain else 0.0
             for i, s in zip(valid, scores):
                 rewards[i] = s - base

@@ -1,7 +1,8 @@
 """Generating backends behind one protocol, created by name.
 
-``transformers`` (local, default), ``vllm`` (vLLM's offline engine), ``openai`` (any OpenAI-compatible
-server) and ``precomputed`` (a JSON file of reasoning) are built in; each
+``auto`` (the default: the fastest installed local engine for this machine and model, see :mod:`.auto`),
+``transformers``, ``llamacpp`` (llama.cpp on a GGUF), ``vllm`` (vLLM's offline engine), ``openai`` (any
+OpenAI-compatible server) and ``precomputed`` (a JSON file of reasoning) are built in; each
 entry of :data:`BACKENDS` imports its module only when used, so optional dependencies stay optional.
 """
 
@@ -14,6 +15,7 @@ from .base import Backend, ResultCallback
 
 #: backend name -> "module:factory" (relative to this package); the factory takes (model, **options).
 BACKENDS: dict[str, str] = {
+    "auto": "auto:make_auto_backend",
     "transformers": "transformers_backend:TransformersBackend",
     "precomputed": "precomputed:PrecomputedBackend.from_file",
     "vllm": "vllm_backend:VLLMBackend",

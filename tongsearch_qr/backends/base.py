@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..generation import GenerationParams
 from ..prompts import PromptTemplate
@@ -55,24 +55,34 @@ def sample_indices(questions: Sequence[str], samples: Sequence[int] | None) -> l
     return samples
 
 
-def requests_with_n(questions: Sequence[str], samples: Sequence[int],
-                    seeded: bool) -> list[tuple[str, int, list[tuple[int, int]]]]:
-    """Rows grouped into one request per question for engines that draw ``n`` samples at once:
-    ``(question, n, [(choice index, row), ...])``. Seeded, choice ``j`` is sample ``j`` (so ``n`` is the
-    highest index asked + 1, and rows asking the same index share its draw); unseeded, any choices will do
-    and ``n`` is the number of rows."""
-    rows: dict[str, list[int]] = {}
+class EngineRequest(NamedTuple):
+    """One request to an engine that draws ``n`` completions at once: ``rows`` pairs each choice index with the row
+    it answers; a seeded request draws with the seed of sample index ``sample`` (``None`` unseeded)."""
+
+    question: str
+    n: int
+    rows: list[tuple[int, int]]
+    sample: int | None
+
+
+def requests_with_n(questions: Sequence[str], samples: Sequence[int], seeded: bool) -> list[EngineRequest]:
+    """Rows grouped into requests for engines that draw ``n`` samples at once. Seeded, each (question, sample
+    index) is a request of its own (``n=1``; rows asking the same pair share its draw), to be drawn with
+    :func:`row_seed` of that index: engines seed choice ``j`` of a request with ``seed + j``, so one seed sent with
+    ``n`` would make seed 1's sample 1 seed 2's sample 0. Unseeded, any choices will do: one request per question,
+    ``n`` its number of rows."""
+    groups: dict[tuple[str, int | None], list[int]] = {}
     for row, question in enumerate(questions):
-        rows.setdefault(question, []).append(row)
+        groups.setdefault((question, samples[row] if seeded else None), []).append(row)
     if seeded:
-        return [(q, max(samples[r] for r in positions) + 1, [(samples[r], r) for r in positions])
-                for q, positions in rows.items()]
-    return [(q, len(positions), list(enumerate(positions))) for q, positions in rows.items()]
+        return [EngineRequest(q, 1, [(0, row) for row in rows], sample) for (q, sample), rows in groups.items()]
+    return [EngineRequest(q, len(rows), list(enumerate(rows)), None) for (q, _), rows in groups.items()]
 
 
-def row_seed(seed: int, prompt: Sequence[int], params_key: object, sample: int = 0, *, bits: int = 32) -> int:
-    """The seed of one row's random stream, from (``seed``, the prompt's token ids, the generation parameters and,
-    above 0, the sample index): the same draw whatever else is generated with it."""
+def row_seed(seed: int, prompt: Sequence[object], params_key: object, sample: int = 0, *, bits: int = 32) -> int:
+    """The seed of one row's random stream, from (``seed``, the prompt: its token ids, or the chat messages sent to
+    a server, the generation parameters and, above 0, the sample index): the same draw whatever else is generated
+    with it, and another for every seed and sample index. Every backend seeds its draws with it."""
     key = [seed, params_key, list(prompt)] + ([sample] if sample else [])
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> (64 - bits)

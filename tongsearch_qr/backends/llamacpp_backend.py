@@ -3,7 +3,15 @@
 One llama.cpp context holds ``parallel`` sequences, each in its own KV-cache stream. Every step decodes the next
 token of all running sequences together and starts waiting prompts in the slots that finished (continuous
 batching, as ``llama-server --parallel`` does), so the CPU works on large matrix products instead of one token
-at a time.
+at a time. Every stream is as long as the context's longest sequence needs, so the KV cache is kept within a budget
+(``kv_cache_gib``): prompts run longest first, and long ones with fewer sequences at a time than short ones
+(:func:`plan_runs`). The part of the prompt every question shares (the chat template and instructions before the
+question, :func:`template_prefix`) is decoded once per run and its KV cache copied into each new sequence. Calls to
+``generate`` from several threads (copies made by ``QRReasoner.with_`` share their backend) take turns on the one
+context.
+
+The embedded model and its fine-tunes run as a GGUF of the weight type llama.cpp is fastest with on this CPU
+(:func:`weights_type_for` of what llama.cpp reports, :func:`cpu_features`).
 
 Prompts are the same token ids as the transformers backend's (the model's chat template through its Hugging Face
 tokenizer) and completions are decoded by that tokenizer. Sampling follows the paper's settings in transformers'
@@ -15,31 +23,117 @@ queries may draw a different completion than alone; the reasoning cache keeps wh
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import heapq
 import logging
 import os
 import random
+import re
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation import GenerationParams
-from ..gguf_export import gguf_model
+from ..gguf_export import check_weights_type, gguf_model, is_gguf_file
 from ..prompts import PromptTemplate
 from .base import ResultCallback, row_seed, sample_indices
-from .prompting import fit_prompt
+from .prompting import fit_prompt, render
 
 log = logging.getLogger(__name__)
 _LOG_CALLBACK: Any = None
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed instead
+DEFAULT_KV_CACHE_GIB = 4.0
+_CONTEXT_STEP = 256  # llama.cpp pads each sequence's context to a multiple of this
+_GIB = 1 << 30
+#: llama.cpp CPU features (as :func:`cpu_features` reports them) under which its kernels compute bfloat16 natively
+NATIVE_BF16_FEATURES = frozenset({"AVX512_BF16"})
+#: the weight type on CPUs without them: the fastest of BF16, F16, Q8_0 and Q4_0 with llama.cpp built for AVX2
+#: without AVX-512 (Zen 3's instructions; benchmarks/throughput.py --weights-types), and as exact as BF16
+NON_BF16_WEIGHTS_TYPE = "F16"
+
+
+def cpu_features(lib: Any = None) -> frozenset[str]:
+    """The CPU features llama.cpp's kernels use on this machine, as llama.cpp reports them (``AVX2``,
+    ``AVX512_BF16``, ``NEON``...): those of the CPU that its build was compiled for."""
+    if lib is None:
+        import llama_cpp as lib
+    return frozenset(re.findall(r"(\w+) = 1\b", lib.llama_print_system_info().decode()))
+
+
+@functools.cache
+def installed_cpu_features() -> frozenset[str] | None:
+    """:func:`cpu_features` of the installed llama-cpp-python, or ``None`` where it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return cpu_features(llama_cpp)
+
+
+def weights_type_for(features: frozenset[str]) -> str:
+    """The GGUF weight type for llama.cpp with CPU ``features``: ``BF16`` where bfloat16 is native (the type the
+    transformers backend runs there, and faster than F16 and Q8_0; only 4-bit Q4_0 was faster), else
+    :data:`NON_BF16_WEIGHTS_TYPE`."""
+    return "BF16" if features & NATIVE_BF16_FEATURES else NON_BF16_WEIGHTS_TYPE
+
+
+def template_prefix(tokenizer: Any, template: PromptTemplate) -> list[int]:
+    """The token ids every prompt of ``template`` starts with (the chat template and the instructions before the
+    question): what two prompts with different questions have in common. A prompt that does not start with them
+    (the question merged a token with the text before it) is decoded whole."""
+    first, second = (render(tokenizer, template, question) for question in ("a", "Z"))
+    shared = next((i for i, (x, y) in enumerate(zip(first, second)) if x != y), min(len(first), len(second)))
+    return first[:shared]
 
 
 def _forward_log(level: int, text: bytes, user_data: Any) -> None:
     """llama.cpp's warnings and errors go to Python logging; its progress reports (every load step) do not."""
     if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
         log.log(logging.WARNING if level == 3 else logging.ERROR, "llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+
+@dataclass(frozen=True)
+class Run:
+    """Prompts that share one llama.cpp context: their ``rows`` (longest prompt first), how many decode at a time
+    (``slots``) and the tokens each sequence's KV stream holds (``per_sequence``)."""
+
+    rows: list[int]
+    slots: int
+    per_sequence: int
+
+
+def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_budget_bytes: int,
+              kv_bytes_per_token: int) -> list[Run]:
+    """Split prompts of ``lengths`` tokens into :class:`Run` s whose KV cache (``slots x per_sequence`` tokens)
+    stays within ``kv_budget_bytes``. Prompts go longest first; a run ends where a context for the next prompt
+    could hold at least twice as many sequences, so a long prompt decodes beside few others and short ones keep up
+    to ``parallel`` at a time. A prompt that alone needs more than the budget is an error (nothing runs)."""
+    budget_tokens = kv_budget_bytes // kv_bytes_per_token
+
+    def shape(row: int) -> tuple[int, int]:
+        per_sequence = -(-(lengths[row] + max_new_tokens) // _CONTEXT_STEP) * _CONTEXT_STEP
+        return per_sequence, min(parallel, budget_tokens // per_sequence)
+
+    order = sorted(range(len(lengths)), key=lambda row: lengths[row], reverse=True)
+    runs, start = [], 0
+    while start < len(order):
+        per_sequence, slots = shape(order[start])
+        if slots < 1:
+            need = per_sequence * kv_bytes_per_token / _GIB
+            raise ValueError(
+                f"a prompt of {lengths[order[start]]} tokens with max_new_tokens={max_new_tokens} needs {need:.2f} GiB "
+                f"of KV cache, more than kv_cache_gib={kv_budget_bytes / _GIB:.3g}: raise kv_cache_gib (--kv-cache-gib) "
+                "or lower max_new_tokens")
+        end = start + 1
+        while end < len(order) and shape(order[end])[1] < 2 * slots:
+            end += 1
+        runs.append(Run(order[start:end], min(slots, end - start), per_sequence))
+        start = end
+    return runs
 
 
 @dataclass
@@ -55,13 +149,21 @@ class LlamaCppBackend:
     """Generation with llama.cpp's batched decoding on a GGUF model.
 
     ``model``: the embedded default or a local fine-tune / LoRA adapter of it (the weights the transformers backend
-    loads, written once as a bfloat16 GGUF and cached), or any ``.gguf`` file as it is. ``parallel``: how many
-    sequences decode together; ``threads``: CPU threads (default: all cores).
+    loads, written once per weight type as GGUF and cached), or any ``.gguf`` file as it is. ``weights_type``:
+    ``BF16``, ``F16``, ``Q8_0``, ``Q4_0`` or ``F32`` for those exported weights (default: :func:`weights_type_for`
+    this CPU). ``parallel``: how many sequences decode together at most; ``kv_cache_gib``: the most memory the KV
+    cache may take (long prompts then decode with fewer sequences at a time); ``threads``: CPU threads (default: all
+    cores); ``share_prefix``: decode the prompts' shared start once per run. Thread-safe: concurrent ``generate``
+    calls run one after the other.
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
+                 kv_cache_gib: float = DEFAULT_KV_CACHE_GIB, weights_type: str | None = None, share_prefix: bool = True):
+        self._lock = threading.Lock()  # one context: one generate (or close) at a time
         if not 1 <= parallel <= MAX_SEQUENCES:
             raise ValueError(f"parallel must be between 1 and {MAX_SEQUENCES} (llama.cpp's limit), got {parallel}")
+        if not kv_cache_gib > 0:
+            raise ValueError(f"kv_cache_gib must be > 0, got {kv_cache_gib}")
         try:
             import llama_cpp
         except ImportError as exc:
@@ -70,10 +172,18 @@ class LlamaCppBackend:
         _LOG_CALLBACK = _LOG_CALLBACK or llama_cpp.llama_log_callback(_forward_log)  # kept alive: called later
         llama_cpp.llama_log_set(_LOG_CALLBACK, None)
         self._lib = llama_cpp
-        found = gguf_model(model)
+        if is_gguf_file(model):
+            if weights_type is not None:
+                raise ValueError(f"{model} is a GGUF file and runs with the weights it holds: leave weights_type out")
+            self.weights_type = None
+        else:
+            self.weights_type = check_weights_type(weights_type) if weights_type else weights_type_for(
+                cpu_features(llama_cpp))
+        found = gguf_model(model, self.weights_type or "BF16")
         self.gguf_path, self.tokenizer = found.path, found.tokenizer
         self.cache_id = f"llamacpp:{found.identity}"
         self.parallel, self.threads = parallel, threads or os.cpu_count() or 1
+        self.kv_cache_gib, self.share_prefix = kv_cache_gib, share_prefix
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), params)
@@ -82,16 +192,33 @@ class LlamaCppBackend:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.context_length = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.kv_bytes_per_token = self._kv_bytes_per_token()
         self._ctx, self._ctx_shape = None, (0, 0)
+
+    def _kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token of one sequence: keys and values in float16 (llama.cpp's default) per layer."""
+        lib, model = self._lib, self._model
+        head = lib.llama_model_n_embd(model) // lib.llama_model_n_head(model)
+        width = sum(self._metadata_int(f"attention.{part}_length") or head for part in ("key", "value"))
+        return lib.llama_model_n_layer(model) * lib.llama_model_n_head_kv(model) * width * 2
+
+    def _metadata_int(self, key: str) -> int | None:
+        """An integer of the GGUF metadata under the model's architecture (``llama.<key>``), if it is there."""
+        value = ctypes.create_string_buffer(64)
+        if self._lib.llama_model_meta_val_str(self._model, b"general.architecture", value, len(value)) < 0:
+            return None
+        name = f"{value.value.decode()}.{key}".encode()
+        return int(value.value) if self._lib.llama_model_meta_val_str(self._model, name, value, len(value)) > 0 else None
 
     def close(self) -> None:
         """Free the llama.cpp context and model (also done when the backend is garbage-collected)."""
-        if getattr(self, "_ctx", None):
-            self._lib.llama_free(self._ctx)
-            self._ctx = None
-        if getattr(self, "_model", None):
-            self._lib.llama_model_free(self._model)
-            self._model = None
+        with self._lock:
+            if getattr(self, "_ctx", None):
+                self._lib.llama_free(self._ctx)
+                self._ctx = None
+            if getattr(self, "_model", None):
+                self._lib.llama_model_free(self._model)
+                self._model = None
 
     def __del__(self) -> None:
         if getattr(self, "_lib", None) is not None and self._lib.llama_free is not None:  # not at interpreter exit
@@ -105,7 +232,7 @@ class LlamaCppBackend:
             return self._ctx
         if self._ctx:
             self._lib.llama_free(self._ctx)
-        per_sequence = -(-per_sequence // 256) * 256
+            self._ctx = None
         params = self._lib.llama_context_default_params()
         params.n_ctx = slots * per_sequence
         params.n_batch = params.n_ubatch = max(512, per_sequence, slots)
@@ -147,25 +274,59 @@ class LlamaCppBackend:
         on_result: ResultCallback | None = None,
         samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order, ``parallel`` sequences decoding at a time."""
+        """Completions for ``questions`` in input order, up to ``parallel`` sequences decoding at a time (fewer for
+        long prompts, to keep the KV cache within ``kv_cache_gib``)."""
         samples = sample_indices(questions, samples)
         if not questions:
             return []
-        prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
-        slots = min(self.parallel, len(prompts))
-        per_sequence = max(len(p) for p in prompts) + params.max_new_tokens
+        with self._lock:
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
+                       for q in questions]
+            runs = plan_runs([len(p) for p in prompts], params.max_new_tokens, self.parallel,
+                             int(self.kv_cache_gib * _GIB), self.kv_bytes_per_token)
+            prefix = template_prefix(self.tokenizer, template) if self.share_prefix else []
+            results = [""] * len(prompts)
+            for run in runs:
+                self._decode_run(run, prompts, prefix, params, samples, results, on_result)
+        return results
+
+    def _decode_run(self, run: Run, prompts: list[list[int]], prefix: list[int], params: GenerationParams,
+                    samples: Sequence[int], results: list[str], on_result: ResultCallback | None) -> None:
+        """Decode the prompts of ``run`` in one context, writing each completion into ``results`` at its row. The
+        KV cache of ``prefix`` is decoded in the first sequence that starts with it and copied into the others."""
+        slots, per_sequence = run.slots, run.per_sequence
         ctx = self._context(slots, per_sequence)
         lib = self._lib
         memory = lib.llama_get_memory(ctx)
         batch = lib.llama_batch_init(max(per_sequence, slots), 0, 1)
-        waiting = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True))
+        waiting = deque(run.rows)
         free, running = list(range(slots)), []  # a heap: new sequences take the lowest free slot
-        results = [""] * len(prompts)
         samplers: dict[int, Any] = {}  # slot -> the sampler of its sequence, until freed
+        prefix_state: Any = None  # the KV cache of ``prefix`` in one sequence, once decoded
 
         def decode() -> None:
             if lib.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama.cpp failed to decode a batch")
+
+        def prefill(seq: _Sequence, prompt: list[int]) -> None:
+            """Decode ``prompt`` into ``seq``'s KV stream (the shared prefix copied in), logits of its last token."""
+            nonlocal prefix_state
+            start = 0
+            if prefix and len(prompt) > len(prefix) and prompt[:len(prefix)] == prefix:
+                if prefix_state is None:
+                    batch.n_tokens = 0
+                    for position, token in enumerate(prefix):
+                        self._add(batch, token, position, seq.slot, False)
+                    decode()
+                    prefix_state = (ctypes.c_uint8 * lib.llama_state_seq_get_size(ctx, seq.slot))()
+                    lib.llama_state_seq_get_data(ctx, prefix_state, len(prefix_state), seq.slot)
+                elif lib.llama_state_seq_set_data(ctx, prefix_state, len(prefix_state), seq.slot) != len(prefix_state):
+                    raise RuntimeError("llama.cpp could not copy the shared prompt prefix into a sequence")
+                start = len(prefix)
+            batch.n_tokens = 0
+            for position in range(start, len(prompt)):
+                seq.output = self._add(batch, prompt[position], position, seq.slot, position == len(prompt) - 1)
+            decode()
 
         def finished(seq: _Sequence) -> bool:
             """Draw ``seq``'s next token; at its end, report it and free its slot."""
@@ -195,10 +356,7 @@ class LlamaCppBackend:
                         row_seed(params.seed, prompt, params.key(), samples[row]) % DEFAULT_SEED
                     seq = _Sequence(row, heapq.heappop(free), position=len(prompt))
                     samplers[seq.slot] = self._sampler(params, prompt, seed)  # freed at its end, or below on failure
-                    batch.n_tokens = 0
-                    for position, token in enumerate(prompt):
-                        seq.output = self._add(batch, token, position, seq.slot, position == len(prompt) - 1)
-                    decode()
+                    prefill(seq, prompt)
                     if not finished(seq):
                         running.append(seq)
                 if not running:
@@ -216,7 +374,6 @@ class LlamaCppBackend:
             for sampler in samplers.values():
                 lib.llama_sampler_free(sampler)
             lib.llama_batch_free(batch)
-        return results
 
     @staticmethod
     def _add(batch: Any, token: int, position: int, sequence: int, logits: bool) -> int:

@@ -6,7 +6,9 @@ spread over several servers when given (least outstanding requests first; a dead
 others); each finished completion is handed to ``on_result`` at once, so the reasoner writes it to its cache
 before the rest are done. 429 and 5xx answers, timeouts and dropped connections are retried with
 exponential backoff (``Retry-After`` honoured); when retries run out the call fails with
-:class:`~tongsearch_qr.errors.BackendUnavailableError` and everything finished so far is kept.
+:class:`~tongsearch_qr.errors.BackendUnavailableError` and everything finished so far is kept. A request the
+server rejects for what it holds (400, 413, 422) fails alone: the others finish, then
+:class:`~tongsearch_qr.errors.RequestRejectedError` names its question.
 """
 
 from __future__ import annotations
@@ -20,15 +22,25 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, RequestRejectedError
 from ..generation import GenerationParams
 from ..prompts import PromptTemplate
-from .base import ResultCallback, requests_with_n, sample_indices
+from .base import EngineRequest, ResultCallback, requests_with_n, row_seed, sample_indices
+from .openai_servers import ServedModel, ServerPool, identify, survey
+from .prompting import fit_question
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: answers that refuse a request for what it holds: the question fails alone
+REJECT_STATUS = frozenset({400, 413, 422})
+#: sampling fields beyond OpenAI's schema (vLLM, TGI and llama.cpp take them; strict APIs refuse them)
+SAMPLING_EXTRAS = ("top_k", "repetition_penalty")
+
+
+class _Rejected(Exception):
+    """The server refused one request for what it holds."""
 
 
 class OpenAIBackend:
@@ -37,16 +49,25 @@ class OpenAIBackend:
     ``model`` is the name the servers serve (``$TONGSEARCH_QR_OPENAI_MODEL`` when not given); ``base_url`` is
     one URL or a list of them (several replicas of the same model, e.g. one ``vllm serve`` per GPU), default
     ``$OPENAI_BASE_URL`` (comma-separated for several), then ``http://127.0.0.1:8000/v1``. The API key comes
-    from ``$OPENAI_API_KEY`` (``api_key_env`` names another variable). ``top_k`` and ``repetition_penalty`` are
-    sent as extra fields, as vLLM, TGI and llama.cpp accept them; set ``sampling_extras=False`` for strict APIs
-    that reject unknown fields. Cached reasoning is keyed by the served model's name, not the URL: serve
-    different weights under different names.
+    from ``$OPENAI_API_KEY`` (``api_key_env`` names another variable).
+
+    Cached reasoning is keyed by the id the servers list the model under in ``/v1/models`` (see :attr:`cache_id`):
+    ``tongsearch-qr serve`` lists ``NAME@<digest of the weights>``, so ``model`` may be ``NAME`` and retrained
+    weights get new keys; a server that does not list the model is keyed by ``model`` as given.
+
+    Prompts are fitted to the servers' context: the ``max_model_len`` they list (vLLM does), capped by
+    ``max_prompt_tokens`` prompt tokens when given; a question too long is cut as the local backends cut it,
+    measured with ``tokenizer`` (a model spec), by default the served model's own when its name is a local
+    directory or hub id (else prompts go as they are, with a warning). ``top_k`` and ``repetition_penalty`` are
+    sent as extra fields when ``sampling_extras`` is true, never when false; ``None`` (auto) sends them and, for a
+    server that rejects them (a 400 or 422 naming them), sends that request again without them, and every later
+    one to that server.
 
     With several servers each request goes to the live server with the fewest requests in flight (at most
-    ``concurrency`` per server). A server that cannot be connected to, or drops connections
-    ``max_server_failures`` times in a row, is taken out of the run and its in-flight questions go to the
-    others; nothing is lost and each question's completion is reported once. ``server_counts`` holds the
-    completions each server delivered in the last call.
+    ``concurrency`` per server). A server that refuses connections, or fails ``max_server_failures`` times in a
+    row (failed or dropped connections, 5xx answers; a busy server's timeouts do not count), is taken out of the
+    run and its in-flight questions go to the others; nothing is lost and each question's completion is reported
+    once. ``server_counts`` holds the completions each server delivered in the last call.
     """
 
     def __init__(
@@ -60,8 +81,10 @@ class OpenAIBackend:
         max_retries: int = 6,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
-        sampling_extras: bool = True,
+        sampling_extras: bool | None = None,
         max_server_failures: int = 2,
+        max_prompt_tokens: int | None = None,
+        tokenizer: str | os.PathLike[str] | None = None,
     ):
         try:
             import httpx  # noqa: F401
@@ -74,6 +97,10 @@ class OpenAIBackend:
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_server_failures < 1:
             raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout > 0, backoff >= 0 and "
                              "max_server_failures >= 1")
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        if sampling_extras not in (None, True, False):
+            raise ValueError(f"sampling_extras must be True, False or None (auto), got {sampling_extras!r}")
         self.model = str(model)
         urls = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         urls = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else [str(u).strip() for u in urls]
@@ -92,24 +119,41 @@ class OpenAIBackend:
         self.max_backoff = max_backoff
         self.sampling_extras = sampling_extras
         self.max_server_failures = max_server_failures
+        self.max_prompt_tokens = max_prompt_tokens
+        self.tokenizer = tokenizer
         self.server_counts: dict[str, int] = {}
-        # keyed by the served model, not by where it is served: the same model behind another host or port hits
-        self.cache_id = f"openai:{self.model}"
+        self._served: ServedModel | None = None
+        self._measuring_tokenizer: Any = None
+        self._extras_refused: set[str] = set()  # servers that rejected the sampling extras
+
+    @property
+    def cache_id(self) -> str:
+        """``openai:<id>``: the id the servers list the model under (asked the first time), else the name given;
+        not the URL, so the same model behind another host or port hits the cache."""
+        if self._served is None:
+            self._served = identify(self.model, survey(self.base_urls, self._headers(), self.timeout))
+        return f"openai:{self._served.id}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def request_body(self, question: str, template: PromptTemplate, params: GenerationParams,
-                     n: int = 1) -> dict[str, Any]:
-        """The JSON body of the chat completion request for ``n`` completions of ``question``."""
-        body: dict[str, Any] = {"model": self.model, "messages": template.messages(question),
-                                "max_tokens": params.max_new_tokens, "n": n}
+                     n: int = 1, sample: int = 0) -> dict[str, Any]:
+        """The JSON body of the chat completion request for ``n`` completions of ``question``; seeded, drawn
+        with the seed of sample index ``sample`` (:func:`~tongsearch_qr.backends.base.row_seed` of the messages)."""
+        messages = template.messages(question)
+        model = self._served.id if self._served is not None else self.model
+        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens, "n": n}
+        extras = self.sampling_extras is not False
         if params.do_sample:
             body.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
-                body["seed"] = params.seed
-            if self.sampling_extras and params.top_k > 0:
+                body["seed"] = row_seed(params.seed, messages, params.key(), sample)
+            if extras and params.top_k > 0:
                 body["top_k"] = params.top_k
         else:
             body["temperature"] = 0.0
-        if self.sampling_extras and params.repetition_penalty != 1.0:
+        if extras and params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty
         return body
 
@@ -121,35 +165,91 @@ class OpenAIBackend:
         on_result: ResultCallback | None = None,
         samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order; ``on_result`` is called as each one arrives. The
-        samples of a question are one request with ``n`` (seeded, choice ``j`` is sample ``j``)."""
-        requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
-        bodies = [(self.request_body(q, template, params, n), rows) for q, n, rows in requests]
-        return _run_coroutine(self._generate_all(bodies, len(questions), on_result))
+        """Completions for ``questions`` in input order; ``on_result`` is called as each one arrives. Unseeded,
+        the samples of a question are one request with ``n``; seeded, each (question, sample index) is a request
+        with its own seed."""
+        samples = sample_indices(questions, samples)
+        found = survey(self.base_urls, self._headers(), self.timeout)
+        served = identify(self.model, found)
+        if self._served is not None and served.id != self._served.id:
+            raise BackendUnavailableError(
+                f"the servers now serve {served.id!r}, not {self._served.id!r} as when this backend first asked: the "
+                "weights changed, so new completions would be cached under the old weights' key. Create a new "
+                "backend (QRReasoner) for the new weights")
+        self._served = served
+        sent = self._fitted(questions, template, params)
+        requests = requests_with_n(questions, samples, params.seed is not None)
+        work = [(self.request_body(sent[r.question], template, params, r.n, r.sample or 0), r) for r in requests]
+        return _run_coroutine(self._generate_all(work, len(questions), set(found.unreachable), on_result))
 
-    async def _generate_all(self, bodies: list[tuple[dict[str, Any], list[tuple[int, int]]]], count: int,
-                            on_result: ResultCallback | None) -> list[str]:
+    def _fitted(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams) -> dict[str, str]:
+        """Each distinct question as it is sent: cut to fit the servers' context (their ``max_model_len``, capped
+        by ``max_prompt_tokens``) when there is a limit and a tokenizer to measure with."""
+        distinct = list(dict.fromkeys(questions))
+        limits = [self.max_prompt_tokens + params.max_new_tokens] if self.max_prompt_tokens else []
+        if self._served is not None and self._served.context_length:
+            limits.append(self._served.context_length)
+        tokenizer = self._prompt_tokenizer() if limits else None
+        if tokenizer is None:
+            return {q: q for q in distinct}
+        return {q: fit_question(tokenizer, template, q, min(limits), params.max_new_tokens)[0] for q in distinct}
+
+    def _prompt_tokenizer(self) -> Any:
+        """The tokenizer that measures prompts (looked for once): ``tokenizer``'s, else the served model's own when
+        its name is a local directory or hub id; ``None`` (warned once) when there is none."""
+        if self._measuring_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from ..models import load_pretrained, resolve_model
+
+            served = self._served.id if self._served else self.model
+            specs = [self.tokenizer] if self.tokenizer else list(dict.fromkeys([self.model, served,
+                                                                                 served.rpartition("@")[0]]))
+            problems = []
+            for spec in filter(None, specs):
+                try:
+                    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, resolve_model(spec))
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{spec}: {exc}")
+                    continue
+                if getattr(tokenizer, "chat_template", None) is None:
+                    problems.append(f"{spec}: its tokenizer has no chat template")
+                    continue
+                self._measuring_tokenizer = tokenizer
+                break
+            else:
+                if self.tokenizer:
+                    raise ValueError(f"tokenizer={self.tokenizer!r} cannot measure prompts ({'; '.join(problems)})")
+                log.warning("prompts are sent as they are, not fitted to the server's context: no tokenizer for %r "
+                            "(pass tokenizer=<model spec>); a question too long fails alone", served)
+                self._measuring_tokenizer = False
+        return self._measuring_tokenizer or None
+
+    async def _generate_all(self, work: list[tuple[dict[str, Any], EngineRequest]], count: int,
+                            out: AbstractSet[str], on_result: ResultCallback | None) -> list[str]:
         import httpx
 
         results: list[str | None] = [None] * count
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        rejected: dict[str, str] = {}
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        clients = [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
+        clients = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=limits, timeout=timeout)
                    for url in self.base_urls]
         try:
-            pool = _ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures)
-            await self._check_reachable(pool)
+            pool = ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures, out)
 
-            async def one(i: int) -> None:
-                body, rows = bodies[i]
-                choices = await self._complete(pool, body)
-                for j, row in rows:
+            async def one(body: dict[str, Any], request: EngineRequest) -> None:
+                try:
+                    choices = await self._complete(pool, body)
+                except _Rejected as exc:  # this question alone
+                    rejected[request.question] = str(exc)
+                    return
+                for j, row in request.rows:
                     results[row] = choices[j]
                     if on_result is not None:
                         on_result(row, choices[j])
 
-            tasks = [asyncio.create_task(one(i)) for i in range(len(bodies))]
+            tasks = [asyncio.create_task(one(body, request)) for body, request in work]
             try:
                 await asyncio.gather(*tasks)
             finally:  # first failure: stop the rest, but let finished ones have been reported
@@ -163,62 +263,73 @@ class OpenAIBackend:
         finally:
             for client in clients:
                 await client.aclose()
+        if rejected:
+            raise RequestRejectedError(rejected, len({request.question for _, request in work}))
         return [r if r is not None else "" for r in results]
 
-    async def _check_reachable(self, pool: _ServerPool) -> None:
+    async def _complete(self, pool: ServerPool, body: dict[str, Any]) -> list[str]:
         import httpx
 
-        problems = {}
-        for url, client in zip(pool.urls, pool.clients):
-            try:
-                await client.get("/models", timeout=min(10.0, self.timeout))
-            except httpx.TransportError as exc:
-                problems[url] = f"{type(exc).__name__}: {exc}"
-                pool.dead.add(url)
-        if len(problems) == len(pool.urls):
-            listing = "; ".join(f"{url} ({why})" for url, why in problems.items())
-            raise BackendUnavailableError(
-                f"no OpenAI-compatible server answers at {listing}. Start one, e.g. `vllm serve <model>` or "
-                "`transformers serve <model>`, and pass its URL (base_url= / --base-url)")
-        for url, why in problems.items():
-            log.warning("server %s does not answer (%s); going on with the others", url, why)
-
-    async def _complete(self, pool: _ServerPool, body: dict[str, Any]) -> list[str]:
-        import httpx
-
-        problem, retry_after, attempt, tried = "", None, 0, set()
+        problem, attempt, tried = "", 0, set()
         while attempt <= self.max_retries:
             url, client = await pool.acquire(tried)
+            sent = self._body_for(url, body)
             try:
-                response = await client.post("/chat/completions", json=body)
+                response = await client.post("/chat/completions", json=sent)
             except httpx.TransportError as exc:
                 problem = f"{url}: {type(exc).__name__}: {exc}"
-                pool.failed(url, connect=isinstance(exc, httpx.ConnectError))
+                busy = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout))
+                if not busy:  # a busy server's timeout says nothing of its health
+                    pool.failed(url, refused=isinstance(exc, httpx.ConnectError))
                 tried.add(url)
                 if pool.untried(tried):
-                    continue  # a dropped connection: the question goes at once to a live server it has not tried
+                    continue  # at once to a live server the question has not tried
                 attempt += 1
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
             finally:
                 await pool.release(url)
-            if response.status_code in RETRY_STATUS:
-                problem = f"{url}: HTTP {response.status_code}: {response.text[:200]}"
-                retry_after = response.headers.get("retry-after")
+            status = response.status_code
+            if status >= 500:
+                pool.failed(url)
+            else:
+                pool.answered(url, delivered=status == 200)
+            if status == 200:
+                return _completion_texts(response, url, body["n"])
+            problem = f"{url}: HTTP {status}: {response.text[:300]}"
+            if self._refuses_extras(url, sent, response):
+                continue  # sent again at once, without them
+            if status in RETRY_STATUS:
+                tried.add(url)
                 attempt += 1
-                await asyncio.sleep(self._delay(attempt, retry_after))
+                await asyncio.sleep(self._delay(attempt, response.headers.get("retry-after")))
                 continue
-            if response.status_code != 200:
-                raise BackendUnavailableError(
-                    f"{url} refused a request for model {self.model!r}: HTTP {response.status_code}: "
-                    f"{response.text[:500]}"
-                )
-            pool.succeeded(url)
-            return _completion_texts(response, url, body["n"])
+            if status in REJECT_STATUS:
+                raise _Rejected(f"HTTP {status} from {url}: {response.text[:300]}")
+            raise BackendUnavailableError(
+                f"{url} refused a request for model {body['model']!r}: HTTP {status}: {response.text[:500]}")
         raise BackendUnavailableError(
             f"{', '.join(self.base_urls)}: a request failed {self.max_retries + 1} times in a row (last: {problem}); "
             "completions finished before this are kept in the reasoning cache: rerun to resume"
         )
+
+    def _body_for(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` as sent to ``url``: without the sampling extras when that server rejected them."""
+        if url in self._extras_refused:
+            return {key: value for key, value in body.items() if key not in SAMPLING_EXTRAS}
+        return body
+
+    def _refuses_extras(self, url: str, sent: dict[str, Any], response: Any) -> bool:
+        """With ``sampling_extras=None``: whether ``response`` is a 400 or 422 that names sampling extras ``sent``
+        carried; then ``url`` gets none from now on."""
+        named = [field for field in SAMPLING_EXTRAS if field in sent and field in response.text]
+        if self.sampling_extras is not None or response.status_code not in (400, 422) or not named:
+            return False
+        if url not in self._extras_refused:
+            self._extras_refused.add(url)
+            log.warning("%s rejects %s: its requests go without top_k and repetition_penalty from now on, so it "
+                        "samples without them (--sampling-extras makes this an error)", url, " and ".join(named))
+        return True
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         """Seconds before retry number ``attempt``: the server's ``Retry-After`` (in seconds) when it sent
@@ -229,57 +340,6 @@ class OpenAIBackend:
             except ValueError:
                 pass
         return min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1.0)
-
-
-class _ServerPool:
-    """Client-side spreading over replicas: least outstanding requests among the live servers, at most
-    ``per_server`` in flight on each; a server is taken out after ``max_failures`` dropped connections in a
-    row (at once when it refuses connections) while others are live."""
-
-    def __init__(self, urls: list[str], clients: list[Any], per_server: int, max_failures: int):
-        self.urls, self.clients, self.per_server, self.max_failures = urls, clients, per_server, max_failures
-        self.in_flight = dict.fromkeys(urls, 0)
-        self.failures = dict.fromkeys(urls, 0)
-        self.delivered = dict.fromkeys(urls, 0)
-        self.dead: set[str] = set()
-        self._changed = asyncio.Condition()
-
-    def alive(self) -> list[str]:
-        return [u for u in self.urls if u not in self.dead]
-
-    def untried(self, tried: AbstractSet[str]) -> list[str]:
-        """Live servers a question has not failed on yet."""
-        return [u for u in self.alive() if u not in tried]
-
-    async def acquire(self, tried: AbstractSet[str] = frozenset()) -> tuple[str, Any]:
-        """A server for a request, preferring those the question has not failed on."""
-        async with self._changed:
-            while True:
-                live = self.untried(tried) or self.alive() or self.urls  # all out: retries and backoff decide
-                free = [u for u in live if self.in_flight[u] < self.per_server]
-                if free:
-                    url = min(free, key=lambda u: self.in_flight[u])
-                    self.in_flight[url] += 1
-                    return url, self.clients[self.urls.index(url)]
-                await self._changed.wait()
-
-    async def release(self, url: str) -> None:
-        async with self._changed:
-            self.in_flight[url] -= 1
-            self._changed.notify_all()
-
-    def succeeded(self, url: str) -> None:
-        self.failures[url] = 0
-        self.delivered[url] += 1
-
-    def failed(self, url: str, *, connect: bool) -> None:
-        """Count a dropped connection; ``url`` goes out of the run (never the last live server) when it
-        refused the connection or dropped ``max_failures`` in a row."""
-        self.failures[url] += 1
-        if (connect or self.failures[url] >= self.max_failures) and len(self.alive()) > 1 and url not in self.dead:
-            self.dead.add(url)
-            log.warning("server %s is out of this run (%d failed requests); its questions go to the others", url,
-                        self.failures[url])
 
 
 def _completion_texts(response: Any, base_url: str, n: int) -> list[str]:

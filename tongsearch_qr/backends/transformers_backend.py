@@ -25,7 +25,9 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str, device: str) -> Any:
-    """``auto``: bfloat16 on CUDA and on CPUs with native bf16 support, else float32."""
+    """``auto``: bfloat16 where the device computes it natively (CUDA GPUs of compute capability 8.0 and up, CPUs
+    with AVX512-BF16/AMX), else float16 on CUDA (T4, V100: bf16 there is emulated and slow) and float32 on CPU.
+    The requested GPU (``cuda:N``) is the one asked, not the current device."""
     import torch
 
     if dtype != "auto":
@@ -35,15 +37,43 @@ def pick_dtype(dtype: str, device: str) -> Any:
         except KeyError:
             raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = bool(torch.version.hip) or torch.cuda.get_device_properties(torch.device(device)).major >= 8
+        return torch.bfloat16 if native else torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+#: batching on a CPU: the per-step overhead is small, so moderate batches are as fast as big ones
+CPU_BATCH_SIZE, CPU_BATCH_TOKENS = 64, 65536
+#: on CUDA: at most this many sequences per batch, and this share of the free memory for their KV cache
+CUDA_MAX_BATCH_SIZE, CUDA_MEMORY_SHARE = 512, 0.5
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Bytes of KV cache one token takes in every layer (keys and values)."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def cuda_batching(free_bytes: int, config: Any, dtype_bytes: int) -> tuple[int, int]:
+    """(sequences, tokens) per batch on a GPU with ``free_bytes`` free: the KV cache of a batch's padded tokens
+    (prompt and new) fits in :data:`CUDA_MEMORY_SHARE` of the free memory, at most :data:`CUDA_MAX_BATCH_SIZE`
+    sequences. A GPU's step costs nearly the same for 1 or 512 sequences, so batches are as large as fit."""
+    tokens = int(free_bytes * CUDA_MEMORY_SHARE) // kv_bytes_per_token(config, dtype_bytes)
+    if tokens < 1024:
+        raise MemoryError(f"only {free_bytes / 2**30:.1f} GiB free on the GPU: not enough for a batch of this "
+                          "model's KV cache; free memory or pass batch_size/max_batch_tokens")
+    return CUDA_MAX_BATCH_SIZE, tokens
 
 
 class TransformersBackend:
     """Generation with ``AutoModelForCausalLM.generate``.
 
     Questions are sorted by token length and cut into batches (of at most ``batch_size`` sequences
-    and ``max_batch_tokens`` padded tokens) that trade padding against per-step overhead (see
+    and ``max_batch_tokens`` padded tokens; by default 64 and 65,536 on a CPU, and on CUDA sized from the
+    GPU's free memory, see :func:`cuda_batching`) that trade padding against per-step overhead (see
     :func:`~tongsearch_qr.backends.batching.plan_batches`), generated with left padding; a
     question too long for the model's context (minus ``max_new_tokens``) is cut with a warning.
     Sampling uses :class:`~tongsearch_qr.backends.sampling.TopKTopPSampler` (same distribution as
@@ -57,8 +87,8 @@ class TransformersBackend:
         *,
         device: str = "auto",
         dtype: str = "auto",
-        batch_size: int = 64,
-        max_batch_tokens: int = 65536,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         step_overhead_tokens: int | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,22 +101,28 @@ class TransformersBackend:
         self._attach(loaded, tokenizer, self.source.identity(), batch_size, max_batch_tokens, step_overhead_tokens)
 
     @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, batch_size: int = 64, max_batch_tokens: int = 65536,
-                    step_overhead_tokens: int | None = None) -> TransformersBackend:
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, batch_size: int | None = None,
+                    max_batch_tokens: int | None = None, step_overhead_tokens: int | None = None) -> TransformersBackend:
         """Generate with a model already in memory (e.g. one being trained), as it is: not moved nor cast.
         ``generate`` switches it to eval mode; switch it back to train mode yourself."""
         backend = cls.__new__(cls)
         backend._attach(model, tokenizer, name, batch_size, max_batch_tokens, step_overhead_tokens)
         return backend
 
-    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int, max_batch_tokens: int,
+    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int | None, max_batch_tokens: int | None,
                 step_overhead_tokens: int | None) -> None:
-        if batch_size < 1 or max_batch_tokens < 1:
-            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         import torch
 
         self.model, self.tokenizer = model, tokenizer
         self.device, self.dtype = str(model.device), model.dtype
+        if self.device.startswith("cuda") and (batch_size is None or max_batch_tokens is None):
+            free = torch.cuda.mem_get_info(torch.device(self.device))[0]
+            sized = cuda_batching(free, model.config, torch.tensor([], dtype=self.dtype).element_size())
+        else:
+            sized = (CPU_BATCH_SIZE, CPU_BATCH_TOKENS)
+        batch_size, max_batch_tokens = batch_size or sized[0], max_batch_tokens or sized[1]
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         # fixed cost of a decoding step in prompt-token equivalents: small on CPUs, large on GPUs

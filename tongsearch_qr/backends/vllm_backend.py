@@ -14,7 +14,7 @@ from typing import Any
 from ..generation import GenerationParams
 from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
-from .base import ResultCallback, requests_with_n, sample_indices
+from .base import ResultCallback, requests_with_n, row_seed, sample_indices
 from .prompting import fit_prompt
 
 
@@ -27,8 +27,9 @@ def local_model_dir(source: ModelSource) -> str:
     return load_pretrained(lambda repo, **kw: snapshot_download(repo, **kw), source)
 
 
-def sampling_params(params: GenerationParams, n: int = 1) -> Any:
-    """vLLM ``SamplingParams`` equal to ``params`` (greedy -> temperature 0), drawing ``n`` completions."""
+def sampling_params(params: GenerationParams, n: int = 1, seed: int | None = None) -> Any:
+    """vLLM ``SamplingParams`` equal to ``params`` (greedy -> temperature 0), drawing ``n`` completions with
+    ``seed`` (a row's own, see :func:`~tongsearch_qr.backends.base.row_seed`; ``None``: unseeded)."""
     from vllm import SamplingParams
 
     if not params.do_sample:
@@ -36,7 +37,7 @@ def sampling_params(params: GenerationParams, n: int = 1) -> Any:
                               repetition_penalty=params.repetition_penalty)
     return SamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                           top_k=params.top_k if params.top_k > 0 else -1,
-                          repetition_penalty=params.repetition_penalty, seed=params.seed)
+                          repetition_penalty=params.repetition_penalty, seed=seed)
 
 
 def cpu_engine_defaults(model_dir: str, max_model_len: int | None) -> dict[str, Any]:
@@ -114,21 +115,25 @@ class VLLMBackend:
         on_result: ResultCallback | None = None,
         samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order; the samples of a question are one request with ``n``
-        (with a seed, choice ``j`` of that request is sample ``j``, the same in every run)."""
+        """Completions for ``questions`` in input order. Unseeded, the samples of a question are one request with
+        ``n``; seeded, each (question, sample index) is a request drawn with its own seed (:func:`row_seed` of the
+        prompt's token ids), the same in every run and another for every seed and sample."""
         from vllm.inputs import TokensPrompt
 
         requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
         results: list[str] = [""] * len(questions)
         for start in range(0, len(requests), self.chunk_size):
             chunk = requests[start : start + self.chunk_size]
-            prompts = [TokensPrompt(prompt_token_ids=fit_prompt(self.tokenizer, template, q, self.context_length,
-                                                                params.max_new_tokens)) for q, _, _ in chunk]
-            sampling = [sampling_params(params, n) for _, n, _ in chunk]
-            outputs = self.llm.generate(prompts, sampling, use_tqdm=self.progress)
-            for (_, _, rows), output in zip(chunk, outputs):
+            prompts = [fit_prompt(self.tokenizer, template, r.question, self.context_length, params.max_new_tokens)
+                       for r in chunk]
+            sampling = [sampling_params(params, r.n, None if params.seed is None
+                                        else row_seed(params.seed, ids, params.key(), r.sample or 0))
+                        for r, ids in zip(chunk, prompts)]
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], sampling,
+                                        use_tqdm=self.progress)
+            for request, output in zip(chunk, outputs):
                 choices = {choice.index: choice.text for choice in output.outputs}
-                for j, row in rows:
+                for j, row in request.rows:
                     results[row] = choices[j]
                     if on_result is not None:
                         on_result(row, choices[j])

@@ -24,6 +24,8 @@ BRIGHT_TASKS = ["biology", "earth_science", "economics", "psychology", "robotics
                 "sustainable_living", "leetcode", "pony", "aops", "theoremqa_theorems", "theoremqa_questions"]
 #: the tasks whose ``gold_answer`` is a StackExchange accepted answer (the others have none)
 STACKEXCHANGE_TASKS = BRIGHT_TASKS[:7]
+#: tasks this project only ever evaluates on: never trained, validated or chosen on (training refuses them)
+EVALUATION_ONLY_TASKS = ("sustainable_living", "theoremqa_questions", "theoremqa_theorems")
 LOCAL_HELP = ("use a local copy instead: examples and qrels as in the shared data (examples/<task>.jsonl.gz, "
               "qrels/<task>.txt) or the hub's parquet layout (examples/, documents/, long_documents/ holding "
               "<task>-00000-of-00001.parquet), e.g. `--bright-dir DIR --documents DIR` or "
@@ -76,6 +78,28 @@ def bright_answers(task: str, *, source: str | os.PathLike[str] | None = None) -
         raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
                                f"{', '.join(STACKEXCHANGE_TASKS)})")
     return pairs
+
+
+def load_bright_answers(task: str, *, source: str | os.PathLike[str] | None = None) -> Collection:
+    """A BRIGHT StackExchange task's gold-answer pool as a collection (``bright-answers:<task>``): every
+    question against every distinct ``gold_answer`` of the task, its own accepted answer the one relevant
+    document. Real questions and real answers, no documents split needed (offline with the shared examples)."""
+    rows = _examples(task, source, ["id", "query", "gold_answer"])
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    doc_ids: dict[str, str] = {}
+    for row in rows:
+        answer = row.get("gold_answer")
+        if not isinstance(answer, str) or answer.strip() in ("", "N/A"):
+            continue
+        qid = str(row["id"])
+        queries[qid] = row["query"]
+        qrels[qid] = {doc_ids.setdefault(answer, f"answer-{len(doc_ids)}"): 1}
+    if not queries:
+        raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
+                               f"{', '.join(STACKEXCHANGE_TASKS)})")
+    answers = [(doc_id, text) for text, doc_id in doc_ids.items()]
+    return Collection(f"bright-answers:{task}", queries, qrels, lambda: iter(answers))
 
 
 def _examples(task: str, source: str | os.PathLike[str] | None, columns: list[str]) -> Any:

@@ -8,18 +8,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputFormatError
+from ..metrics import trec_ranking
 
 
 def write_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str = "tongsearch-qr") -> None:
     """Write ``qid Q0 docid rank score tag`` lines, best first per query; documents with equal scores keep
-    the order they have in ``run`` (the retriever's tie order, e.g. BRIGHT's)."""
+    the order they have in ``run`` (the retriever's tie order, e.g. BRIGHT's). Scores are written in full and
+    strictly decreasing (:func:`~tongsearch_qr.metrics.trec_ranking`), so trec_eval ranks in this order too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: -kv[1])  # stable: ties stay in the retriever's order
-            for rank, (doc, score) in enumerate(ranked, 1):
-                out.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+            for rank, (doc, score) in enumerate(trec_ranking(docs, qid), 1):
+                out.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
 
 
 def read_run(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputFormatError
 from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, search_depth, write_index_meta
 
 
 def _bm25s():
-    """bm25s, with its logger back at WARNING (bm25s sets it to DEBUG when imported)."""
+    """bm25s, imported without touching an accelerator, with its logger back at WARNING (bm25s sets it to DEBUG
+    when imported). bm25s imports JAX when it is installed and runs a warm-up ``jax.lax.top_k`` at import, which
+    initialises JAX on the GPU and preallocates 75% of its memory; unless the program imported JAX itself, bm25s
+    is imported with JAX hidden, so it selects top-k with numpy (as :meth:`BM25Retriever.search` asks anyway)."""
+    if "bm25s" not in sys.modules and "jax" not in sys.modules:
+        sys.modules["jax"] = None  # type: ignore[assignment]  # `import jax` raises ImportError while this is set
+        try:
+            import bm25s
+        finally:
+            del sys.modules["jax"]
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s
+
+
+def bm25s_tokenize(texts: list[str], **options) -> Any:
+    """``bm25s.tokenize`` (bm25s imported as :func:`_bm25s` does)."""
+    return _bm25s().tokenize(texts, **options)
 
 
 class BM25Retriever:
@@ -63,7 +79,7 @@ class BM25Retriever:
         if not queries:
             return []
         depth = min(search_depth(k, exclude), len(self.doc_ids))
-        docs, scores = self._model.retrieve(self._tokenize(list(queries)), k=depth,
+        docs, scores = self._model.retrieve(self._tokenize(list(queries)), k=depth, backend_selection="numpy",
                                             show_progress=self.show_progress, n_threads=1)
         rankings = []
         for row, (row_docs, row_scores) in enumerate(zip(docs, scores)):

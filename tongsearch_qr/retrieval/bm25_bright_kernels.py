@@ -72,7 +72,9 @@ def _tokenize(buf, bounds, classes):
     tokens: lowercased bytes one after another, and where each ends.
     """
     pieces = len(bounds) - 1
-    ids = np.empty((bounds[-1] - bounds[0]) // 2 + 1, dtype=np.int32)  # tokens are separated: one per 2 bytes
+    # a token is followed by a byte that is in no token, or by the end of its piece: a piece of n bytes holds
+    # at most (n + 1) // 2 tokens (pieces are joined without a separator, so the bound is per piece)
+    ids = np.empty(np.sum((bounds[1:] - bounds[:-1] + 1) // 2), dtype=np.int32)
     counts = np.zeros(pieces, dtype=np.int64)
     too_long = np.zeros(pieces, dtype=np.bool_)
     pool = np.empty(1 << 16, dtype=np.uint8)
@@ -218,6 +220,8 @@ def weigh(indptr, indices, freqs, lengths, idfs, k1, b, avgdl):
     the same float64 operations in the same order, then float32, so bit-for-bit gensim's."""
     weights = np.empty(len(freqs), dtype=np.float32)
     for row in range(len(lengths)):
+        if indptr[row] == indptr[row + 1]:
+            continue  # no terms (avgdl may then be 0: a corpus of empty texts)
         norm = k1 * (1 - b + b * lengths[row] / avgdl)
         for k in range(indptr[row], indptr[row + 1]):
             weights[k] = idfs[indices[k]] * (freqs[k] / (freqs[k] + norm))
