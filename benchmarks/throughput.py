@@ -49,13 +49,11 @@ PARAMS = {"max_new_tokens": 128, "seed": 0}
 #: the untrained embedded model (the weights of the shipped GGUF) and the paper's prompt on every row, so that
 #: every path runs the same weights and writes the same kind of text
 MODEL = "base"
-#: runs of each row; its time is the fastest (``--repeats``: other work on the machine only ever slows a run)
-REPEATS = 1
 #: environment variables that hold llama.cpp (a build for another CPU) and torch's kernels to fewer instructions
 ISA_LIMITS = ("LLAMA_CPP_LIB_PATH", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[str], float]:
+def sequential_fp32(queries: list[str], params: GenerationParams, repeats: int) -> tuple[list[str], float]:
     """One generate call per query, float32: how the seed scripts run a reasoner."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,21 +75,22 @@ def sequential_fp32(queries: list[str], params: GenerationParams) -> tuple[list[
             texts.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
         return texts
 
-    return fastest(one_at_a_time)
+    return fastest(one_at_a_time, repeats)
 
 
-def fastest(run) -> tuple[list[str], float]:
-    """The texts of ``run()`` and its fastest time over :data:`REPEATS` runs."""
+def fastest(run, repeats: int) -> tuple[list[str], float]:
+    """The texts of ``run()`` and its fastest time over ``repeats`` runs (``--repeats``: other work on the machine
+    only ever slows a run)."""
     seconds = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         texts = run()
         seconds.append(time.perf_counter() - start)
     return texts, min(seconds)
 
 
-def timed_reason(reasoner: QRReasoner, queries: list[str]) -> tuple[list[str], float]:
-    return fastest(lambda: reasoner.backend.generate(queries, reasoner.template, reasoner.generation))
+def timed_reason(reasoner: QRReasoner, queries: list[str], repeats: int) -> tuple[list[str], float]:
+    return fastest(lambda: reasoner.backend.generate(queries, reasoner.template, reasoner.generation), repeats)
 
 
 def vllm_worker(spec_file: str, out_file: str) -> None:
@@ -102,12 +101,12 @@ def vllm_worker(spec_file: str, out_file: str) -> None:
                           gpu_memory_utilization=0.3, max_model_len=2048, max_num_seqs=spec["max_num_seqs"],
                           enforce_eager=spec["eager"])
     load = time.perf_counter() - start
-    texts, seconds = timed_reason(reasoner, spec["queries"])
+    texts, seconds = timed_reason(reasoner, spec["queries"], spec["repeats"])
     Path(out_file).write_text(json.dumps({"label": f"vllm engine, max_num_seqs={spec['max_num_seqs']}",
                                           "texts": texts, "seconds": seconds, "load": load}))
 
 
-def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
+def run_vllm_engine(python: str, queries: list[str], eager: bool, repeats: int) -> list[dict]:
     """The vllm backend at 8 and at vLLM's default 256 sequences, one engine per process (vLLM-CPU
     keeps its KV cache reserved until the process exits)."""
     rows = []
@@ -115,7 +114,7 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         for max_num_seqs in (8, 256):
             spec.write_text(json.dumps({"queries": queries, "params": PARAMS, "max_num_seqs": max_num_seqs,
-                                        "eager": eager}))
+                                        "eager": eager, "repeats": repeats}))
             log = Path(tempfile.gettempdir()) / f"tongsearch-qr-throughput-vllm-{max_num_seqs}.log"
             with log.open("w") as handle:
                 done = subprocess.run([python, __file__, "--vllm-worker", str(spec), str(out)], text=True,
@@ -129,7 +128,8 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool) -> list[dict]:
     return rows
 
 
-def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool) -> list[dict]:
+def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool,
+             repeats: int) -> list[dict]:
     from tongsearch_qr.serving import LocalServer
 
     # whole-prompt prefill: vLLM-CPU's engine dies on seeded requests whose prefill is split (see cpu_engine_defaults)
@@ -145,14 +145,14 @@ def run_http(python: str, queries: list[str], concurrencies: list[int], baseline
             reasoner = QRReasoner(server.model_name, backend="openai", base_url=server.base_url,
                                   concurrency=concurrency, generation=GenerationParams(**PARAMS))
             subset = queries[:baseline] if concurrency == 1 else queries
-            texts, seconds = timed_reason(reasoner, subset)
+            texts, seconds = timed_reason(reasoner, subset, repeats)
             rows.append({"label": f"openai -> vllm serve, concurrency {concurrency}", "texts": texts,
                          "seconds": seconds, "load": load})
     return rows
 
 
 def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weights_types: list[str],
-                 params: GenerationParams, threads: int | None) -> list[dict]:
+                 params: GenerationParams, threads: int | None, repeats: int) -> list[dict]:
     """The llamacpp backend (this CPU's weight type) one sequence at a time and at each of ``parallels``; at the
     most sequences without prefix sharing and in each of ``weights_types``; and on the shipped Q4_1 file."""
     from tongsearch_qr.backends.llamacpp_backend import cpu_features, weights_type_for
@@ -168,12 +168,12 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weight
         start = time.perf_counter()
         reasoner = QRReasoner(MODEL, backend="llamacpp", generation=params, threads=threads, **options)
         load = time.perf_counter() - start
-        texts, seconds = timed_reason(reasoner, queries[:baseline] if options["parallel"] == 1 else queries)
+        texts, seconds = timed_reason(reasoner, queries[:baseline] if options["parallel"] == 1 else queries, repeats)
         rows.append({"label": f"llamacpp backend, {label} ({reasoner.backend.weights_type})", "texts": texts,
                      "seconds": seconds, "load": load})
         reasoner.backend.close()
     shipped = QRReasoner(embedded_gguf_path(), backend="llamacpp", generation=params, parallel=most, threads=threads)
-    texts, seconds = timed_reason(shipped, queries)
+    texts, seconds = timed_reason(shipped, queries, repeats)
     rows.append({"label": f"llamacpp backend, parallel {most} (shipped Q4_1)", "texts": texts, "seconds": seconds})
     return rows
 
@@ -252,9 +252,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    global REPEATS
     PARAMS["max_new_tokens"] = args.max_new_tokens
-    REPEATS = args.repeats
     if args.threads:
         torch.set_num_threads(args.threads)
     queries = bright_queries(args.task, args.queries)
@@ -262,26 +260,27 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL).path)
     rows: list[dict] = []
 
-    texts, seconds = sequential_fp32(queries[: args.baseline_queries], params)
+    texts, seconds = sequential_fp32(queries[: args.baseline_queries], params, args.repeats)
     rows.append({"label": "seed: sequential batch-1 float32", "texts": texts, "seconds": seconds})
     for batch_size, label in ((8, "transformers backend, batch 8"), (64, "transformers backend, default batching")):
         reasoner = QRReasoner(MODEL, backend="transformers", generation=params, batch_size=batch_size)
-        texts, seconds = timed_reason(reasoner, queries)
+        texts, seconds = timed_reason(reasoner, queries, args.repeats)
         rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
                      "seconds": seconds})
     start = time.perf_counter()
     default = QRReasoner(MODEL, generation=params, threads=args.threads)  # backend="auto"
     load = time.perf_counter() - start
-    texts, seconds = timed_reason(default, queries)
+    texts, seconds = timed_reason(default, queries, args.repeats)
     choice = default.backend.choice
     rows.append({"label": f"auto (default) -> {choice.engine} {choice.weights_type or ''}".rstrip(), "texts": texts,
                  "seconds": seconds, "load": load})
-    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, args.weights_types, params, args.threads)
+    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, args.weights_types, params, args.threads,
+                         args.repeats)
     if not args.skip_vllm:
         if not Path(args.vllm_python).exists():
             raise SystemExit(f"{args.vllm_python} not found: run `make setup-vllm` or pass --vllm-python / --skip-vllm")
-        rows += run_vllm_engine(args.vllm_python, queries, args.eager)
-        rows += run_http(args.vllm_python, queries, args.concurrency, args.baseline_queries, args.eager)
+        rows += run_vllm_engine(args.vllm_python, queries, args.eager, args.repeats)
+        rows += run_http(args.vllm_python, queries, args.concurrency, args.baseline_queries, args.eager, args.repeats)
 
     path = resolve_model(MODEL).path
     for row in rows:
@@ -292,7 +291,7 @@ def main() -> None:
     by_label = {row["label"]: row for row in rows}
     print(cpu_kind())
     print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
-          f"paper sampling (seeded); fastest of {REPEATS} run(s) per row")
+          f"paper sampling (seeded); fastest of {args.repeats} run(s) per row")
     print(f"{'path':<56}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}"
           f"{'GFLOP/s':>9}")
     for row in rows:

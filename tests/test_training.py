@@ -302,6 +302,7 @@ def test_bad_configs_are_rejected(tmp_path):
         load_config(cfg).grpo_config()
     for bad, match in (("stages: [rft]\nrft: {objective: dpo}", "rft.objective is gone: .* stage dpo"),
                        ("stages: [rft]\nrft: {questions_from: easy}", "rft.questions_from must be hard or all"),
+                       ("grpo_questions: easy", "grpo_questions must be hard or all"),
                        ("stages: [grpo, grpo]", "each stage may appear once"), ("stages: [ppo]", "stages must be"),
                        ("weights_dtype: int8", "weights_dtype must be float32"),
                        ("stages: [distil]", "distil.teachers must list"),
@@ -328,13 +329,15 @@ def test_bad_configs_are_rejected(tmp_path):
         dry_run(load_config(cfg))
 
 
-@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-distil", "qwen2.5-1.5b",
-                                  "qwen2.5-7b"])
+@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-distil", "cpu-grpo",
+                                  "qwen2.5-1.5b", "qwen2.5-7b"])
 def test_bundled_configs_pass_the_dry_run(name):
     report = dry_run(load_config(config_path(name)))
-    if name in ("cpu-rft", "cpu-dpo", "cpu-keyterms"):  # LoRA on four sites (matheducators held out)
-        assert report["stages"] == {"cpu-rft": ["rft"], "cpu-dpo": ["dpo"], "cpu-keyterms": ["keyterms", "rft"]}[name]
-        assert report["lora"] and report["examples"] == 1305 - 189 and report["grpo_config"] is None
+    if name in ("cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-grpo"):  # LoRA on four sites (matheducators held out)
+        assert report["stages"] == {"cpu-rft": ["rft"], "cpu-dpo": ["dpo"], "cpu-keyterms": ["keyterms", "rft"],
+                                    "cpu-grpo": ["grpo"]}[name]
+        assert report["lora"] and report["examples"] == 1305 - 189
+        assert report["grpo_config"] == ("GRPOConfig" if name == "cpu-grpo" else None)
         return
     if name == "cpu-distil":  # + BRIGHT's training tasks (earth_science and the evaluation-only tasks held out)
         assert report["stages"] == ["distil", "grpo"] and report["examples"] == 1305 - 189 + 525

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -232,13 +233,19 @@ def test_generation_runs_in_the_dtype_inference_would_use_here(tiny_model_dir):
 
 @pytest.mark.slow
 def test_grpo_run_logs_each_point_once_continues_to_more_steps_and_runs_through_eval(tiny_model_dir, tmp_path,
-                                                                                     shared_data):
+                                                                                     shared_data, caplog):
+    import re
+
     from tongsearch_qr import GenerationParams, QRReasoner
     from tongsearch_qr.cli import main
     from tongsearch_qr.training import train
 
-    config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None))
-    final = train(config)
+    config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None,
+                                      grpo_questions="hard"))
+    with caplog.at_level(logging.INFO, logger="tongsearch_qr.training"):
+        final = train(config)
+    hard, total = map(int, re.search(r"1-grpo: (\d+) of (\d+) training questions are hard", caplog.text).groups())
+    assert 0 < hard < total  # trained only on questions the question alone does not already answer best
     run = tmp_path / "run"
     stage = run / "stages" / "1-grpo"
     assert (stage / "checkpoint-2" / "trainer_state.json").is_file() and (run / "log.png").is_file()

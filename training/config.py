@@ -134,6 +134,9 @@ class TrainConfig:
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "bm25_rank"}])
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     grpo: dict[str, Any] = field(default_factory=dict)
+    #: the GRPO stage's questions: ``all``, or ``hard`` (those whose question alone does not already rank a positive
+    #: first: the others give every completion the same gain reward, a group with no advantage to learn from)
+    grpo_questions: str = "all"
     stages: list[str] = field(default_factory=lambda: ["grpo"])  # run in order
     keyterms: KeyTermsConfig = field(default_factory=KeyTermsConfig)
     distil: DistilConfig = field(default_factory=DistilConfig)
@@ -239,6 +242,8 @@ class TrainConfig:
                     "data": data, "lora": self.lora, "prompt": prompt, "stage": stage, "section": section}
         if stage in ("rft", "dpo", "grpo"):
             settings["rewards"] = self.rewards
+        if stage == "grpo" and self.grpo_questions != "all":
+            settings["grpo_questions"] = self.grpo_questions
         if stage in ("rft", "dpo"):
             settings["generation_dtype"] = self.generation_dtype
         return settings
@@ -357,6 +362,8 @@ def check(config: TrainConfig, file: Path) -> None:
             raise InputFormatError(f"{file}: {name} rounds, samples and questions must be >= 1")
         if rounds.questions_from not in ("hard", "all"):
             raise InputFormatError(f"{file}: {name}.questions_from must be hard or all (got {rounds.questions_from!r})")
+    if config.grpo_questions not in ("hard", "all"):
+        raise InputFormatError(f"{file}: grpo_questions must be hard or all (got {config.grpo_questions!r})")
     if "dpo" in config.stages and config.dpo.samples < 2:
         raise InputFormatError(f"{file}: dpo.samples must be >= 2 (a pair needs two completions)")
     from tongsearch_qr.modes import get_mode

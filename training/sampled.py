@@ -47,10 +47,14 @@ def weighted_rewards(rewards: Sequence[Any], weights: Sequence[float], completio
     return totals
 
 
-def hard_questions(examples: Sequence[TrainingExample], ranker: BM25Rank) -> list[TrainingExample]:
-    """The examples whose question alone does not rank a positive first (the others leave nothing to gain)."""
-    return [ex for ex in examples
+def hard_questions(run: StageRun) -> list[TrainingExample]:
+    """The training examples whose question alone does not rank a positive first among every training answer (the
+    others leave nothing to gain)."""
+    ranker = BM25Rank(mode="original", metric="rr", gain=False, corpus=run.data.pool_corpus("corpus"))
+    hard = [ex for ex in run.data.train
             if ranker.score([ex.question], ex.question, ex.positives, ex.negatives, ex.source)[0] < 1.0]
+    log.info("%s: %d of %d training questions are hard", run.name, len(hard), len(run.data.train))
+    return hard
 
 
 def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample], settings: SampledRoundsConfig,
@@ -114,10 +118,7 @@ def _rounds(kind: str, objective: str, options_of: Callable[[Any], dict[str, Any
     def run_rounds(model: Any, run: StageRun) -> Any:
         settings = getattr(run.config, kind)
         options = options_of(settings)
-        ranker = BM25Rank(mode="original", metric="rr", gain=False, corpus=run.data.pool_corpus("corpus"))
-        candidates = (hard_questions(run.data.train, ranker) if settings.questions_from == "hard"
-                      else list(run.data.train))
-        log.info("%s: %d of %d training questions to sample from", run.name, len(candidates), len(run.data.train))
+        candidates = hard_questions(run) if settings.questions_from == "hard" else list(run.data.train)
         done = [r for r in range(1, settings.rounds + 1) if _round_done(run.folder, r)]
         if not done:
             run.validate(0, model, {f"{kind}/candidate_questions": len(candidates)})
