@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,9 +350,11 @@ def test_bundled_configs_pass_the_dry_run(name):
     if name != "cpu-tiny":
         import torch
 
-        config = load_config(CONFIG_DIR / f"{name}.yaml").grpo_config(use_cpu=not torch.cuda.is_available())
-        assert any("use_cpu" in note for note in report["notes"]) or torch.cuda.is_available()
-        assert config.use_vllm and config.vllm_mode == "server" and config.bf16 and config.beta == 0.008
+        recipe = load_config(CONFIG_DIR / f"{name}.yaml")
+        config = recipe.grpo_config(use_cpu=not torch.cuda.is_available())  # bf16 kept on a GPU (dropped on a CPU
+        assert any("use_cpu" in note for note in report["notes"]) or torch.cuda.is_available()  # that emulates it)
+        assert recipe.grpo["bf16"] and (config.bf16 or not torch.cuda.is_available())
+        assert config.use_vllm and config.vllm_mode == "server" and config.beta == 0.008
         assert config.num_generations == 16 and config.max_steps == 150 and config.learning_rate == 1e-6
 
 
@@ -403,3 +406,20 @@ def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():
     rows = key_term_rows(examples, [ex.question for ex in examples], template, corpus, 10)
     assert rows == [{"prompt": template.messages(question),
                      "completion": [{"role": "assistant", "content": "store, airtight, Beans"}]}]
+
+
+def test_bf16_autocast_is_dropped_on_a_cpu_that_only_emulates_bf16(monkeypatch, caplog):
+    import torch
+
+    from tongsearch_qr.backends import transformers_backend
+    from tongsearch_qr.training.tuning import machine_precision, trainer_options
+
+    for native in (False, True):
+        monkeypatch.setattr(transformers_backend, "pick_dtype",
+                            lambda dtype, device, native=native: torch.bfloat16 if native else torch.float32)
+        caplog.clear()
+        assert machine_precision({"bf16": True, "use_cpu": True})["bf16"] is native
+        assert ("only by emulation" in caplog.text) is not native
+        assert trainer_options({"bf16": True, "use_cpu": True}, Path("out"))["bf16"] is native  # SFT / DPO stages
+        assert load_config(config_path("cpu-grpo")).grpo_config().bf16 is native  # the GRPO stage
+    assert machine_precision({"bf16": False, "use_cpu": True})["bf16"] is False

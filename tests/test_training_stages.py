@@ -196,10 +196,14 @@ def _one_small_step(tiny_model_dir: Path, tmp_path: Path, shared_data: Path, wei
     return changed / total
 
 
-def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(tiny_model_dir, tmp_path, shared_data):
+def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(tiny_model_dir, tmp_path, shared_data,
+                                                                              monkeypatch):
     import torch
 
+    from tongsearch_qr.training import tuning
     from tongsearch_qr.training.tuning import load_policy
+
+    monkeypatch.setattr(tuning, "machine_precision", lambda options: options)  # autocast even where bf16 is emulated
 
     cfg = write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None,
                        grpo="{bf16: true, use_cpu: true, max_steps: 1, num_generations: 2, "

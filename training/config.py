@@ -211,12 +211,12 @@ class TrainConfig:
         from trl import GRPOConfig
 
         options = {"output_dir": str(self.path(self.output_dir)), **self.grpo, **overrides}
-        if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
-            from .tuning import checkpointing_option
+        from .tuning import checkpointing_option, machine_precision
 
+        if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
             options[checkpointing_option()] = True  # TRL's default, under the name this transformers reads
         try:
-            return GRPOConfig(**options)
+            return GRPOConfig(**machine_precision(options))
         except (TypeError, ValueError) as exc:
             raise InputFormatError(f"grpo: settings rejected by TRL's GRPOConfig: {exc}") from exc
 

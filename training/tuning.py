@@ -126,13 +126,31 @@ def checkpoint_step(checkpoint: str) -> int:
 
 def trainer_options(options: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """Options of a TRL fine-tuning config (``SFTConfig`` / ``DPOConfig``): ``options`` over defaults for a small
-    model on a CPU (no bf16 unless asked, no gradient checkpointing, which TRL turns on by default and which only
-    recomputes activations a small model can keep, a checkpoint every 25 steps to resume from, no reporting)."""
+    model on a CPU (no bf16 unless asked and computed natively, see :func:`machine_precision`; no gradient
+    checkpointing, which TRL turns on by default and which only recomputes activations a small model can keep; a
+    checkpoint every 25 steps to resume from; no reporting)."""
     defaults = {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "steps", "save_steps": 25,
                 "save_total_limit": 1, "logging_steps": 5, "bf16": False}
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
         defaults[checkpointing_option()] = False
-    return {**defaults, **options}
+    return machine_precision({**defaults, **options})
+
+
+def machine_precision(options: dict[str, Any]) -> dict[str, Any]:
+    """A trainer's ``options`` for this machine: ``bf16: true`` (bfloat16 autocast) is dropped, with a warning,
+    where training runs on a CPU that computes bfloat16 only by emulation (no AVX512-BF16/AMX; the commoner
+    kind): autocast there is several times slower than float32, which the weights are held in anyway. GPUs and
+    CPUs with native bf16 keep what was asked."""
+    import torch
+
+    from tongsearch_qr.backends.transformers_backend import pick_dtype
+
+    on_cpu = options.get("use_cpu") or not torch.cuda.is_available()
+    if not options.get("bf16") or not on_cpu or pick_dtype("auto", "cpu") == torch.bfloat16:
+        return options
+    log.warning("bf16: true asked, but this CPU computes bfloat16 only by emulation (no avx512_bf16/AMX): training "
+                "in float32 instead (faster here; a CPU with native bf16 trains in bfloat16 autocast)")
+    return {**options, "bf16": False}
 
 
 def checkpointing_option() -> str:
