@@ -304,7 +304,10 @@ def test_a_dataset_in_and_parquet_out_through_reason_dataset(ray_address, one_pr
 
 
 def _cached(path) -> dict[str, tuple[str, float]]:
+    """The cache's rows; none while the driver has created the file but not yet its table."""
     with sqlite3.connect(path) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reasoning'").fetchone():
+            return {}
         return {key: (text, created) for key, text, created in conn.execute("SELECT key, completion, created FROM reasoning")}
 
 
