@@ -50,20 +50,64 @@ def test_a_rewrite_that_keeps_size_and_modification_time_is_seen(tmp_path, user_
     file.write_bytes(b"a" * 4096)
     stat = file.stat()
     first = models.file_fingerprint(file)
-    time.sleep(0.05)  # the inode's change time moves on a clock tick
-    file.write_bytes(b"b" * 4096)
+    file.write_bytes(b"b" * 4096)  # within the clock tick, often: the stamp is then as it was, but too young to trust
     os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (file.stat().st_size, file.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert models.file_fingerprint(file) != first
 
 
+def test_a_same_size_rewrite_within_one_timestamp_tick_is_read_again(tmp_path, user_cache, monkeypatch):
+    """On a file system whose timestamps tick by the second (ext3, HFS+, many network mounts), a rewrite of the same
+    size within that second leaves every field of the stamp as it was: a stamp younger than 2 s is not trusted
+    (git's racily-clean rule), and one old enough is remembered."""
+    import hashlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tongsearch_qr import file_hashes
+
+    real_stat = Path.stat
+
+    def coarse_stat(path, *args, **kwargs):  # both times in whole seconds, as such a file system keeps them
+        info = real_stat(path, *args, **kwargs)
+        tick = info.st_mtime_ns // 10**9 * 10**9
+        return SimpleNamespace(st_mode=info.st_mode, st_dev=info.st_dev, st_ino=info.st_ino, st_size=info.st_size,
+                               st_mtime_ns=tick, st_ctime_ns=tick, st_mtime=tick / 1e9, st_ctime=tick / 1e9)
+
+    second = 1_700_000_000
+    file = tmp_path / "weights.bin"
+
+    def write(content: bytes) -> None:
+        file.write_bytes(content)
+        os.utime(file, ns=(second * 10**9 + 300_000_000,) * 2)
+
+    monkeypatch.setattr(Path, "stat", coarse_stat)
+    monkeypatch.setattr(time, "time", lambda: second + 0.6)  # just after both writes
+    write(b"a" * 64)
+    assert file_hashes.hash_file_sha256(file) == hashlib.sha256(b"a" * 64).hexdigest()
+    write(b"b" * 64)
+    assert file_hashes.hash_file_sha256(file) == hashlib.sha256(b"b" * 64).hexdigest()
+
+    monkeypatch.setattr(time, "time", lambda: second + 60)  # a minute on: the stamp is old enough to remember
+    reads = []
+    real = file_hashes._read_digest
+    monkeypatch.setattr(file_hashes, "_read_digest", lambda path: (reads.append(path.name), real(path))[1])
+    assert {file_hashes.hash_file_sha256(file) for _ in range(2)} == {hashlib.sha256(b"b" * 64).hexdigest()}
+    assert reads == ["weights.bin"]
+
+
 def test_weights_are_read_once_across_processes_until_they_change(tmp_path, user_cache, monkeypatch):
-    """One process hashes the weights; another gets the digest from the memo in the user cache without reading."""
+    """One process hashes the weights; another gets the digest from the memo in the user cache without reading.
+    Both run a minute after the weights were written (their clocks moved on), so the stamps are old enough to trust."""
     from tongsearch_qr import file_hashes
 
     folder = _model_dir(tmp_path / "model", os.urandom(3 * MIB))
-    code = "import sys; from tongsearch_qr.models import resolve_model; print(resolve_model(sys.argv[1]).identity())"
-    other = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+    later = time.time() + 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    code = ("import sys, time; time.time = lambda: float(sys.argv[2]); from tongsearch_qr.models import resolve_model; "
+            "print(resolve_model(sys.argv[1]).identity())")
+    other = subprocess.run([sys.executable, "-c", code, str(folder), str(later)], capture_output=True, text=True,
+                           timeout=120,
                            env={**os.environ, "TONGSEARCH_QR_CACHE": str(user_cache)})
     assert other.returncode == 0, other.stderr
     assert (user_cache / file_hashes.MEMO_FILE).is_file()
@@ -77,13 +121,15 @@ def test_weights_are_read_once_across_processes_until_they_change(tmp_path, user
     assert reads == ["model.safetensors"]
 
 
-def test_an_unusable_memo_costs_a_warning_not_a_wrong_digest(tmp_path, user_cache, caplog):
+def test_an_unusable_memo_costs_a_warning_not_a_wrong_digest(tmp_path, user_cache, caplog, monkeypatch):
     import hashlib
 
     user_cache.mkdir()
     (user_cache / "file-hashes.sqlite").write_bytes(b"not a database" * 100)
     file = tmp_path / "weights.bin"
     file.write_bytes(b"weights")
+    later = time.time() + 60
+    monkeypatch.setattr(time, "time", lambda: later)  # a stamp old enough to look up in the memo
     assert models.file_fingerprint(file) == hashlib.sha256(b"weights").hexdigest()[:16]
     assert "file-hash memo" in caplog.text and "not usable" in caplog.text
 

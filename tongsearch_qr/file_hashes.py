@@ -2,7 +2,9 @@
 
 A digest is remembered with what identifies the file's content on disk: its resolved path, device, inode, size and
 modification and change times (the change time moves on every write, even one that restores the modification
-time). The memo is a small SQLite table in the user cache (:func:`~tongsearch_qr.paths.cache_root`), so a 7B
+time). A stamp younger than :data:`RACY_SECONDS` is neither trusted nor remembered, as git treats a "racily clean"
+file: on a file system whose timestamps tick coarsely, a rewrite of the same size within the tick keeps every field
+of the stamp. The memo is a small SQLite table in the user cache (:func:`~tongsearch_qr.paths.cache_root`), so a 7B
 model's weights are hashed once across processes, and again only when a file changes. A memo that cannot be read
 or written costs a warning and a re-hash, never a wrong digest.
 """
@@ -13,6 +15,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 MEMO_FILE = "file-hashes.sqlite"
 _CHUNK = 8 << 20
 _ATTEMPTS = 3
+#: a file changed (modification or change time) less than this many seconds ago is hashed without the memo
+RACY_SECONDS = 2.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY,
@@ -40,21 +45,24 @@ def hash_file_sha256(file: str | os.PathLike[str]) -> str:
     A file that changes while it is read is read again (an error after three tries)."""
     path = Path(file).resolve()
     for _ in range(_ATTEMPTS):
-        stamp = _stamp(path)
-        digest = _known.get((str(path), stamp)) or _remembered(path, stamp)
+        info = path.stat()
+        stamp = _stamp(info)
+        racy = time.time() - max(info.st_mtime_ns, info.st_ctime_ns) / 1e9 < RACY_SECONDS
+        digest = None if racy else _known.get((str(path), stamp)) or _remembered(path, stamp)
         if digest is None:
             digest = _read_digest(path)
-            if _stamp(path) != stamp:
+            if _stamp(path.stat()) != stamp:
                 continue
-            _remember(path, stamp, digest)
-        _known[(str(path), stamp)] = digest
+            if not racy:
+                _remember(path, stamp, digest)
+        if not racy:
+            _known[(str(path), stamp)] = digest
         return digest
     raise ModelNotAvailableError(f"{path} kept changing while it was being hashed: wait until whatever writes it is "
                                  "done, then load it again")
 
 
-def _stamp(path: Path) -> str:
-    info = path.stat()
+def _stamp(info: os.stat_result) -> str:
     return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
