@@ -26,6 +26,7 @@ from tongsearch_qr.training.rewards import (
     reasoning_of,
     reciprocal_rank,
 )
+from tongsearch_qr.training.trl_configs import grpo_config
 
 
 def msg(text: str) -> list[dict]:
@@ -146,6 +147,94 @@ def test_bm25_rank_over_each_questions_source():
         reward([msg("x")], question=["q"], positives=[["p"]])
     with pytest.raises(ValueError, match="no corpus for source 'wine'"):
         reward([msg("x")], question=["q"], positives=[[pools["tea"][0]]], source=["wine"])
+
+
+def test_hard_questions_are_judged_by_the_rewards_pool_and_metric(tmp_path):
+    """With an nDCG gain in each question's source pool (cpu-distil's reward), a question its site alone already
+    answers first is not hard even where another site's near-copy outranks it over every answer (reciprocal rank
+    over the whole corpus called it hard), and a two-positive question with one positive first is."""
+    from types import SimpleNamespace
+
+    from tongsearch_qr.prompts import PromptTemplate
+    from tongsearch_qr.training.prepare import Prepared
+    from tongsearch_qr.training.sampled import hard_questions
+
+    pools = {"coffee": ["a burr grinder grinds coffee beans evenly", "milk frothing makes lattes creamy"],
+             "tea": ["burr grinder burr grinder grinds coffee beans grind grind",
+                     "green tea steeping temperature guide: 80 degrees", "oolong leaves unfurl slowly in water"]}
+    first_in_its_site = tdata.TrainingExample("how does a burr grinder grind coffee beans", [pools["coffee"][0]],
+                                              source="coffee")
+    one_of_two_first = tdata.TrainingExample("green tea steeping temperature", pools["tea"][1:], source="tea")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {mapping: m.json}\nrewards: [{name: bm25_rank, options: {mode: weighted:3, metric: ndcg, "
+                   "pool: source}}]\n")
+    config = load_config(cfg)
+    corpus = [doc for docs in pools.values() for doc in docs]
+    prepared = Prepared(config, PromptTemplate.paper(), [first_in_its_site, one_of_two_first], [], corpus, corpus,
+                        pools)
+    prepared.rewards, prepared.weights = build_rewards(config, prepared)
+    assert hard_questions(SimpleNamespace(data=prepared, name="grpo")) == [one_of_two_first]
+    cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrewards: [{name: length_penalty}]\n")
+    with pytest.raises(InputFormatError, match="judged by the bm25_rank reward"):
+        load_config(cfg)
+
+
+def test_generation_while_training_restores_the_tokenizer_and_mode_and_counts_cached_cuda_memory(monkeypatch):
+    """On CUDA a generation batch is sized from the memory the driver reports free plus what PyTorch's allocator
+    holds reserved but unused (mid-training most of it: ``mem_get_info`` alone gave tiny batches or MemoryError)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tongsearch_qr.training.generation import generation_backend
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+
+    class OnCuda(torch.nn.Linear):  # a model that says it is on a GPU
+        config = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        device = torch.device("cuda:0")
+        dtype = torch.float16
+
+    model = OnCuda(2, 2).float().train()
+    tokenizer = SimpleNamespace(padding_side="right", pad_token="<pad>", chat_template="{{ messages }}")
+    with pytest.raises(RuntimeError, match="generation failed"), \
+            generation_backend(model, tokenizer, "float32", batch_size=3) as backend:
+        assert backend.batch_size == 3 and tokenizer.padding_side == "left" and not model.training
+        per_token = 2 * 2 * 2 * 8 * 2  # keys and values, layers, KV heads, head size, float16 bytes
+        assert backend.max_batch_tokens == (21 * gib // 2) // per_token  # half of 1 + 30 - 10 GiB
+        raise RuntimeError("generation failed")
+    assert tokenizer.padding_side == "right" and model.training
+
+
+def test_the_training_modules_import_no_circle():
+    """Each module of the training package imports (also inside functions) only modules that never import it."""
+    import re
+
+    folder = Path(__file__).resolve().parent.parent / "training"
+    imports = {}
+    for file in folder.glob("*.py"):
+        found = set()
+        for module, names in re.findall(r"^\s*from \.(\w*) import ([\w, ]+)", file.read_text(), re.MULTILINE):
+            found |= {module} if module else {n.strip() for n in names.split(",")}
+        imports[file.stem] = found
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in imports.get(start, ()))
+
+    assert [m for m in imports if reaches(m, m, {m})] == []
+
+
+def test_dry_run_checks_the_data_as_training_prepares_it(monkeypatch):
+    from tongsearch_qr.training import trainer
+
+    prepared, real = [], trainer.prepare
+    monkeypatch.setattr(trainer, "prepare", lambda config, *args: prepared.append(real(config, *args)) or prepared[-1])
+    report = dry_run(load_config(config_path("cpu-tiny")))
+    assert len(prepared) == 1 and report["examples"] == len(prepared[0].train) + len(prepared[0].validation) == 1305
+    assert report["reward_weights"] == prepared[0].weights
 
 
 def test_shaping_rewards():
@@ -300,7 +389,7 @@ def test_bad_configs_are_rejected(tmp_path):
     cfg.write_text("data: {mapping: m.json}\ngrpo: {num_generations: 3, per_device_train_batch_size: 4, "
                    "gradient_accumulation_steps: 1}\n")
     with pytest.raises(InputFormatError, match="GRPOConfig"):
-        load_config(cfg).grpo_config()
+        grpo_config(load_config(cfg))
     for bad, match in (("stages: [rft]\nrft: {objective: dpo}", "rft.objective is gone: .* stage dpo"),
                        ("stages: [rft]\nrft: {questions_from: easy}", "rft.questions_from must be hard or all"),
                        ("grpo_questions: easy", "grpo_questions must be hard or all"),
@@ -351,7 +440,7 @@ def test_bundled_configs_pass_the_dry_run(name):
         import torch
 
         recipe = load_config(CONFIG_DIR / f"{name}.yaml")
-        config = recipe.grpo_config(use_cpu=not torch.cuda.is_available())  # bf16 kept on a GPU (dropped on a CPU
+        config = grpo_config(recipe, use_cpu=not torch.cuda.is_available())  # bf16 kept on a GPU (dropped on a CPU
         assert any("use_cpu" in note for note in report["notes"]) or torch.cuda.is_available()  # that emulates it)
         assert recipe.grpo["bf16"] and (config.bf16 or not torch.cuda.is_available())
         assert config.use_vllm and config.vllm_mode == "server" and config.beta == 0.008
@@ -359,7 +448,7 @@ def test_bundled_configs_pass_the_dry_run(name):
 
 
 def test_resume_from_missing_or_corrupt_checkpoints_is_a_clear_error(tmp_path):
-    from tongsearch_qr.training.tuning import check_checkpoint, last_checkpoint
+    from tongsearch_qr.training.checkpoints import check_checkpoint, last_checkpoint
 
     with pytest.raises(InputFormatError, match="does not exist"):
         check_checkpoint(tmp_path / "checkpoint-9")
@@ -412,7 +501,8 @@ def test_bf16_autocast_is_dropped_on_a_cpu_that_only_emulates_bf16(monkeypatch, 
     import torch
 
     from tongsearch_qr.backends import transformers_backend
-    from tongsearch_qr.training.tuning import machine_precision, trainer_options
+    from tongsearch_qr.training.precision import machine_precision
+    from tongsearch_qr.training.trl_configs import trainer_options
 
     for native in (False, True):
         monkeypatch.setattr(transformers_backend, "pick_dtype",
@@ -421,5 +511,5 @@ def test_bf16_autocast_is_dropped_on_a_cpu_that_only_emulates_bf16(monkeypatch, 
         assert machine_precision({"bf16": True, "use_cpu": True})["bf16"] is native
         assert ("only by emulation" in caplog.text) is not native
         assert trainer_options({"bf16": True, "use_cpu": True}, Path("out"))["bf16"] is native  # SFT / DPO stages
-        assert load_config(config_path("cpu-grpo")).grpo_config().bf16 is native  # the GRPO stage
+        assert grpo_config(load_config(config_path("cpu-grpo"))).bf16 is native  # the GRPO stage
     assert machine_precision({"bf16": False, "use_cpu": True})["bf16"] is False

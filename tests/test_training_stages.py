@@ -152,10 +152,10 @@ def test_model_paths_are_read_from_the_config_file_and_hub_ids_left_alone(tmp_pa
         assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == spec
 
 
-def test_changed_settings_under_a_finished_stage_are_an_error_not_a_silent_retrain(tmp_path, shared_data):
+def test_changed_settings_under_a_finished_stage_are_an_error_not_a_silent_retrain(tiny_model_dir, tmp_path, shared_data):
     from tongsearch_qr.training.trainer import DONE, plan_stages
 
-    cfg = write_config(tmp_path, tmp_path / "model", shared_data, ["keyterms", "grpo"])
+    cfg = write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "grpo"])
     config = load_config(cfg)
     output = config.path(config.output_dir)
     planned = plan_stages(config, output)
@@ -176,7 +176,8 @@ def test_changed_settings_under_a_finished_stage_are_an_error_not_a_silent_retra
 
 def _one_small_step(tiny_model_dir: Path, tmp_path: Path, shared_data: Path, weights: str, bf16: bool) -> float:
     """The fraction of weights one SFT step at lr 1e-6 changes (full fine-tuning)."""
-    from tongsearch_qr.training.tuning import fine_tune, load_policy
+    from tongsearch_qr.training.fine_tuning import fine_tune
+    from tongsearch_qr.training.policy import load_policy
 
     cfg = write_config(tmp_path / f"{weights}-{bf16}", tiny_model_dir, shared_data, ["keyterms"], lora=None,
                        weights_dtype=weights)
@@ -200,10 +201,10 @@ def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(ti
                                                                               monkeypatch):
     import torch
 
-    from tongsearch_qr.training import tuning
-    from tongsearch_qr.training.tuning import load_policy
+    from tongsearch_qr.training import trl_configs
+    from tongsearch_qr.training.policy import load_policy
 
-    monkeypatch.setattr(tuning, "machine_precision", lambda options: options)  # autocast even where bf16 is emulated
+    monkeypatch.setattr(trl_configs, "machine_precision", lambda options: options)  # autocast even where bf16 is emulated
 
     cfg = write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None,
                        grpo="{bf16: true, use_cpu: true, max_steps: 1, num_generations: 2, "
@@ -221,7 +222,7 @@ def test_generation_runs_in_the_dtype_inference_would_use_here(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from tongsearch_qr.backends.transformers_backend import pick_dtype
-    from tongsearch_qr.training.tuning import generation_model
+    from tongsearch_qr.training.generation import generation_model
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with generation_model(model, "float32") as same:

@@ -8,8 +8,10 @@ Needs the ``train`` extra (``pip install tongsearch-qr[train]``); the core never
 The pipeline, one module per step: ``config`` (the YAML) -> ``prepare`` (data, pools, rewards; ``data``,
 ``rewards``) -> ``trainer`` (orders the stages, resumes them) -> the stages behind one interface (``stage``):
 ``supervised`` (``keyterms``: :mod:`.key_terms`, ``distil``: :mod:`.teachers`), ``sampled`` (``rft``, ``dpo``),
-``grpo``; ``validation`` (validator, ``log.csv`` and its plot), ``tuning`` (TRL fine-tuning, precision,
-checkpoints) and ``ranks`` (work split across ``accelerate launch`` processes) serve them.
+``grpo``. Serving them: ``validation`` (validator, ``log.csv`` and its plot), ``policy`` (loading and saving the
+trained model), ``precision`` (weights dtype, bf16 autocast), ``generation`` (generating with the model being
+trained), ``trl_configs`` (TRL's configs), ``fine_tuning`` (SFT and DPO), ``checkpoints`` (resuming and finishing)
+and ``ranks`` (work split across ``accelerate launch`` processes).
 """
 
 from __future__ import annotations

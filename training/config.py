@@ -10,17 +10,22 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tongsearch_qr.data.bright import EVALUATION_ONLY_TASKS
 from tongsearch_qr.errors import InputFormatError
+from tongsearch_qr.modes import get_mode, mode_names
 
 #: the bundled configs (``tongsearch-qr train --config cpu-tiny``)
 BUNDLED_DIR = Path(__file__).resolve().parent / "configs"
 
 #: every stage, in the order a config may name them
 STAGES = ("keyterms", "distil", "rft", "dpo", "grpo")
+#: the pools a question may rank in (validation, rewards)
+POOLS = ("question", "corpus", "source")
 #: model specs that name the embedded models rather than a path or hub id
 NAMED_MODELS = ("default", "base", "smollm2-base")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -206,51 +211,59 @@ class TrainConfig:
             raise InputFormatError(f"distil.teachers: no such file: {', '.join(missing)}")
         return files
 
-    def grpo_config(self, **overrides: Any) -> Any:
-        """TRL ``GRPOConfig`` from ``grpo:`` (output_dir from the config unless given there)."""
-        from trl import GRPOConfig
-
-        options = {"output_dir": str(self.path(self.output_dir)), **self.grpo, **overrides}
-        from .tuning import checkpointing_option, machine_precision
-
-        if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
-            options[checkpointing_option()] = True  # TRL's default, under the name this transformers reads
-        try:
-            return GRPOConfig(**machine_precision(options))
-        except (TypeError, ValueError) as exc:
-            raise InputFormatError(f"grpo: settings rejected by TRL's GRPOConfig: {exc}") from exc
-
     def stage_settings(self, stage: str) -> dict[str, Any]:
-        """What a stage's result depends on besides earlier stages (its fingerprint in a run folder): the model,
-        prompt, data and LoRA settings, the stage's own section and, for the stages that score samples, the
-        rewards. Validation and logging settings are left out, and so is ``grpo.max_steps`` (a GRPO run may be
-        continued to more steps)."""
-        section: Any = {"keyterms": self.keyterms, "distil": self.distil, "rft": self.rft, "dpo": self.dpo,
-                        "grpo": {k: v for k, v in self.grpo.items() if k not in _GRPO_UNFINGERPRINTED}}[stage]
-        data = asdict(self.data)  # file paths as read, wherever the config file lies
-        data["qa_jsonl"] = [str(self.path(p)) for p in self.data.qa_jsonl]
-        data["mapping"] = str(self.path(self.data.mapping)) if self.data.mapping else None
+        """What a stage's result depends on besides earlier stages (its fingerprint in a run folder): the model (its
+        content: :meth:`~tongsearch_qr.models.ModelSource.identity`), the prompt, the data (the content of its Q/A
+        and mapping files), the LoRA settings, the stage's own section (its teacher files by content, the mode
+        its filter scores in) and, for the stages that score samples, the rewards and, where it generates them,
+        ``generation_dtype``. Left out: validation, the trainer options in :data:`RUN_OPTIONS` (how a run logs and
+        checkpoints), and ``grpo.max_steps`` (a GRPO run may be continued to more steps)."""
+        from tongsearch_qr.models import resolve_model
+
+        if stage == "grpo":
+            section = {k: v for k, v in self.grpo.items() if k not in RUN_OPTIONS | {"max_steps"}}
+        else:
+            sections = {"keyterms": self.keyterms, "distil": self.distil, "rft": self.rft, "dpo": self.dpo}
+            section = asdict(sections[stage])
+            trainer = "dpo" if stage == "dpo" else "sft"  # the section's TRL options
+            section[trainer] = {k: v for k, v in section[trainer].items() if k not in RUN_OPTIONS}
+        if stage == "distil":
+            section["teachers"] = [file_digest(f) for f in self.teacher_files()]
+            section["mode"] = self.distil.mode or self.mode
+        data = asdict(self.data)
+        data["qa_jsonl"] = [[f.parent.name, file_digest(f)] for f in self.qa_files()]  # (site: the questions' source)
+        data["mapping"] = file_digest(self.path(self.data.mapping), "data.mapping") if self.data.mapping else None
         if self.data.bright is not None:
             data["bright"] = {**self.data.bright, "source": str(self.bright_source() or "hub")}
-        section = asdict(section) if not isinstance(section, dict) else section
-        if stage == "distil":
-            section["teachers"] = [str(self.path(p)) for p in self.distil.teachers]
         prompt = self.prompt
         if prompt is not None and stage in ("keyterms", "distil"):  # how completions are read: not what SFT trains
             prompt = {k: v for k, v in prompt.items() if k != "keywords"}
-        settings = {"model": self.model_spec(), "think": self.think, "weights_dtype": self.weights_dtype,
-                    "data": data, "lora": self.lora, "prompt": prompt, "stage": stage, "section": section}
+        settings = {"model": resolve_model(self.model_spec()).identity(), "think": self.think,
+                    "weights_dtype": self.weights_dtype, "data": data, "lora": self.lora, "prompt": prompt,
+                    "stage": stage, "section": section}
         if stage in ("rft", "dpo", "grpo"):
             settings["rewards"] = self.rewards
         if stage == "grpo" and self.grpo_questions != "all":
             settings["grpo_questions"] = self.grpo_questions
-        if stage in ("rft", "dpo"):
-            settings["generation_dtype"] = self.generation_dtype
+        if stage in ("rft", "dpo") or (stage == "grpo" and not self.grpo.get("use_vllm")):
+            settings["generation_dtype"] = self.generation_dtype  # sampling, and GRPO's rollouts by transformers
         return settings
 
 
-_GRPO_UNFINGERPRINTED = {"max_steps", "logging_steps", "save_steps", "save_total_limit", "report_to", "output_dir",
-                         "logging_dir", "run_name"}
+#: trainer options that change how a run logs and checkpoints, not what it trains: no stage's fingerprint holds them
+RUN_OPTIONS = frozenset({"logging_steps", "logging_strategy", "logging_first_step", "logging_dir", "log_level",
+                         "log_completions", "num_completions_to_print", "save_strategy", "save_steps",
+                         "save_total_limit", "report_to", "run_name", "output_dir", "disable_tqdm"})
+
+
+def file_digest(path: Path, setting: str = "data") -> str:
+    """The sha256 of a data file's content (:func:`~tongsearch_qr.file_hashes.hash_file_sha256`: read once while
+    it stays the same), or an error naming ``setting`` when there is no such file."""
+    from tongsearch_qr.file_hashes import hash_file_sha256
+
+    if not path.is_file():
+        raise InputFormatError(f"{setting}: no such file: {path}")
+    return hash_file_sha256(path)
 
 
 def fingerprint(settings: Any) -> str:
@@ -299,81 +312,95 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
 
 
 def check(config: TrainConfig, file: Path) -> None:
-    """Every setting's type and range, with errors that name the file and the setting."""
-    data = config.data
-    if not (data.qa_jsonl or data.mapping or data.preferences):
-        raise InputFormatError(f"{file}: data needs qa_jsonl, mapping or preferences")
-    bright = data.bright
-    if bright is not None and (not isinstance(bright, dict) or set(bright) - {"tasks", "source", "validation_size"}
-                               or not isinstance(bright.get("tasks"), list) or not bright["tasks"]
-                               or not all(isinstance(t, str) for t in bright["tasks"])
-                               or not isinstance(bright.get("source", "hub"), str)
-                               or not _whole(bright.get("validation_size", 0))):
-        raise InputFormatError(f"{file}: data.bright takes tasks (a list of BRIGHT StackExchange tasks), source "
-                               f"(a folder or 'hub') and validation_size (a whole number); got {bright!r}")
-    if bright is not None:
-        from tongsearch_qr.data.bright import EVALUATION_ONLY_TASKS
-
-        held = sorted(set(bright["tasks"]) & set(EVALUATION_ONLY_TASKS))
-        if held:
-            raise InputFormatError(f"{file}: data.bright: {held} are evaluation-only BRIGHT tasks: they may not "
-                                   "train, validate or choose anything")
-    seeds = config.validation.sampling_seeds
-    if not isinstance(seeds, list) or not all(_whole(s) for s in seeds):
-        raise InputFormatError(f"{file}: validation.sampling_seeds must be a list of integers (got {seeds!r})")
-    if config.validation.pool not in ("question", "corpus", "source"):
-        raise InputFormatError(f"{file}: validation.pool must be question, corpus or source "
-                               f"(got {config.validation.pool!r})")
-    for reward in config.rewards:
-        if not isinstance(reward, dict) or "name" not in reward:
-            raise InputFormatError(f"{file}: each reward needs a name (got {reward!r})")
-    unknown = [s for s in config.stages if s not in STAGES]
-    if not isinstance(config.stages, list) or not config.stages or unknown:
-        raise InputFormatError(f"{file}: stages must be a list of {', '.join(STAGES)} (got {config.stages!r})")
-    if len(set(config.stages)) != len(config.stages):
-        raise InputFormatError(f"{file}: each stage may appear once in stages (got {config.stages!r})")
-    if config.weights_dtype not in ("float32", "bfloat16", "float16"):
-        raise InputFormatError(f"{file}: weights_dtype must be float32 (default; bf16: true trains in autocast), "
-                               f"bfloat16 or float16 (pure low-precision weights), got {config.weights_dtype!r}")
-    if config.generation_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise InputFormatError(f"{file}: generation_dtype must be auto (what inference uses on this device), "
-                               f"float32, bfloat16 or float16, got {config.generation_dtype!r}")
-    if config.keyterms.terms < 1 or config.keyterms.max_new_tokens < 1:
-        raise InputFormatError(f"{file}: keyterms terms and max_new_tokens must be >= 1")
-    distil = config.distil
-    if "distil" in config.stages:
-        if not distil.teachers or not all(isinstance(t, str) for t in distil.teachers):
-            raise InputFormatError(f"{file}: distil.teachers must list teacher files (question -> reasoning JSON)")
-        if distil.target not in ("text", "terms") or distil.filter not in ("gain", "none"):
-            raise InputFormatError(f"{file}: distil.target must be text or terms and distil.filter gain or none "
-                                   f"(got {distil.target!r}, {distil.filter!r})")
-        if min(distil.question_terms, distil.teacher_terms) < 0 or distil.max_words < 1 or distil.max_new_tokens < 1:
-            raise InputFormatError(f"{file}: distil question_terms/teacher_terms must be >= 0, max_words and "
-                                   "max_new_tokens >= 1")
-    prompt = config.prompt
-    if prompt is not None and (not isinstance(prompt, dict) or "{question}" not in str(prompt.get("user"))):
-        raise InputFormatError(f"{file}: prompt needs a user text containing {{question}} (got {prompt!r})")
-    if prompt is not None and (set(prompt) - {"user", "system", "keywords"}
-                               or not isinstance(prompt.get("keywords", False), bool)):
-        raise InputFormatError(f"{file}: prompt takes user, system and keywords (true/false); got {prompt!r}")
-    for name in ("rft", "dpo"):
-        rounds = getattr(config, name)
-        if rounds.rounds < 1 or rounds.samples < 1 or rounds.questions < 1:
-            raise InputFormatError(f"{file}: {name} rounds, samples and questions must be >= 1")
-        if rounds.questions_from not in ("hard", "all"):
-            raise InputFormatError(f"{file}: {name}.questions_from must be hard or all (got {rounds.questions_from!r})")
-    if config.grpo_questions not in ("hard", "all"):
-        raise InputFormatError(f"{file}: grpo_questions must be hard or all (got {config.grpo_questions!r})")
-    if "dpo" in config.stages and config.dpo.samples < 2:
-        raise InputFormatError(f"{file}: dpo.samples must be >= 2 (a pair needs two completions)")
-    from tongsearch_qr.modes import get_mode
-
-    for mode in [config.mode, *config.validation.modes, *([distil.mode] if distil.mode else [])]:
-        try:
-            get_mode(mode)
-        except (ValueError, TypeError) as exc:
-            raise InputFormatError(f"{file}: {exc}") from exc
+    """Every setting's type and range (:data:`RULES`, in order), with errors that name the file and the setting."""
+    for holds, message in RULES:
+        if not holds(config):
+            raise InputFormatError(f"{file}: " + message.format(c=config))
 
 
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bright(bright: Any) -> bool:
+    return (isinstance(bright, dict) and not set(bright) - {"tasks", "source", "validation_size"}
+            and isinstance(bright.get("tasks"), list) and bool(bright["tasks"])
+            and all(isinstance(t, str) for t in bright["tasks"]) and isinstance(bright.get("source", "hub"), str)
+            and _whole(bright.get("validation_size", 0)))
+
+
+def _is_mode(name: Any) -> bool:
+    try:
+        get_mode(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _runs(config: TrainConfig, stage: str) -> bool:
+    return stage in config.stages
+
+
+def _judges_hardness(config: TrainConfig) -> bool:
+    return ("grpo" in config.stages and config.grpo_questions == "hard") or any(
+        _runs(config, name) and getattr(config, name).questions_from == "hard" for name in ("rft", "dpo"))
+
+
+def _rounds_rules(name: str) -> tuple[Rule, ...]:
+    return ((lambda c: min(getattr(c, name).rounds, getattr(c, name).samples, getattr(c, name).questions) >= 1,
+             f"{name} rounds, samples and questions must be >= 1"),
+            (lambda c: getattr(c, name).questions_from in ("hard", "all"),
+             f"{name}.questions_from must be hard or all (got {{c.{name}.questions_from!r}})"))
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+Rule = tuple[Callable[[TrainConfig], bool], str]
+#: every setting's rule: what must hold, and the error otherwise (formatted with the config as ``c``); checked in
+#: order, so a rule may rely on those before it
+RULES: tuple[Rule, ...] = (
+    (lambda c: bool(c.data.qa_jsonl or c.data.mapping or c.data.preferences),
+     "data needs qa_jsonl, mapping or preferences"),
+    (lambda c: c.data.bright is None or _bright(c.data.bright),
+     "data.bright takes tasks (a list of BRIGHT StackExchange tasks), source (a folder or 'hub') and validation_size "
+     "(a whole number); got {c.data.bright!r}"),
+    (lambda c: c.data.bright is None or not set(c.data.bright["tasks"]) & set(EVALUATION_ONLY_TASKS),
+     f"data.bright: {', '.join(EVALUATION_ONLY_TASKS)} are evaluation-only BRIGHT tasks: they may not train, "
+     "validate or choose anything (got tasks {c.data.bright[tasks]!r})"),
+    (lambda c: isinstance(c.validation.sampling_seeds, list) and all(map(_whole, c.validation.sampling_seeds)),
+     "validation.sampling_seeds must be a list of integers (got {c.validation.sampling_seeds!r})"),
+    (lambda c: c.validation.pool in POOLS,
+     "validation.pool must be question, corpus or source (got {c.validation.pool!r})"),
+    (lambda c: all(isinstance(r, dict) and "name" in r for r in c.rewards), "each reward needs a name (got {c.rewards!r})"),
+    (lambda c: isinstance(c.stages, list) and bool(c.stages) and all(s in STAGES for s in c.stages),
+     f"stages must be a list of {', '.join(STAGES)} (got {{c.stages!r}})"),
+    (lambda c: len(set(c.stages)) == len(c.stages), "each stage may appear once in stages (got {c.stages!r})"),
+    (lambda c: c.weights_dtype in DTYPES,
+     "weights_dtype must be float32 (default; bf16: true trains in autocast), bfloat16 or float16 (pure "
+     "low-precision weights), got {c.weights_dtype!r}"),
+    (lambda c: c.generation_dtype in ("auto", *DTYPES),
+     "generation_dtype must be auto (what inference uses on this device), float32, bfloat16 or float16, got "
+     "{c.generation_dtype!r}"),
+    (lambda c: min(c.keyterms.terms, c.keyterms.max_new_tokens) >= 1, "keyterms terms and max_new_tokens must be >= 1"),
+    (lambda c: not _runs(c, "distil") or (bool(c.distil.teachers) and all(isinstance(t, str) for t in c.distil.teachers)),
+     "distil.teachers must list teacher files (question -> reasoning JSON)"),
+    (lambda c: not _runs(c, "distil") or (c.distil.target in ("text", "terms") and c.distil.filter in ("gain", "none")),
+     "distil.target must be text or terms and distil.filter gain or none (got {c.distil.target!r}, {c.distil.filter!r})"),
+    (lambda c: not _runs(c, "distil") or (min(c.distil.question_terms, c.distil.teacher_terms) >= 0
+                                          and min(c.distil.max_words, c.distil.max_new_tokens) >= 1),
+     "distil question_terms/teacher_terms must be >= 0, max_words and max_new_tokens >= 1"),
+    (lambda c: c.prompt is None or (isinstance(c.prompt, dict) and "{question}" in str(c.prompt.get("user"))),
+     "prompt needs a user text containing {{question}} (got {c.prompt!r})"),
+    (lambda c: c.prompt is None or (not set(c.prompt) - {"user", "system", "keywords"}
+                                    and isinstance(c.prompt.get("keywords", False), bool)),
+     "prompt takes user, system and keywords (true/false); got {c.prompt!r}"),
+    *_rounds_rules("rft"),
+    *_rounds_rules("dpo"),
+    (lambda c: c.grpo_questions in ("hard", "all"), "grpo_questions must be hard or all (got {c.grpo_questions!r})"),
+    (lambda c: not _runs(c, "dpo") or c.dpo.samples >= 2, "dpo.samples must be >= 2 (a pair needs two completions)"),
+    (lambda c: not _judges_hardness(c) or any(r["name"] == "bm25_rank" for r in c.rewards),
+     "hard questions (grpo_questions or rft/dpo questions_from: hard) are judged by the bm25_rank reward's pool and "
+     "metric: add one to rewards, or take all questions"),
+    (lambda c: all(map(_is_mode, [c.mode, *c.validation.modes, *([c.distil.mode] if c.distil.mode else [])])),
+     f"mode, validation.modes and distil.mode must be rewrite modes ({', '.join(mode_names())}); got "
+     "{c.mode!r}, {c.validation.modes!r}, {c.distil.mode!r}"),
+)

@@ -173,14 +173,14 @@ def prompt_dataset(examples: Sequence[TrainingExample], template: PromptTemplate
     from datasets import Dataset
 
     check_examples(examples, "dataset")
-    rows: dict[str, list[Any]] = {"prompt": [], "question": [], "positives": [], "negatives": [], "source": []}
-    for ex in examples:
-        rows["prompt"].append(template.messages(truncate_question(ex.question, tokenizer, max_question_tokens)))
-        rows["question"].append(ex.question)
-        rows["positives"].append(list(ex.positives))
-        rows["negatives"].append(list(ex.negatives))
-        rows["source"].append(ex.source)
-    return Dataset.from_dict(rows)
+    prompts = [template.messages(truncate_question(ex.question, tokenizer, max_question_tokens)) for ex in examples]
+    return Dataset.from_dict({"prompt": prompts, **reward_columns(examples)})
+
+
+def reward_columns(examples: Sequence[TrainingExample]) -> dict[str, list[Any]]:
+    """The columns a reward reads, one row per example: ``question``, ``positives``, ``negatives``, ``source``."""
+    return {"question": [ex.question for ex in examples], "positives": [list(ex.positives) for ex in examples],
+            "negatives": [list(ex.negatives) for ex in examples], "source": [ex.source for ex in examples]}
 
 
 def write_beir(examples: Sequence[TrainingExample], directory: str | os.PathLike[str], split_name: str = "test") -> Path:

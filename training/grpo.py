@@ -9,47 +9,50 @@ import functools
 import logging
 from typing import Any
 
+from .checkpoints import last_checkpoint, train_from
+from .generation import generation_model
+from .policy import MODEL_DIR, save_model, trained_model
 from .sampled import hard_questions
 from .stage import StageRun
-from .tuning import MODEL_DIR, generation_model, last_checkpoint, save_model
+from .trl_configs import grpo_config
 from .validation import validation_callback
 
 log = logging.getLogger(__name__)
 
 
-def run_grpo(model: Any, run: StageRun) -> Any:
-    """GRPO from ``model``; resumes from ``run.checkpoint`` or the stage folder's newest checkpoint."""
+def run_grpo(model: Any, run: StageRun) -> tuple[Any, int]:
+    """GRPO from ``model``; resumes from ``run.checkpoint`` or the stage folder's newest checkpoint (finishes from
+    it when it is at the last step). Returns the model and the trainer's step."""
     from trl import GRPOTrainer
 
     overrides: dict[str, Any] = {"output_dir": str(run.folder)}
     if run.max_steps:
         overrides["max_steps"] = run.max_steps
-    args = run.config.grpo_config(**overrides)
+    args = grpo_config(run.config, **overrides)
     args.reward_weights = run.data.weights
     if args.beta and run.start is not None and not hasattr(model, "peft_config"):
         # TRL loads the reference (full fine-tuning) from the policy's name_or_path: the model this stage starts
         # from, not the run's original model (with LoRA it keeps a frozen copy of the adapter instead)
         model.config._name_or_path = str(run.start)
-    callback = validation_callback(run.name, run.log, run.validator, run.config.validation.every_steps)
+    callbacks = [validation_callback(run.name, run.log, run.validator, run.config.validation.every_steps),
+                 *run.callbacks]
     questions = hard_questions(run) if run.config.grpo_questions == "hard" else run.data.train
     trainer = GRPOTrainer(model=model, reward_funcs=run.data.rewards, args=args,
                           train_dataset=run.data.prompt_dataset(questions, run.tokenizer),
-                          processing_class=run.tokenizer, callbacks=[callback, *run.callbacks],
+                          processing_class=run.tokenizer, callbacks=callbacks,
                           peft_config=None if hasattr(model, "peft_config") else run.config.lora_config())
     generate_rollouts_in(trainer, run.config.generation_dtype)
     checkpoint = run.checkpoint or last_checkpoint(run.folder)
     if checkpoint:
         log.info("%s: resuming from %s", run.name, checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if "ref" in getattr(trained, "peft_config", {}):
-        trained.delete_adapter("ref")  # TRL's frozen copy of the adapter the stage started from (beta > 0)
+    train_from(trainer, checkpoint, callbacks)
+    trained = trained_model(trainer)
     save_model(trained, run.tokenizer, run.folder / MODEL_DIR, trainer)
-    return trained
+    return trained, trainer.state.global_step
 
 
 def generate_rollouts_in(trainer: Any, dtype: str) -> None:
-    """Make TRL's transformers rollouts generate with :func:`~.tuning.generation_model` (on a CPU with native
+    """Make TRL's transformers rollouts generate with :func:`~.generation.generation_model` (on a CPU with native
     bf16 a bfloat16 copy of the policy, about twice as fast as float32; on CUDA autocast), while the loss is
     computed with the float32 master weights as before. vLLM rollouts are left alone."""
     original = getattr(trainer, "_generate_single_turn", None)

@@ -70,14 +70,3 @@ def map_sharded(items: Sequence[T], work: Callable[[list[T]], list[R]]) -> list[
     for r, part in enumerate(parts):
         results[r::size] = part
     return results
-
-
-def broadcast(value: T) -> T:
-    """The main process's ``value``, on every process."""
-    if world()[1] == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]

@@ -1,9 +1,9 @@
 """The sampled stages: rounds of sampling and scoring (expert iteration) from the policy being trained.
 
-Each round: pick training questions (seeded, a new draw per round; ``questions_from: hard`` keeps those whose
-positive the question alone does not already rank first), sample completions for each with the project's batched
-backend (each sample its own seed, so samples differ and are reproducible, and do not depend on how questions are
-split across processes), score them with the configured rewards (weighted as in TRL), then:
+Each round: pick training questions (seeded, a new draw per round; ``questions_from: hard`` keeps those the
+configured BM25 reward can score a gain on, see :func:`hard_questions`), sample completions for each with the
+project's batched backend (each sample its own seed, so samples differ and are reproducible, and do not depend on
+how questions are split across processes), score them with the configured rewards (weighted as in TRL), then:
 
 - ``rft`` (rejection-sampling fine-tuning): per question, the best completion, if it beats the question by more
   than ``margin``, is a target for TRL's ``SFTTrainer``;
@@ -25,14 +25,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tongsearch_qr.errors import InputFormatError
 from tongsearch_qr.generation import GenerationParams
 
 from . import ranks
 from .config import SampledRoundsConfig
-from .data import TrainingExample
+from .data import TrainingExample, reward_columns
+from .fine_tuning import fine_tune
+from .generation import generation_backend
+from .policy import MODEL_DIR, copy_model, load_policy, save_model
 from .rewards import BM25Rank
 from .stage import StageRun
-from .tuning import MODEL_DIR, copy_model, fine_tune, generation_model, load_policy, save_model
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,14 @@ def weighted_rewards(rewards: Sequence[Any], weights: Sequence[float], completio
 
 
 def hard_questions(run: StageRun) -> list[TrainingExample]:
-    """The training examples whose question alone does not rank a positive first among every training answer (the
-    others leave nothing to gain)."""
-    ranker = BM25Rank(mode="original", metric="rr", gain=False, corpus=run.data.pool_corpus("corpus"))
+    """The training examples the configured BM25 reward (the first ``bm25_rank``) can score a gain on: those whose
+    question alone does not already reach the best score (1) of its metric (reciprocal rank, or nDCG@10 over every
+    positive) in the pool that reward ranks in (the question's own, every training answer, or its source's). The
+    others leave nothing to gain."""
+    ranker = next((reward.inner for reward in run.data.rewards if isinstance(getattr(reward, "inner", None), BM25Rank)),
+                  None)
+    if ranker is None:
+        raise InputFormatError("hard questions are judged by the bm25_rank reward, and the config has none")
     hard = [ex for ex in run.data.train
             if ranker.score([ex.question], ex.question, ex.positives, ex.negatives, ex.source)[0] < 1.0]
     log.info("%s: %d of %d training questions are hard", run.name, len(hard), len(run.data.train))
@@ -61,8 +69,6 @@ def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample]
                   seed: int) -> tuple[list[list[tuple[float, str]]], float]:
     """Per example, ``(reward, completion)`` of each non-empty sample, and the seconds it took. Every process
     samples its share of the examples; all get every result."""
-    from tongsearch_qr.backends.transformers_backend import TransformersBackend
-
     prepared = run.data
     started = time.perf_counter()
 
@@ -70,25 +76,18 @@ def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample]
         if not shard:
             return []
         short = [run.short(ex.question) for ex in shard]
-        columns = {"question": [ex.question for ex in shard], "positives": [ex.positives for ex in shard],
-                   "negatives": [ex.negatives for ex in shard], "source": [ex.source for ex in shard]}
-        padding_side, was_training = run.tokenizer.padding_side, model.training
+        columns = reward_columns(shard)
         scored: list[list[tuple[float, str]]] = [[] for _ in shard]
-        try:
-            with generation_model(model, run.config.generation_dtype) as generator:
-                backend = TransformersBackend.from_loaded(generator, run.tokenizer, "sampling",
-                                                          batch_size=settings.batch_size)
-                for j in range(settings.samples):
-                    params = GenerationParams(max_new_tokens=settings.max_new_tokens, seed=seed * 1000 + j)
-                    texts = backend.generate(short, prepared.template, params)
-                    values = weighted_rewards(prepared.rewards, prepared.weights,
-                                              [[{"role": "assistant", "content": t}] for t in texts], columns)
-                    for found, value, text in zip(scored, values, texts):
-                        if text.strip():
-                            found.append((value, text))
-        finally:
-            run.tokenizer.padding_side = padding_side
-            model.train(was_training)
+        with generation_backend(model, run.tokenizer, run.config.generation_dtype, settings.batch_size,
+                                "sampling") as backend:
+            for j in range(settings.samples):
+                params = GenerationParams(max_new_tokens=settings.max_new_tokens, seed=seed * 1000 + j)
+                texts = backend.generate(short, prepared.template, params)
+                values = weighted_rewards(prepared.rewards, prepared.weights,
+                                          [[{"role": "assistant", "content": t}] for t in texts], columns)
+                for found, value, text in zip(scored, values, texts):
+                    if text.strip():
+                        found.append((value, text))
         return scored
 
     scored = ranks.map_sharded(list(examples), sample)
@@ -114,8 +113,9 @@ def rows_of(kind: str, run: StageRun, examples: Sequence[TrainingExample], score
     return rows
 
 
-def _rounds(kind: str, objective: str, options_of: Callable[[Any], dict[str, Any]]) -> Callable[[Any, StageRun], Any]:
-    def run_rounds(model: Any, run: StageRun) -> Any:
+def _rounds(kind: str, objective: str,
+            options_of: Callable[[Any], dict[str, Any]]) -> Callable[[Any, StageRun], tuple[Any, int]]:
+    def run_rounds(model: Any, run: StageRun) -> tuple[Any, int]:
         settings = getattr(run.config, kind)
         options = options_of(settings)
         candidates = hard_questions(run) if settings.questions_from == "hard" else list(run.data.train)
@@ -143,10 +143,10 @@ def _rounds(kind: str, objective: str, options_of: Callable[[Any], dict[str, Any
                 (folder / "done.json").write_text(json.dumps({"round": round_no, "rows": len(rows)}), encoding="utf-8")
             ranks.barrier()
         copy_model(run.folder / f"round-{settings.rounds}" / MODEL_DIR, run.folder / MODEL_DIR)
-        return model
+        return model, settings.rounds
 
     run_rounds.__name__ = f"run_{kind}"
-    run_rounds.__doc__ = f"The {kind} stage's rounds; returns the fine-tuned model."
+    run_rounds.__doc__ = f"The {kind} stage's rounds; returns the fine-tuned model and the rounds done."
     return run_rounds
 
 

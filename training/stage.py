@@ -1,6 +1,7 @@
-"""The one interface every stage has: ``run(model, StageRun) -> model``. A stage gets the model to train and
-the run's prepared data, works (and checkpoints) in its own folder, logs through the run's log, and leaves its
-model in ``folder/model``; :mod:`.trainer` orders the stages and owns resuming them."""
+"""The one interface every stage has: ``run(model, StageRun) -> (model, steps)``. A stage gets the model to train
+and the run's prepared data, works (and checkpoints) in its own folder, logs through the run's log, leaves its
+model in ``folder/model`` and returns it with the step it ended at (the trainer's global step; for the sampled
+stages the rounds); :mod:`.trainer` orders the stages and owns resuming them."""
 
 from __future__ import annotations
 
@@ -45,4 +46,4 @@ class StageRun:
         return self.data.short(question, self.tokenizer)
 
 
-Stage = Callable[[Any, StageRun], Any]
+Stage = Callable[[Any, StageRun], tuple[Any, int]]

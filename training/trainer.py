@@ -3,9 +3,11 @@
 final model ``QRReasoner(path)`` loads.
 
 Resuming is by stage: a finished stage leaves its model and a ``done.json`` marker (a fingerprint of the settings
-it depends on); rerunning the same config skips finished stages, resumes the unfinished one from its newest
-checkpoint (or round) and runs the rest. Settings changed under a finished or started stage are an error, not a
-silent retrain. ``max_steps`` may grow a finished GRPO stage: it continues from its last checkpoint."""
+it depends on, and the step it ended at); rerunning the same config skips finished stages, resumes the unfinished
+one from its newest checkpoint (or round; a checkpoint at the stage's last step is finished from, without training)
+and runs the rest. Settings changed under a finished or started stage are an error, not a silent retrain; settings
+of how a run logs and checkpoints are not part of a stage's (``config.RUN_OPTIONS``). ``max_steps`` may grow a
+finished GRPO stage: it continues from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -20,22 +22,16 @@ from typing import Any
 from tongsearch_qr.errors import InputFormatError, ModelNotAvailableError
 
 from . import ranks
+from .checkpoints import check_checkpoint, checkpoint_step, last_checkpoint
 from .config import TrainConfig, fingerprint
+from .data import reward_columns, write_beir
 from .grpo import run_grpo
-from .prepare import build_bright, build_examples, build_rewards, prepare
+from .policy import MODEL_DIR, copy_model, load_policy, load_tokenizer
+from .prepare import prepare
 from .sampled import run_dpo, run_rft
 from .stage import Stage, StageRun
 from .supervised import run_distil, run_keyterms
-from .tuning import (
-    MODEL_DIR,
-    check_checkpoint,
-    checkpoint_step,
-    copy_model,
-    last_checkpoint,
-    load_policy,
-    load_tokenizer,
-    trl_config,
-)
+from .trl_configs import grpo_config, trl_config
 from .validation import RunLog, Validator
 
 log = logging.getLogger(__name__)
@@ -57,15 +53,18 @@ class PlannedStage:
     done: bool
 
 
+def stage_folders(config: TrainConfig, output_dir: Path) -> list[tuple[str, str, Path]]:
+    """(kind, name in the log, folder) of each of the config's stages in ``output_dir``."""
+    return [(kind, f"{n}-{kind}", output_dir / "stages" / f"{n}-{kind}") for n, kind in enumerate(config.stages, 1)]
+
+
 def plan_stages(config: TrainConfig, output_dir: Path, max_steps: int | None = None) -> list[PlannedStage]:
     """The run's stages and which of them an earlier run in ``output_dir`` finished with the same settings.
     A stage whose settings (or an earlier stage's) changed since it finished or started is an error; a GRPO stage
     finished at fewer steps than now asked is continued; every stage after one that runs runs again."""
     planned: list[PlannedStage] = []
     upstream, running = "", False
-    for n, kind in enumerate(config.stages, 1):
-        name = f"{n}-{kind}"
-        folder = output_dir / "stages" / name
+    for kind, name, folder in stage_folders(config, output_dir):
         print_ = fingerprint({"settings": config.stage_settings(kind), "upstream": upstream})
         upstream = print_
         done = False
@@ -112,16 +111,14 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     ``transformers.TrainerCallback`` objects for the trainers of the supervised and GRPO stages.
     """
     output_dir = config.path(config.output_dir)
+    checkpoint = _explicit_checkpoint(config, output_dir, resume)
     stages = plan_stages(config, output_dir, max_steps)
-    checkpoint = _explicit_checkpoint(config, stages, resume)
     ranks.check_launch()
     check_trainer_settings(config, max_steps)  # a bad section fails before any model loads
     tokenizer = load_tokenizer(config)
     prepared = prepare(config, tokenizer)
     run_log = RunLog(output_dir / "log.csv")
     if prepared.validation and ranks.is_main():  # `tongsearch-qr eval --dataset beir:<output_dir>/validation`
-        from .data import write_beir
-
         write_beir(prepared.validation, output_dir / "validation")
     validator = Validator(prepared, tokenizer) if prepared.validation else None
     log.info("%s: %d training questions, %d validation, rewards %s, output %s", "+".join(config.stages),
@@ -148,9 +145,8 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
                        start=previous.folder / MODEL_DIR if previous else None,
                        checkpoint=checkpoint if stage.kind == "grpo" else None,
                        max_steps=max_steps if stage.kind == "grpo" else None, callbacks=list(callbacks or []))
-        model = RUNNERS[stage.kind](model, run)
+        model, steps = RUNNERS[stage.kind](model, run)
         if ranks.is_main():
-            steps = _resume_step(stage) if stage.kind != "grpo" else _grpo_steps(stage.folder)
             (stage.folder / DONE).write_text(json.dumps({"fingerprint": stage.fingerprint, "steps": steps}),
                                              encoding="utf-8")
         ranks.barrier()
@@ -168,20 +164,14 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     return final
 
 
-def _grpo_steps(folder: Path) -> int:
-    checkpoint = last_checkpoint(folder)
-    state = folder / "trainer_state.json"
-    if state.is_file():
-        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
-    return checkpoint_step(checkpoint) if checkpoint else 0
-
-
-def _explicit_checkpoint(config: TrainConfig, stages: list[PlannedStage], resume: str | None) -> str | None:
-    """``resume="latest"``: there must be something to resume; a folder: a GRPO checkpoint to resume from."""
+def _explicit_checkpoint(config: TrainConfig, output_dir: Path, resume: str | None) -> str | None:
+    """``resume="latest"``: there must be something to resume; a folder: a GRPO checkpoint to resume from. (Checked
+    before the stages are planned: planning reads the model.)"""
     if resume is None:
         return None
     if resume == "latest":
-        if not any(s.done or last_checkpoint(s.folder) or (s.folder / STARTED).is_file() for s in stages):
+        folders = [folder for _, _, folder in stage_folders(config, output_dir)]
+        if not any((f / DONE).is_file() or (f / STARTED).is_file() or last_checkpoint(f) for f in folders):
             raise InputFormatError(f"cannot resume: no finished stage and no checkpoint in "
                                    f"{config.path(config.output_dir)}")
         return None
@@ -202,7 +192,7 @@ def check_trainer_settings(config: TrainConfig, max_steps: int | None = None, **
     config.lora_config()
     if "grpo" not in config.stages:
         return None
-    return config.grpo_config(**({"max_steps": max_steps} if max_steps else {}), **grpo_overrides)
+    return grpo_config(config, **({"max_steps": max_steps} if max_steps else {}), **grpo_overrides)
 
 
 def save_reasoner_settings(folder: Path, config: TrainConfig, stage: str | None = None) -> None:
@@ -226,8 +216,10 @@ def save_reasoner_settings(folder: Path, config: TrainConfig, stage: str | None 
 
 def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     """Check a config without a model: every stage's TRL config (GRPOConfig, SFTConfig, DPOConfig) and peft's
-    LoraConfig parse, the data builds, teacher files match training questions, every reward runs on sample
-    completions (each question's positive, and an empty one) and returns finite values."""
+    LoraConfig parse, the data builds (:func:`~.prepare.prepare`: split, negatives, pools; ``examples`` counts
+    training and validation questions), teacher files match training questions, every reward runs on sample
+    completions (each of the first ``sample_size`` training questions' positive, and an empty one) and returns
+    finite values."""
     import torch
 
     notes: list[str] = []
@@ -235,9 +227,10 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
     if config.grpo.get("bf16") and not torch.cuda.is_available():  # TrainingArguments refuses bf16 without a GPU
         overrides["use_cpu"] = True
         notes.append("no GPU here: GRPOConfig checked with use_cpu=True (bf16 needs the GPU machine)")
-    grpo_config = check_trainer_settings(config, **overrides)
+    grpo_args = check_trainer_settings(config, **overrides)
     teachers = config.teacher_files() if "distil" in config.stages else []
-    examples = build_examples(config) + build_bright(config)
+    prepared = prepare(config)
+    examples = [*prepared.train, *prepared.validation]
     if "distil" in config.stages:
         from .teachers import read_teacher
 
@@ -246,22 +239,12 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
         if not matched:
             raise InputFormatError("distil: no training question has a teacher text")
         notes.append(f"distil: {matched} of {len(examples)} questions have a teacher text")
-    from . import data as data_mod
-    from .prepare import Prepared
-
-    sample = examples[:sample_size]
-    corpus = list(dict.fromkeys(p for ex in examples for p in ex.positives))
-    data_mod.mine_negatives(sample, config.data.negatives, corpus=corpus)
-    prepared = Prepared(config, config.template(), sample, [], corpus, corpus, data_mod.source_pools(examples))
-    rewards, weights = build_rewards(config, prepared)
+    sample = prepared.train[:sample_size]
     completions = [[{"role": "assistant", "content": ex.positives[0][:1000]}] for ex in sample]
     completions.append([{"role": "assistant", "content": ""}])
-    columns = {"question": [ex.question for ex in sample] + [sample[0].question],
-               "positives": [ex.positives for ex in sample] + [sample[0].positives],
-               "negatives": [ex.negatives for ex in sample] + [sample[0].negatives],
-               "source": [ex.source for ex in sample] + [sample[0].source]}
+    columns = reward_columns([*sample, sample[0]])
     values = {}
-    for reward in rewards:
+    for reward in prepared.rewards:
         try:
             values[reward.__name__] = reward(completions, **columns)
         except ModelNotAvailableError as exc:  # e.g. the paper's bge embedder, offline: check the maths with the default
@@ -280,8 +263,8 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        data_mod.prompt_dataset(sample, config.template(), tokenizer, config.data.max_question_tokens)
-    return {"stages": config.stages, "grpo_config": type(grpo_config).__name__ if grpo_config else None,
-            "examples": len(examples), "rewards": values, "reward_weights": weights,
-            "use_vllm": bool(grpo_config and grpo_config.use_vllm), "lora": config.lora is not None,
+        prepared.prompt_dataset(sample, tokenizer)
+    return {"stages": config.stages, "grpo_config": type(grpo_args).__name__ if grpo_args else None,
+            "examples": len(examples), "rewards": values, "reward_weights": prepared.weights,
+            "use_vllm": bool(grpo_args and grpo_args.use_vllm), "lora": config.lora is not None,
             "tokenizer_checked": tokenizer is not None, "notes": notes}

@@ -12,8 +12,9 @@ from typing import Any
 from tongsearch_qr.generation import GenerationParams
 
 from . import ranks
+from .data import reward_columns
+from .generation import generation_backend
 from .prepare import Prepared
-from .tuning import generation_model
 
 log = logging.getLogger(__name__)
 
@@ -143,30 +144,19 @@ class Validator:
         """Greedy then each seed's completion of the questions at ``shard``."""
         import torch
 
-        from tongsearch_qr.backends.transformers_backend import TransformersBackend
-
         if not shard:
             return []
         questions = [self.shortened[i] for i in shard]
-        was_training, padding_side = model.training, self.tokenizer.padding_side
-        try:
-            with generation_model(model, self.prepared.config.generation_dtype) as generator:
-                backend = TransformersBackend.from_loaded(generator, self.tokenizer, "training",
-                                                          batch_size=self.batch_size)
-                texts = [backend.generate(questions, self.prepared.template, self.greedy)]
-                for params in self.sampled:
-                    with torch.random.fork_rng(devices=[]):
-                        texts.append(backend.generate(questions, self.prepared.template, params))
-        finally:
-            self.tokenizer.padding_side = padding_side
-            model.train(was_training)
+        with generation_backend(model, self.tokenizer, self.prepared.config.generation_dtype,
+                                self.batch_size) as backend:
+            texts = [backend.generate(questions, self.prepared.template, self.greedy)]
+            for params in self.sampled:
+                with torch.random.fork_rng(devices=[]):
+                    texts.append(backend.generate(questions, self.prepared.template, params))
         return [list(row) for row in zip(*texts)]
 
     def _score(self, completions: list[str], suffix: str) -> dict[str, float]:
-        columns = {"question": [ex.question for ex in self.examples],
-                   "positives": [ex.positives for ex in self.examples],
-                   "negatives": [ex.negatives for ex in self.examples],
-                   "source": [ex.source for ex in self.examples]}
+        columns = reward_columns(self.examples)
         messages = [[{"role": "assistant", "content": c}] for c in completions]
         results: dict[str, float] = {}
         total = 0.0
