@@ -97,7 +97,7 @@ class DistilConfig:
 class SampledRoundsConfig:
     """Rounds of sampling and scoring (expert iteration): per round, ``samples`` completions for each of
     ``questions`` training questions (``questions_from``: ``hard``, those the question alone does not already
-    answer best, or ``all``), scored by the rewards."""
+    answer best by the ``bm25_rank`` reward's metric in its pool, or ``all``), scored by the rewards."""
 
     rounds: int = 2
     samples: int = 8
@@ -139,8 +139,9 @@ class TrainConfig:
     rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "bm25_rank"}])
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     grpo: dict[str, Any] = field(default_factory=dict)
-    #: the GRPO stage's questions: ``all``, or ``hard`` (those whose question alone does not already rank a positive
-    #: first: the others give every completion the same gain reward, a group with no advantage to learn from)
+    #: the GRPO stage's questions: ``all``, or ``hard`` (those whose question alone does not already score the best
+    #: the ``bm25_rank`` reward's metric gives in its pool: the others give every completion the same gain reward, a
+    #: group with no advantage to learn from)
     grpo_questions: str = "all"
     stages: list[str] = field(default_factory=lambda: ["grpo"])  # run in order
     keyterms: KeyTermsConfig = field(default_factory=KeyTermsConfig)
