@@ -54,20 +54,20 @@ def _state(checkpoint: str) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / STATE).read_text(encoding="utf-8"))
 
 
-def train_from(trainer: Any, checkpoint: str | None, callbacks: Sequence[Any]) -> None:
-    """``trainer.train()``, resuming from ``checkpoint`` when there is one. A checkpoint already at the run's last
-    step (``max_steps``, or the steps it counted for its epochs) is finished from instead: its weights and state
-    are loaded and ``callbacks`` (the stage's own: the closing validation) see the end of training, with no
-    training step (``trainer.train`` would take one more, step N+1, after a kill between the final checkpoint
-    and the end of the stage)."""
+def train_from(trainer: Any, checkpoint: str | None, callbacks: Sequence[Any]) -> bool:
+    """``trainer.train()``, resuming from ``checkpoint`` when there is one; ``True``. A checkpoint already at the
+    run's last step (``max_steps``, or the steps it counted for its epochs) is finished from instead: its weights
+    and state are loaded into the (unwrapped) model and ``callbacks`` (the stage's own: the closing validation)
+    see the end of training, with no training step (``trainer.train`` would take one more, step N+1, after a kill
+    between the final checkpoint and the end of the stage); ``False``."""
     if checkpoint is None:
         trainer.train()
-        return
+        return True
     state = _state(checkpoint)
     last = trainer.args.max_steps if trainer.args.max_steps > 0 else int(state.get("max_steps") or 0)
     if not last or int(state["global_step"]) < last:
         trainer.train(resume_from_checkpoint=checkpoint)
-        return
+        return True
     from transformers import TrainerState
 
     log.info("%s is at the last step (%d): finishing from it without training", checkpoint, last)
@@ -76,3 +76,4 @@ def train_from(trainer: Any, checkpoint: str | None, callbacks: Sequence[Any]) -
     for callback in callbacks:
         callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model,
                               processing_class=trainer.processing_class)
+    return False

@@ -41,9 +41,9 @@ def fine_tune(model: Any, tokenizer: Any, rows: list[dict[str, Any]], objective:
     resume = last_checkpoint(folder)
     if resume:
         log.info("%s: resuming from %s", where, resume)
-    train_from(trainer, resume, callbacks)
+    ran = train_from(trainer, resume, callbacks)
     trained = trained_model(trainer)
-    save_model(trained, tokenizer, folder / MODEL_DIR, trainer)
+    save_model(trained, tokenizer, folder / MODEL_DIR, trainer if ran else None)
     stats = {"train_seconds": time.perf_counter() - started, "steps": trainer.state.global_step}
     loss = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None)
     if loss is not None:

@@ -45,9 +45,9 @@ def run_grpo(model: Any, run: StageRun) -> tuple[Any, int]:
     checkpoint = run.checkpoint or last_checkpoint(run.folder)
     if checkpoint:
         log.info("%s: resuming from %s", run.name, checkpoint)
-    train_from(trainer, checkpoint, callbacks)
+    ran = train_from(trainer, checkpoint, callbacks)
     trained = trained_model(trainer)
-    save_model(trained, run.tokenizer, run.folder / MODEL_DIR, trainer)
+    save_model(trained, run.tokenizer, run.folder / MODEL_DIR, trainer if ran else None)
     return trained, trainer.state.global_step
 
 

@@ -57,7 +57,7 @@ def trained_model(trainer: Any) -> Any:
 
 def save_model(model: Any, tokenizer: Any, folder: Path, trainer: Any | None = None) -> None:
     """Save a stage's model (the adapter with LoRA) and tokenizer to ``folder``: through ``trainer.save_model``
-    when there is one (it gathers sharded weights under ZeRO-3/FSDP), else from the main process."""
+    when a trainer trained it (it gathers sharded weights under ZeRO-3/FSDP), else from the main process."""
     if trainer is not None:
         trainer.save_model(str(folder))
     elif ranks.is_main():
