@@ -338,13 +338,9 @@ def _is_mode(name: Any) -> bool:
     return True
 
 
-def _runs(config: TrainConfig, stage: str) -> bool:
-    return stage in config.stages
-
-
 def _judges_hardness(config: TrainConfig) -> bool:
     return ("grpo" in config.stages and config.grpo_questions == "hard") or any(
-        _runs(config, name) and getattr(config, name).questions_from == "hard" for name in ("rft", "dpo"))
+        name in config.stages and getattr(config, name).questions_from == "hard" for name in ("rft", "dpo"))
 
 
 def _rounds_rules(name: str) -> tuple[Rule, ...]:
@@ -382,11 +378,11 @@ RULES: tuple[Rule, ...] = (
      "generation_dtype must be auto (what inference uses on this device), float32, bfloat16 or float16, got "
      "{c.generation_dtype!r}"),
     (lambda c: min(c.keyterms.terms, c.keyterms.max_new_tokens) >= 1, "keyterms terms and max_new_tokens must be >= 1"),
-    (lambda c: not _runs(c, "distil") or (bool(c.distil.teachers) and all(isinstance(t, str) for t in c.distil.teachers)),
+    (lambda c: "distil" not in c.stages or (bool(c.distil.teachers) and all(isinstance(t, str) for t in c.distil.teachers)),
      "distil.teachers must list teacher files (question -> reasoning JSON)"),
-    (lambda c: not _runs(c, "distil") or (c.distil.target in ("text", "terms") and c.distil.filter in ("gain", "none")),
+    (lambda c: "distil" not in c.stages or (c.distil.target in ("text", "terms") and c.distil.filter in ("gain", "none")),
      "distil.target must be text or terms and distil.filter gain or none (got {c.distil.target!r}, {c.distil.filter!r})"),
-    (lambda c: not _runs(c, "distil") or (min(c.distil.question_terms, c.distil.teacher_terms) >= 0
+    (lambda c: "distil" not in c.stages or (min(c.distil.question_terms, c.distil.teacher_terms) >= 0
                                           and min(c.distil.max_words, c.distil.max_new_tokens) >= 1),
      "distil question_terms/teacher_terms must be >= 0, max_words and max_new_tokens >= 1"),
     (lambda c: c.prompt is None or (isinstance(c.prompt, dict) and "{question}" in str(c.prompt.get("user"))),
@@ -397,7 +393,7 @@ RULES: tuple[Rule, ...] = (
     *_rounds_rules("rft"),
     *_rounds_rules("dpo"),
     (lambda c: c.grpo_questions in ("hard", "all"), "grpo_questions must be hard or all (got {c.grpo_questions!r})"),
-    (lambda c: not _runs(c, "dpo") or c.dpo.samples >= 2, "dpo.samples must be >= 2 (a pair needs two completions)"),
+    (lambda c: "dpo" not in c.stages or c.dpo.samples >= 2, "dpo.samples must be >= 2 (a pair needs two completions)"),
     (lambda c: not _judges_hardness(c) or any(r["name"] == "bm25_rank" for r in c.rewards),
      "hard questions (grpo_questions or rft/dpo questions_from: hard) are judged by the bm25_rank reward's pool and "
      "metric: add one to rewards, or take all questions"),
