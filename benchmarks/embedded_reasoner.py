@@ -114,14 +114,12 @@ def ship_verdict(candidate: str, rows: Mapping[str, Mapping[str, Mapping[str, di
 def dtype_report(reasoner: QRReasoner, asked: str) -> dict:
     """The backend and dtype (llama.cpp: weight type) a reasoner runs with, and whether this CPU computes bf16
     natively."""
-    import torch
-
-    from tongsearch_qr.backends.transformers_backend import pick_dtype
+    from tongsearch_qr.backends.cpu import native_bf16
     from tongsearch_qr.demo import backend_description
 
     dtype = getattr(reasoner.backend, "dtype", None) or getattr(reasoner.backend, "weights_type", None)
     return {"asked": asked, "dtype": str(dtype).removeprefix("torch.") if dtype else "unreported",
-            "backend": backend_description(reasoner), "cpu_native_bf16": pick_dtype("auto", "cpu") == torch.bfloat16}
+            "backend": backend_description(reasoner), "cpu_native_bf16": native_bf16()}
 
 
 def main() -> None:

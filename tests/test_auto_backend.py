@@ -1,11 +1,14 @@
 """backend="auto", the default: the engine and llama.cpp weight type follow what the machine reports (flags
-monkeypatched to stand for other CPUs), the choice is logged once, kept on the backend, written by eval, and keys
-the reasoning cache by engine and weight type."""
+monkeypatched to stand for other CPUs, an ISA limit set in the environment), the choice is logged once, kept on the
+backend, written by eval, and keys the reasoning cache by engine and weight type. Expectations come from
+/proc/cpuinfo, llama.cpp's own system info and the environment, not from the code under test."""
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
+from pathlib import Path
 
 import pytest
 from test_data import make_bright_fixture
@@ -17,45 +20,99 @@ from tongsearch_qr.backends.auto import EngineChoice, MachineReport, choose_engi
 ZEN3 = frozenset({"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2", "LLAMAFILE", "OPENMP", "REPACK"})
 ZEN4 = ZEN3 | {"AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"}
 ARM = frozenset({"NEON", "ARM_FMA", "FP16_VA", "DOTPROD", "LLAMAFILE", "OPENMP", "REPACK"})
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def cpuinfo_has_bf16() -> bool:
+    """Whether the kernel lists bfloat16 instructions among this CPU's flags (AVX512_BF16, or AMX's)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("needs /proc/cpuinfo")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def llamacpp_uses_bf16() -> bool:
+    """Whether the installed llama.cpp says its kernels were built with AVX512_BF16."""
+    import llama_cpp
+
+    return "AVX512_BF16 = 1" in llama_cpp.llama_print_system_info().decode()
+
+
+@pytest.fixture
+def no_isa_limit(monkeypatch):
+    for name in ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("report, options, expected", [
-    (MachineReport("cpu", ZEN4), {}, ("llamacpp", "BF16")),
-    (MachineReport("cpu", ZEN3), {}, ("llamacpp", "F16")),
-    (MachineReport("cpu", ARM), {}, ("llamacpp", "F16")),
-    (MachineReport("cpu", ZEN3), {"dtype": "float32"}, ("llamacpp", "F32")),
-    (MachineReport("cpu", ZEN4), {"dtype": "q4_0"}, ("llamacpp", "Q4_0")),
-    (MachineReport("cuda", ZEN4), {}, ("transformers", None)),
-    (MachineReport("cuda:1", ZEN3), {"dtype": "float16"}, ("transformers", None)),
-    (MachineReport("cpu", None), {}, ("transformers", None)),
-    (MachineReport("cpu", ZEN4), {"model_problem": "not the embedded architecture"}, ("transformers", None)),
-    (MachineReport("cuda", None), {"gguf_file": True}, ("llamacpp", None)),
+    (MachineReport("cpu", ZEN4, True), {}, ("llamacpp", "BF16", "CPU with native bf16")),
+    (MachineReport("cpu", ZEN4, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # an ISA limit set
+    (MachineReport("cpu", ZEN3, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # llama.cpp for AVX2
+    (MachineReport("cpu", ZEN3, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),
+    (MachineReport("cpu", ARM, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),
+    (MachineReport("cpu", ZEN3, False), {"dtype": "float32"}, ("llamacpp", "F32", "CPU, dtype float32 pinned")),
+    (MachineReport("cpu", ZEN4, True), {"dtype": "q4_0"}, ("llamacpp", "Q4_0", "CPU, dtype q4_0 pinned")),
+    (MachineReport("cuda", ZEN4, True), {}, ("transformers", None, "device cuda")),
+    (MachineReport("cuda:1", ZEN3, False), {"dtype": "float16"}, ("transformers", None, "device cuda:1")),
+    (MachineReport("cpu", None, True), {}, ("transformers", None, "llama-cpp-python is not installed")),
+    (MachineReport("cpu", ZEN4, True), {"model_problem": "not the embedded architecture"},
+     ("transformers", None, "not the embedded architecture")),
+    (MachineReport("cuda", None, False), {"gguf_file": True}, ("llamacpp", None, "a GGUF file runs on llama.cpp")),
 ])
 def test_the_choice_is_a_function_of_what_the_machine_reports(report, options, expected):
     choice = choose_engine(report, **options)
-    assert (choice.engine, choice.weights_type) == expected and choice.reason
-    assert choose_engine(report, **options) == choice  # the same on every call
+    assert (choice.engine, choice.weights_type) == expected[:2] and choice.reason.startswith(expected[2])
 
 
 def test_an_unknown_pinned_weight_type_is_refused():
     with pytest.raises(ValueError, match="unknown GGUF weights type 'int3'"):
-        choose_engine(MachineReport("cpu", ZEN4), dtype="int3")
+        choose_engine(MachineReport("cpu", ZEN4, True), dtype="int3")
 
 
-def test_the_default_backend_on_this_cpu_is_llamacpp_in_the_weight_type_llamacpp_reports_for_it(monkeypatch, caplog):
+def test_this_machines_report_follows_its_cpu_flags_and_llamacpps_build(no_isa_limit):
     reported = auto.machine_report("cpu")
     assert reported.llamacpp_features is not None and "AVX2" in reported.llamacpp_features
+    assert reported.cpu_bf16 is cpuinfo_has_bf16()
+    assert reported.native_bf16 is (cpuinfo_has_bf16() and llamacpp_uses_bf16())
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 ISA limits")
+def test_under_an_avx512_core_limit_dtype_auto_is_float32_and_auto_picks_llamacpp_f16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX512_CORE: oneDNN's own bf16 check still says yes (it emulates bf16 there), but the
+    CPU is held below bfloat16 instructions, as a Cascade Lake is."""
+    import torch
+
+    from tongsearch_qr.backends.transformers_backend import pick_dtype
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert pick_dtype("auto", "cpu") == torch.float32
+    choice = choose_engine(auto.machine_report("cpu"))
+    assert (choice.engine, choice.weights_type) == ("llamacpp", "F16") and choice.reason == "CPU with no native bf16"
+    backend = QRReasoner(generation=GenerationParams.greedy(8)).backend
+    assert backend.choice == choice and backend.weights_type == "F16" and backend.cache_id.endswith(":f16")
+
+
+def test_the_default_backend_on_this_cpu_is_llamacpp_in_the_weight_type_of_its_cpu(monkeypatch, caplog, no_isa_limit):
+    native = cpuinfo_has_bf16() and llamacpp_uses_bf16()
+    monkeypatch.setattr(auto, "_logged", set())
     with caplog.at_level(logging.INFO, logger="tongsearch_qr.backends.auto"):
         default = QRReasoner(generation=GenerationParams.greedy(8))
         QRReasoner(generation=GenerationParams.greedy(8))
-    native = reported.native_bf16
     expected = "BF16" if native else "F16"
     assert default.backend.choice == EngineChoice("llamacpp", expected, f"CPU with {'native' if native else 'no native'} bf16")
     assert default.backend.cache_id.startswith("llamacpp:") and default.backend.cache_id.endswith(f":{expected.lower()}")
-    assert sum("backend auto: llamacpp" in r.getMessage() for r in caplog.records) <= 1  # logged once per model
+    assert default.backend.device == "cpu"
+    assert sum("backend auto: llamacpp" in r.getMessage() for r in caplog.records) == 1  # logged once per model
+    assert f"for the default model on cpu (CPU with {'native' if native else 'no native'} bf16)" in caplog.text
 
-    other_kind = ZEN3 if native else ZEN4
-    monkeypatch.setattr(auto, "_llamacpp_features", lambda: other_kind)
+    if native:  # the same CPU held to AVX2
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    else:  # a Zen 4 stands in
+        from tongsearch_qr.backends import cpu
+
+        monkeypatch.setattr(auto, "_llamacpp_features", lambda: ZEN4)
+        monkeypatch.setattr(cpu, "cpu_has_bf16_instructions", lambda: True)
     flipped = QRReasoner(generation=GenerationParams.greedy(8)).backend
     assert flipped.weights_type == ("F16" if native else "BF16")
     assert flipped.cache_id != default.backend.cache_id  # another weight type: another cache key

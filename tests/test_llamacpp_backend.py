@@ -213,7 +213,7 @@ def test_weight_types_are_exported_once_each_and_key_the_cache(llama):
         make_backend("llamacpp", None, weights_type="Q3")
 
 
-def test_the_weight_type_follows_llamacpps_reported_cpu_features():
+def test_the_weight_type_follows_llamacpps_reported_cpu_features_and_the_cpus_bf16():
     from tongsearch_qr.backends.llamacpp_backend import cpu_features, weights_type_for
 
     class Reporting:
@@ -222,6 +222,65 @@ def test_the_weight_type_follows_llamacpps_reported_cpu_features():
             return b"CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 0 | AVX512_BF16 = 0 | OPENMP = 1 | "
 
     zen3 = cpu_features(Reporting)
-    assert zen3 == {"SSE3", "AVX2", "F16C", "OPENMP"} and weights_type_for(zen3) == "F16"
-    assert weights_type_for(zen3 | {"AVX512", "AVX512_BF16"}) == "BF16"
+    assert zen3 == {"SSE3", "AVX2", "F16C", "OPENMP"} and weights_type_for(zen3, cpu_bf16=False) == "F16"
+    assert weights_type_for(zen3 | {"AVX512", "AVX512_BF16"}, cpu_bf16=True) == "BF16"
+    assert weights_type_for(zen3 | {"AVX512", "AVX512_BF16"}, cpu_bf16=False) == "F16"  # held below bf16 (ISA limit)
+    assert weights_type_for(zen3, cpu_bf16=True) == "F16"  # llama.cpp built for AVX2 on a bf16 CPU
     assert "AVX2" in cpu_features()  # this machine, as the installed llama.cpp reports it
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The model parameters llama.cpp is given, per load (the model then loads on the CPU, as this build runs it)."""
+    import llama_cpp
+
+    seen = []
+    real = llama_cpp.llama_model_load_from_file
+
+    def load(path, params):
+        seen.append((params.n_gpu_layers, params.split_mode, params.main_gpu))
+        return real(path, llama_cpp.llama_model_default_params())
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", load)
+    return seen
+
+
+@pytest.mark.parametrize("device, torch_sees_a_gpu, ran_on, layers", [
+    ("cpu", True, "cpu", 0),
+    ("auto", False, "cpu", 0),
+    ("auto", True, "cuda", "all"),
+    ("cuda", False, "cuda", "all"),
+    ("cuda:1", False, "cuda:1", "all on GPU 1"),
+])
+def test_a_gpu_build_offloads_layers_only_when_a_gpu_is_asked_for(monkeypatch, loads, device, torch_sees_a_gpu, ran_on,
+                                                                    layers):
+    """llama.cpp's default n_gpu_layers (-1 in llama-cpp-python 0.3) offloads every layer in a GPU build: the
+    backend must give 0 for the CPU, and say where it ran."""
+    import llama_cpp
+    import torch
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)  # a CUDA build
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_sees_a_gpu)
+    backend = make_backend("llamacpp", None, parallel=1, device=device)
+    every_layer = 0x7FFFFFFF
+    expected = {0: (0, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0), "all": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0),
+                "all on GPU 1": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_NONE, 1)}[layers]
+    assert loads == [expected] and backend.device == ran_on
+
+
+def test_auto_on_the_cpu_runs_llamacpp_on_the_cpu_and_says_so(monkeypatch, loads):
+    import llama_cpp
+
+    from tongsearch_qr.backends.auto import engine_report
+    from tongsearch_qr.models import embedded_gguf_path
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    shipped = make_backend("auto", embedded_gguf_path(), device="cpu", parallel=1)
+    assert loads == [(0, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0)] and engine_report(shipped)["device"] == "cpu"
+
+
+def test_a_gpu_asked_of_a_cpu_build_is_refused():
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        make_backend("llamacpp", None, device="cuda")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        make_backend("llamacpp", None, device="gpu0")

@@ -4,12 +4,11 @@ there: where a seeded query's text depends on the other queries generated beside
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tongsearch_qr import GenerationParams, PromptTemplate
+from tongsearch_qr.backends.cpu import native_bf16
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="needs a CPU with native bf16")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not native_bf16(), reason="needs a CPU with native bf16")]
 
 QUESTIONS = ["Why is the sea salty?", "How do magnets work?", "Why do we dream?", "What is a black hole?",
              "Why do onions make people cry?", "Why does ice float?", "Why do cats purr?", "Why does bread go stale?"]

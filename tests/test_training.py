@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -497,16 +498,23 @@ def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():
                      "completion": [{"role": "assistant", "content": "store, airtight, Beans"}]}]
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 CPU features")
 def test_bf16_autocast_is_dropped_on_a_cpu_that_only_emulates_bf16(monkeypatch, caplog):
+    """A Cascade Lake (AVX512_CORE, where oneDNN emulates bf16) and a Sapphire Rapids (AVX512_BF16 and AMX), by
+    their feature probes; and a Sapphire Rapids held to AVX512_CORE by ONEDNN_MAX_CPU_ISA."""
     import torch
 
-    from tongsearch_qr.backends import transformers_backend
     from tongsearch_qr.training.precision import machine_precision
     from tongsearch_qr.training.trl_configs import trainer_options
 
-    for native in (False, True):
-        monkeypatch.setattr(transformers_backend, "pick_dtype",
-                            lambda dtype, device, native=native: torch.bfloat16 if native else torch.float32)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    for instructions, limit, native in ((False, None, False), (True, None, True), (True, "AVX512_CORE", False)):
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, probe, lambda instructions=instructions: instructions)
+        if limit:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
         caplog.clear()
         assert machine_precision({"bf16": True, "use_cpu": True})["bf16"] is native
         assert ("only by emulation" in caplog.text) is not native

@@ -28,10 +28,10 @@ def machine_precision(options: dict[str, Any]) -> dict[str, Any]:
     CPUs with native bf16 keep what was asked."""
     import torch
 
-    from tongsearch_qr.backends.transformers_backend import pick_dtype
+    from tongsearch_qr.backends.cpu import native_bf16
 
     on_cpu = options.get("use_cpu") or not torch.cuda.is_available()
-    if not options.get("bf16") or not on_cpu or pick_dtype("auto", "cpu") == torch.bfloat16:
+    if not options.get("bf16") or not on_cpu or native_bf16():
         return options
     log.warning("bf16: true asked, but this CPU computes bfloat16 only by emulation (no avx512_bf16/AMX): training "
                 "in float32 instead (faster here; a CPU with native bf16 trains in bfloat16 autocast)")

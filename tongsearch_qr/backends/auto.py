@@ -1,8 +1,9 @@
 """``backend="auto"`` (the default for local models): the fastest installed engine for this machine and model.
 
 The choice is :func:`choose_engine`, a pure function of what the machine reports (:class:`MachineReport`: the
-device torch finds, the CPU features llama.cpp's kernels use, or that llama-cpp-python is not installed) and of
-what the model is, so it is the same on every call on one machine:
+device torch finds, the CPU features llama.cpp's kernels use, or that llama-cpp-python is not installed, and
+whether the CPU computes bfloat16 natively, :func:`~.cpu.native_bf16`) and of what the model is, so it is the
+same on every call on one machine:
 
 - a ``.gguf`` file: llama.cpp, the one engine that runs it;
 - a CUDA device (``device="auto"`` with a GPU, or ``cuda[:N]``): transformers;
@@ -10,11 +11,12 @@ what the model is, so it is the same on every call on one machine:
   than the embedded model's): transformers;
 - otherwise (a CPU): llama.cpp, whose batched decoding beat transformers on CPUs with native bfloat16 and without
   (``benchmarks/throughput.py``), with the weight type :func:`~.llamacpp_backend.weights_type_for` gives for its
-  CPU features (BF16 where native, else F16), or the precision ``dtype`` pins.
+  CPU (BF16 where native, else F16), or the precision ``dtype`` pins.
 
-The choice is logged once per model and kept on the backend (``backend.choice``); ``eval`` writes it into
-``reasoning.json``. The backend's ``cache_id`` names the engine and weight type, so cached reasoning is never
-shared across engines.
+llama.cpp offloads layers to a GPU only for ``device="cuda[:N]"``, or ``auto`` on a machine with one (a GGUF
+file there). The choice is logged once per model with the device the backend runs on, and kept on the backend
+(``backend.choice``); ``eval`` writes both into ``reasoning.json``. The backend's ``cache_id`` names the engine and
+weight type, so cached reasoning is never shared across engines.
 """
 
 from __future__ import annotations
@@ -31,23 +33,28 @@ log = logging.getLogger(__name__)
 
 #: options each engine takes; ``auto`` accepts them all and passes each engine its own
 TRANSFORMERS_OPTIONS = frozenset({"device", "dtype", "batch_size", "max_batch_tokens", "step_overhead_tokens"})
-LLAMACPP_OPTIONS = frozenset({"parallel", "threads", "kv_cache_gib", "weights_type", "share_prefix"})
+LLAMACPP_OPTIONS = frozenset({"device", "parallel", "threads", "kv_cache_gib", "weights_type", "share_prefix"})
 
 
 @dataclass(frozen=True)
 class MachineReport:
-    """What the machine reports: the torch ``device`` generation would use and the CPU features llama.cpp's kernels
-    use (``None``: llama-cpp-python is not installed)."""
+    """What the machine reports: the torch ``device`` generation would use, the CPU features llama.cpp's kernels
+    use (``None``: llama-cpp-python is not installed) and whether the CPU computes bfloat16 natively
+    (``cpu_bf16``: :func:`~.cpu.native_bf16`, which honours an ISA limit set in the environment)."""
 
     device: str
     llamacpp_features: frozenset[str] | None
+    cpu_bf16: bool
 
     @property
     def native_bf16(self) -> bool | None:
-        """Whether llama.cpp computes bfloat16 natively on this CPU (``None``: llama.cpp is not installed)."""
+        """Whether llama.cpp computes bfloat16 natively here: the CPU does and llama.cpp's kernels use it
+        (``None``: llama.cpp is not installed)."""
         from .llamacpp_backend import NATIVE_BF16_FEATURES
 
-        return None if self.llamacpp_features is None else bool(self.llamacpp_features & NATIVE_BF16_FEATURES)
+        if self.llamacpp_features is None:
+            return None
+        return self.cpu_bf16 and bool(self.llamacpp_features & NATIVE_BF16_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,10 @@ def _llamacpp_features() -> frozenset[str] | None:
 
 def machine_report(device: str = "auto") -> MachineReport:
     """This machine's :class:`MachineReport` for ``device`` (``auto``: CUDA when torch sees a GPU, else the CPU)."""
+    from .cpu import native_bf16
     from .transformers_backend import pick_device
 
-    return MachineReport(pick_device(device), _llamacpp_features())
+    return MachineReport(pick_device(device), _llamacpp_features(), native_bf16())
 
 
 def llamacpp_problem(model: str | os.PathLike[str] | None) -> str | None:
@@ -112,7 +120,7 @@ def choose_engine(report: MachineReport, *, gguf_file: bool = False, model_probl
     if dtype != "auto":
         return EngineChoice("llamacpp", check_weights_type(dtype), f"CPU, dtype {dtype} pinned")
     kind = "native bf16" if report.native_bf16 else "no native bf16"
-    return EngineChoice("llamacpp", weights_type_for(report.llamacpp_features), f"CPU with {kind}")
+    return EngineChoice("llamacpp", weights_type_for(report.llamacpp_features, report.cpu_bf16), f"CPU with {kind}")
 
 
 def make_auto_backend(model: str | os.PathLike[str] | None = None, **options: Any) -> Backend:
@@ -142,15 +150,17 @@ def make_auto_backend(model: str | os.PathLike[str] | None = None, **options: An
     key = (str(model), choice)
     if key not in _logged:
         _logged.add(key)
-        log.info("backend auto: %s for %s (%s)", choice.engine + (f" {choice.weights_type}" if choice.weights_type
-                                                                   else ""), model or "the default model", choice.reason)
+        log.info("backend auto: %s for %s on %s (%s)", choice.engine + (f" {choice.weights_type}" if choice.weights_type
+                 else ""), model or "the default model", getattr(backend, "device", report.device), choice.reason)
     return backend
 
 
 def engine_report(backend: Any) -> dict[str, Any]:
-    """What generated a run's reasoning, for its outputs: the backend's ``cache_id`` (engine, model, weight type)
-    and, when ``auto`` chose it, the choice."""
+    """What generated a run's reasoning, for its outputs: the backend's ``cache_id`` (engine, model, weight type),
+    the device it ran on where it reports one and, when ``auto`` chose it, the choice."""
     report: dict[str, Any] = {"cache_id": backend.cache_id}
+    if getattr(backend, "device", None) is not None:
+        report["device"] = str(backend.device)
     choice = getattr(backend, "choice", None)
     if choice is not None:
         report["auto"] = choice.as_dict()

@@ -10,8 +10,9 @@ question, :func:`template_prefix`) is decoded once per run and its KV cache copi
 ``generate`` from several threads (copies made by ``QRReasoner.with_`` share their backend) take turns on the one
 context.
 
-The embedded model and its fine-tunes run as a GGUF of the weight type llama.cpp is fastest with on this CPU
-(:func:`weights_type_for` of what llama.cpp reports, :func:`cpu_features`).
+The embedded model and its fine-tunes run as a GGUF of the weight type chosen for this CPU (:func:`weights_type_for`
+of what llama.cpp reports, :func:`cpu_features`, and of :func:`~.cpu.native_bf16`). Layers go to a GPU only when
+one is asked for (``device``; a GPU build of llama.cpp would otherwise offload every layer).
 
 Prompts are the same token ids as the transformers backend's (the model's chat template through its Hugging Face
 tokenizer) and completions are decoded by that tokenizer. Sampling follows the paper's settings in transformers'
@@ -40,6 +41,7 @@ from ..generation import GenerationParams
 from ..gguf_export import check_weights_type, gguf_model, is_gguf_file
 from ..prompts import PromptTemplate
 from .base import ResultCallback, row_seed, sample_indices
+from .cpu import native_bf16
 from .prompting import fit_prompt, render
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,11 @@ _CONTEXT_STEP = 256  # llama.cpp pads each sequence's context to a multiple of t
 _GIB = 1 << 30
 #: llama.cpp CPU features (as :func:`cpu_features` reports them) under which its kernels compute bfloat16 natively
 NATIVE_BF16_FEATURES = frozenset({"AVX512_BF16"})
-#: the weight type on CPUs without them: the fastest of BF16, F16, Q8_0 and Q4_0 with llama.cpp built for AVX2
-#: without AVX-512 (Zen 3's instructions; benchmarks/throughput.py --weights-types), and as exact as BF16
+#: the weight type on CPUs without them: 16 bits like BF16, and with llama.cpp built for AVX2 without AVX-512
+#: (Zen 3's instructions) faster than the shipped Q4_1 (benchmarks/results/throughput/throughput-no-bf16-emulated.txt)
 NON_BF16_WEIGHTS_TYPE = "F16"
+#: ``n_gpu_layers`` that offloads every layer (llama-cpp-python's ``Llama`` uses the same for -1)
+ALL_LAYERS = 0x7FFFFFFF
 
 
 def cpu_features(lib: Any = None) -> frozenset[str]:
@@ -74,11 +78,42 @@ def installed_cpu_features() -> frozenset[str] | None:
     return cpu_features(llama_cpp)
 
 
-def weights_type_for(features: frozenset[str]) -> str:
-    """The GGUF weight type for llama.cpp with CPU ``features``: ``BF16`` where bfloat16 is native (the type the
-    transformers backend runs there, and faster than F16 and Q8_0; only 4-bit Q4_0 was faster), else
+def weights_type_for(features: frozenset[str], cpu_bf16: bool) -> str:
+    """The GGUF weight type for llama.cpp with CPU ``features`` on a CPU that computes bfloat16 natively or not
+    (``cpu_bf16``: :func:`~.cpu.native_bf16`): ``BF16`` where both the CPU and llama.cpp's kernels do (the type the
+    transformers backend runs there; faster than the shipped Q4_1, benchmarks/results/throughput/), else
     :data:`NON_BF16_WEIGHTS_TYPE`."""
-    return "BF16" if features & NATIVE_BF16_FEATURES else NON_BF16_WEIGHTS_TYPE
+    return "BF16" if cpu_bf16 and features & NATIVE_BF16_FEATURES else NON_BF16_WEIGHTS_TYPE
+
+
+def offload_device(lib: Any, device: str) -> str:
+    """Where llama.cpp (the ``llama_cpp`` module ``lib``) runs the model's layers for ``device``: ``cpu``, or
+    ``cuda``/``cuda:N`` (an error where this build cannot offload); ``auto``: CUDA where torch finds a GPU and this
+    build can offload, else ``cpu``."""
+    can_offload = bool(lib.llama_supports_gpu_offload())
+    if device == "auto":
+        from .transformers_backend import pick_device
+
+        return pick_device("auto") if can_offload else "cpu"
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N for the llamacpp backend, got {device!r}")
+    if not can_offload:
+        raise ValueError(f"device {device!r} asked, but this llama-cpp-python build runs on the CPU only; use "
+                         "device 'cpu' or install a CUDA build of llama-cpp-python")
+    return device
+
+
+def model_params(lib: Any, device: str) -> Any:
+    """llama.cpp's model parameters for a model on ``device`` (``cpu`` or ``cuda[:N]``, see
+    :func:`offload_device`): every layer on that GPU, or none offloaded on the CPU (llama.cpp's default, -1 in
+    llama-cpp-python 0.3, offloads every layer in a GPU build)."""
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0 if device == "cpu" else ALL_LAYERS
+    if device.startswith("cuda:"):  # that GPU alone
+        params.split_mode, params.main_gpu = lib.LLAMA_SPLIT_MODE_NONE, int(device.partition(":")[2])
+    return params
 
 
 def template_prefix(tokenizer: Any, template: PromptTemplate) -> list[int]:
@@ -145,6 +180,125 @@ class _Sequence:
     output: int = -1  # this step's index of its logits in the batch
 
 
+def sequence_seed(params: GenerationParams, prompt: list[int], sample: int) -> int | None:
+    """The seed of one sequence's sampler: from (seed, prompt, parameters, sample index), so a seeded run repeats
+    exactly (``None``: unseeded)."""
+    return None if params.seed is None else row_seed(params.seed, prompt, params.key(), sample) % DEFAULT_SEED
+
+
+class DecodeRun:
+    """Sequences decoding together in one llama.cpp context of ``slots`` KV streams of up to ``per_sequence``
+    tokens: the prompts waiting for a free slot, the running sequences with their samplers, and the KV cache of the
+    prompts' shared ``prefix`` once decoded (copied into every later sequence that starts with it).
+
+    Each :meth:`step` starts waiting prompts in free slots, then decodes the next token of every running sequence
+    in one batch (continuous batching); a sequence that ends goes to ``done(row, text)`` and frees its slot.
+    """
+
+    def __init__(self, backend: LlamaCppBackend, slots: int, per_sequence: int, prefix: list[int],
+                 params: GenerationParams):
+        self.backend, self.lib, self.prefix, self.params = backend, backend._lib, prefix, params
+        self.ctx = backend._context(slots, per_sequence)
+        self.memory = self.lib.llama_get_memory(self.ctx)
+        self.waiting: deque[tuple[int, list[int], int | None]] = deque()  # (row, prompt, seed)
+        self.free: list[int] = list(range(slots))  # a heap: a new sequence takes the lowest free slot
+        self.running: list[_Sequence] = []
+        self.samplers: dict[int, Any] = {}  # slot -> the sampler of its sequence, until freed
+        self.prefix_state: Any = None  # the KV cache of ``prefix`` in one sequence, once decoded
+        self.batch = self.lib.llama_batch_init(max(per_sequence, slots), 0, 1)
+
+    def add(self, row: int, prompt: list[int], seed: int | None) -> None:
+        """Queue ``prompt`` (``row``: how ``done`` names it; ``seed``: its sampler's, ``None``: random)."""
+        self.waiting.append((row, prompt, seed))
+
+    def decode(self, done: ResultCallback) -> None:
+        """Step until every queued prompt is done, then free the batch and samplers (also on failure)."""
+        try:
+            while self.waiting or self.running:
+                self.step(done)
+        finally:
+            self.close()
+
+    def step(self, done: ResultCallback) -> None:
+        """Start waiting prompts in the free slots, then decode the next token of every running sequence."""
+        # a new prompt is prefilled alone: llama.cpp cuts a batch over separate KV streams into micro-batches of
+        # equal tokens per sequence, so a prompt beside decoding steps would take a pass per prompt token
+        while self.waiting and self.free:
+            row, prompt, seed = self.waiting.popleft()
+            seq = _Sequence(row, heapq.heappop(self.free), position=len(prompt))
+            self.samplers[seq.slot] = self.backend._sampler(self.params, prompt, seed)  # freed at its end or close
+            self._prefill(seq, prompt)
+            if not self._finished(seq, done):
+                self.running.append(seq)
+        if not self.running:
+            return
+        # the next token of every running sequence, in slot order (llama.cpp puts only consecutive sequence ids
+        # of separate KV streams into one micro-batch)
+        self.running.sort(key=lambda seq: seq.slot)
+        self.batch.n_tokens = 0
+        for seq in self.running:
+            seq.output = self._add(seq.tokens[-1], seq.position, seq.slot, True)
+            seq.position += 1
+        self._decode()
+        self.running = [seq for seq in self.running if not self._finished(seq, done)]
+
+    def close(self) -> None:
+        """Free the samplers still held and the batch."""
+        for sampler in self.samplers.values():
+            self.lib.llama_sampler_free(sampler)
+        self.samplers.clear()
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+
+    def _prefill(self, seq: _Sequence, prompt: list[int]) -> None:
+        """Decode ``prompt`` into ``seq``'s KV stream (the shared prefix copied in), logits of its last token."""
+        lib, start = self.lib, 0
+        if self.prefix and len(prompt) > len(self.prefix) and prompt[:len(self.prefix)] == self.prefix:
+            if self.prefix_state is None:
+                self.batch.n_tokens = 0
+                for position, token in enumerate(self.prefix):
+                    self._add(token, position, seq.slot, False)
+                self._decode()
+                self.prefix_state = (ctypes.c_uint8 * lib.llama_state_seq_get_size(self.ctx, seq.slot))()
+                lib.llama_state_seq_get_data(self.ctx, self.prefix_state, len(self.prefix_state), seq.slot)
+            elif lib.llama_state_seq_set_data(self.ctx, self.prefix_state, len(self.prefix_state),
+                                              seq.slot) != len(self.prefix_state):
+                raise RuntimeError("llama.cpp could not copy the shared prompt prefix into a sequence")
+            start = len(self.prefix)
+        self.batch.n_tokens = 0
+        for position in range(start, len(prompt)):
+            seq.output = self._add(prompt[position], position, seq.slot, position == len(prompt) - 1)
+        self._decode()
+
+    def _finished(self, seq: _Sequence, done: ResultCallback) -> bool:
+        """Draw ``seq``'s next token; at its end, free its slot and report it."""
+        lib = self.lib
+        token = lib.llama_sampler_sample(self.samplers[seq.slot], self.ctx, seq.output)
+        end = lib.llama_vocab_is_eog(self.backend._vocab, token)
+        if not end:
+            seq.tokens.append(token)
+        if not end and len(seq.tokens) < self.params.max_new_tokens:
+            return False
+        lib.llama_sampler_free(self.samplers.pop(seq.slot))
+        lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
+        heapq.heappush(self.free, seq.slot)
+        done(seq.row, self.backend.tokenizer.decode(seq.tokens, skip_special_tokens=True))
+        return True
+
+    def _decode(self) -> None:
+        if self.lib.llama_decode(self.ctx, self.batch) != 0:
+            raise RuntimeError("llama.cpp failed to decode a batch")
+
+    def _add(self, token: int, position: int, sequence: int, logits: bool) -> int:
+        """Append one token of ``sequence`` to the batch; its index in the batch."""
+        batch, i = self.batch, self.batch.n_tokens
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
+        batch.seq_id[i][0], batch.logits[i] = sequence, logits
+        batch.n_tokens = i + 1
+        return i
+
+
 class LlamaCppBackend:
     """Generation with llama.cpp's batched decoding on a GGUF model.
 
@@ -153,12 +307,15 @@ class LlamaCppBackend:
     ``BF16``, ``F16``, ``Q8_0``, ``Q4_0`` or ``F32`` for those exported weights (default: :func:`weights_type_for`
     this CPU). ``parallel``: how many sequences decode together at most; ``kv_cache_gib``: the most memory the KV
     cache may take (long prompts then decode with fewer sequences at a time); ``threads``: CPU threads (default: all
-    cores); ``share_prefix``: decode the prompts' shared start once per run. Thread-safe: concurrent ``generate``
-    calls run one after the other.
+    cores); ``share_prefix``: decode the prompts' shared start once per run; ``device``: ``cpu``, ``cuda[:N]`` (every
+    layer on that GPU) or ``auto`` (a GPU where there is one and this build can use it), see :func:`offload_device`;
+    ``backend.device`` says where the layers run. Thread-safe: concurrent ``generate`` calls run one after the
+    other.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
-                 kv_cache_gib: float = DEFAULT_KV_CACHE_GIB, weights_type: str | None = None, share_prefix: bool = True):
+                 kv_cache_gib: float = DEFAULT_KV_CACHE_GIB, weights_type: str | None = None, share_prefix: bool = True,
+                 device: str = "auto"):
         self._lock = threading.Lock()  # one context: one generate (or close) at a time
         if not 1 <= parallel <= MAX_SEQUENCES:
             raise ValueError(f"parallel must be between 1 and {MAX_SEQUENCES} (llama.cpp's limit), got {parallel}")
@@ -172,21 +329,22 @@ class LlamaCppBackend:
         _LOG_CALLBACK = _LOG_CALLBACK or llama_cpp.llama_log_callback(_forward_log)  # kept alive: called later
         llama_cpp.llama_log_set(_LOG_CALLBACK, None)
         self._lib = llama_cpp
+        self.device = offload_device(llama_cpp, device)
         if is_gguf_file(model):
             if weights_type is not None:
                 raise ValueError(f"{model} is a GGUF file and runs with the weights it holds: leave weights_type out")
             self.weights_type = None
         else:
             self.weights_type = check_weights_type(weights_type) if weights_type else weights_type_for(
-                cpu_features(llama_cpp))
+                cpu_features(llama_cpp), native_bf16())
         found = gguf_model(model, self.weights_type or "BF16")
         self.gguf_path, self.tokenizer = found.path, found.tokenizer
         self.cache_id = f"llamacpp:{found.identity}"
         self.parallel, self.threads = parallel, threads or os.cpu_count() or 1
         self.kv_cache_gib, self.share_prefix = kv_cache_gib, share_prefix
         llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
-        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), params)
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(),
+                                                           model_params(llama_cpp, self.device))
         if not self._model:
             raise ValueError(f"llama.cpp could not load {self.gguf_path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -286,100 +444,15 @@ class LlamaCppBackend:
                              int(self.kv_cache_gib * _GIB), self.kv_bytes_per_token)
             prefix = template_prefix(self.tokenizer, template) if self.share_prefix else []
             results = [""] * len(prompts)
+
+            def done(row: int, text: str) -> None:
+                results[row] = text
+                if on_result is not None:
+                    on_result(row, text)
+
             for run in runs:
-                self._decode_run(run, prompts, prefix, params, samples, results, on_result)
+                decoding = DecodeRun(self, run.slots, run.per_sequence, prefix, params)
+                for row in run.rows:
+                    decoding.add(row, prompts[row], sequence_seed(params, prompts[row], samples[row]))
+                decoding.decode(done)
         return results
-
-    def _decode_run(self, run: Run, prompts: list[list[int]], prefix: list[int], params: GenerationParams,
-                    samples: Sequence[int], results: list[str], on_result: ResultCallback | None) -> None:
-        """Decode the prompts of ``run`` in one context, writing each completion into ``results`` at its row. The
-        KV cache of ``prefix`` is decoded in the first sequence that starts with it and copied into the others."""
-        slots, per_sequence = run.slots, run.per_sequence
-        ctx = self._context(slots, per_sequence)
-        lib = self._lib
-        memory = lib.llama_get_memory(ctx)
-        batch = lib.llama_batch_init(max(per_sequence, slots), 0, 1)
-        waiting = deque(run.rows)
-        free, running = list(range(slots)), []  # a heap: new sequences take the lowest free slot
-        samplers: dict[int, Any] = {}  # slot -> the sampler of its sequence, until freed
-        prefix_state: Any = None  # the KV cache of ``prefix`` in one sequence, once decoded
-
-        def decode() -> None:
-            if lib.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama.cpp failed to decode a batch")
-
-        def prefill(seq: _Sequence, prompt: list[int]) -> None:
-            """Decode ``prompt`` into ``seq``'s KV stream (the shared prefix copied in), logits of its last token."""
-            nonlocal prefix_state
-            start = 0
-            if prefix and len(prompt) > len(prefix) and prompt[:len(prefix)] == prefix:
-                if prefix_state is None:
-                    batch.n_tokens = 0
-                    for position, token in enumerate(prefix):
-                        self._add(batch, token, position, seq.slot, False)
-                    decode()
-                    prefix_state = (ctypes.c_uint8 * lib.llama_state_seq_get_size(ctx, seq.slot))()
-                    lib.llama_state_seq_get_data(ctx, prefix_state, len(prefix_state), seq.slot)
-                elif lib.llama_state_seq_set_data(ctx, prefix_state, len(prefix_state), seq.slot) != len(prefix_state):
-                    raise RuntimeError("llama.cpp could not copy the shared prompt prefix into a sequence")
-                start = len(prefix)
-            batch.n_tokens = 0
-            for position in range(start, len(prompt)):
-                seq.output = self._add(batch, prompt[position], position, seq.slot, position == len(prompt) - 1)
-            decode()
-
-        def finished(seq: _Sequence) -> bool:
-            """Draw ``seq``'s next token; at its end, report it and free its slot."""
-            token = lib.llama_sampler_sample(samplers[seq.slot], ctx, seq.output)
-            end = lib.llama_vocab_is_eog(self._vocab, token)
-            if not end:
-                seq.tokens.append(token)
-            if not end and len(seq.tokens) < params.max_new_tokens:
-                return False
-            lib.llama_sampler_free(samplers.pop(seq.slot))
-            lib.llama_memory_seq_rm(memory, seq.slot, -1, -1)
-            results[seq.row] = text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-            heapq.heappush(free, seq.slot)
-            if on_result is not None:
-                on_result(seq.row, text)
-            return True
-
-        try:
-            while waiting or running:
-                # a new prompt is prefilled alone: llama.cpp cuts a batch over separate KV streams into
-                # micro-batches of equal tokens per sequence, so a prompt beside decoding steps would take a
-                # pass per prompt token
-                while waiting and free:
-                    row = waiting.popleft()
-                    prompt = prompts[row]
-                    seed = None if params.seed is None else \
-                        row_seed(params.seed, prompt, params.key(), samples[row]) % DEFAULT_SEED
-                    seq = _Sequence(row, heapq.heappop(free), position=len(prompt))
-                    samplers[seq.slot] = self._sampler(params, prompt, seed)  # freed at its end, or below on failure
-                    prefill(seq, prompt)
-                    if not finished(seq):
-                        running.append(seq)
-                if not running:
-                    continue
-                # one step: the next token of every running sequence, in slot order (llama.cpp puts only
-                # consecutive sequence ids of separate KV streams into one micro-batch)
-                running.sort(key=lambda seq: seq.slot)
-                batch.n_tokens = 0
-                for seq in running:
-                    seq.output = self._add(batch, seq.tokens[-1], seq.position, seq.slot, True)
-                    seq.position += 1
-                decode()
-                running = [seq for seq in running if not finished(seq)]
-        finally:
-            for sampler in samplers.values():
-                lib.llama_sampler_free(sampler)
-            lib.llama_batch_free(batch)
-
-    @staticmethod
-    def _add(batch: Any, token: int, position: int, sequence: int, logits: bool) -> int:
-        """Append one token of ``sequence`` to ``batch``; its index in the batch."""
-        i = batch.n_tokens
-        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
-        batch.seq_id[i][0], batch.logits[i] = sequence, logits
-        batch.n_tokens = i + 1
-        return i

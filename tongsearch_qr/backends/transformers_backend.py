@@ -11,6 +11,7 @@ from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
 from .base import ResultCallback, sample_indices
 from .batching import plan_batches
+from .cpu import native_bf16
 from .prompting import fit_prompt
 from .sampling import TopKTopPSampler, row_generators
 
@@ -26,8 +27,9 @@ def pick_device(device: str = "auto") -> str:
 
 def pick_dtype(dtype: str, device: str) -> Any:
     """``auto``: bfloat16 where the device computes it natively (CUDA GPUs of compute capability 8.0 and up, CPUs
-    with AVX512-BF16/AMX), else float16 on CUDA (T4, V100: bf16 there is emulated and slow) and float32 on CPU.
-    The requested GPU (``cuda:N``) is the one asked, not the current device."""
+    with AVX512-BF16/AMX unless an ISA limit in the environment holds them back: :func:`~.cpu.native_bf16`), else
+    float16 on CUDA (T4, V100: bf16 there is emulated and slow) and float32 on CPU. The requested GPU (``cuda:N``)
+    is the one asked, not the current device."""
     import torch
 
     if dtype != "auto":
@@ -39,7 +41,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
     if device.startswith("cuda"):
         native = bool(torch.version.hip) or torch.cuda.get_device_properties(torch.device(device)).major >= 8
         return torch.bfloat16 if native else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 #: batching on a CPU: the per-step overhead is small, so moderate batches are as fast as big ones
