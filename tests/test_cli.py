@@ -258,3 +258,29 @@ def test_sampling_options_typed_beside_a_method_win_over_its_defaults(tmp_path, 
         main(["reason", "--help"])
     helptext = " ".join(capsys.readouterr().out.split())
     assert "a value given here wins over the --method's" in helptext
+
+
+def test_no_batch_size_is_passed_unless_given_so_the_backend_sizes_its_batches(monkeypatch):
+    """Without --batch-size the transformers backend sizes its batches (on CUDA from the free memory, up to 512
+    sequences); the CLI must not pin 64."""
+    from tongsearch_qr.backends import transformers_backend
+    from tongsearch_qr.cli import backend_options, build_parser, reasoner_from_args
+
+    def options(*extra):
+        argv = ["reason", "--input", "q.jsonl", "--output", "o.jsonl", "--no-cache", *extra]
+        return backend_options(build_parser().parse_args(argv))
+
+    for backend in ("auto", "transformers"):
+        assert "batch_size" not in options("--backend", backend)
+        assert options("--backend", backend, "--batch-size", "16")["batch_size"] == 16
+    class Built(Exception):
+        """What the backend was given: raised before any model loads."""
+
+    def record(self, model=None, **kwargs):
+        raise Built(kwargs)
+
+    monkeypatch.setattr(transformers_backend.TransformersBackend, "__init__", record)
+    argv = ["reason", "--input", "q.jsonl", "--output", "o.jsonl", "--no-cache", "--backend", "transformers"]
+    with pytest.raises(Built) as built:
+        reasoner_from_args(build_parser().parse_args(argv))
+    assert built.value.args[0] == {"device": "auto", "dtype": "auto"}

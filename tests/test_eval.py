@@ -187,3 +187,68 @@ def test_metrics_and_run_files_score_the_returned_order_of_tied_documents(tmp_pa
     assert written["q"]["a"] == run["q"]["a"] and written["q"]["c"] == pytest.approx(run["q"]["c"], rel=1e-6)
     with pytest.raises(ValueError, match="query 'q': document 'b' has score nan"):
         evaluate({"q": {"a": 1.0, "b": float("nan")}}, qrels)
+
+
+def _beir_with_queries_in_the_corpus(root):
+    """An ArguAna-like BEIR collection: each query is also a document (same id, same text), which BM25 ranks first
+    for it; its relevant document comes next."""
+    (root / "qrels").mkdir(parents=True)
+    queries = {"q1": "why does the sea taste of salt", "q2": "how do magnets pull iron"}
+    corpus = {**queries, "d1": "salt from rocks makes the sea taste salty", "d2": "magnets pull iron with fields",
+              "x1": "bread goes stale as starch dries", "x2": "cats purr when content"}
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
+                                               for i, t in corpus.items()))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    return root
+
+
+def _trec_run(path):
+    run = {}
+    for line in path.read_text().splitlines():
+        qid, _, doc, _, score, _ = line.split()
+        run.setdefault(qid, {})[doc] = float(score)
+    return run
+
+
+def test_beir_evaluation_leaves_out_a_document_whose_id_is_the_querys_as_beir_does(tmp_path, caplog):
+    """BEIR's EvaluateRetrieval.evaluate(ignore_identical_ids=True) pops every retrieved id equal to the query id
+    before scoring: the default eval must score what that rule gives on its own run, and --keep-identical-ids
+    the run as retrieved."""
+    import logging
+
+    import pytrec_eval
+
+    beir = _beir_with_queries_in_the_corpus(tmp_path / "arguana-like")
+    outputs = {}
+    for name, extra in (("beir", []), ("kept", ["--keep-identical-ids"])):
+        outputs[name] = tmp_path / name
+        with caplog.at_level(logging.INFO, logger="tongsearch_qr"):
+            assert main(["eval", "--dataset", f"beir:{beir}", "--output", str(outputs[name]), "--retriever", "bm25",
+                         "--reasoner", "none", *extra]) == 0
+    assert "as in BEIR's evaluation, a document whose id is the query's id is left out" in caplog.text
+    kept = _trec_run(outputs["kept"] / "run.trec")
+    assert [max(docs, key=docs.get) for docs in kept.values()] == ["q1", "q2"]  # each query finds itself first
+    beirs_rule = {qid: {doc: score for doc, score in docs.items() if doc != qid} for qid, docs in kept.items()}
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    expected = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank"}).evaluate(beirs_rule)
+    metrics = json.loads((outputs["beir"] / "metrics.json").read_text())["beir:arguana-like"]
+    assert metrics["ndcg_cut_10"] == pytest.approx(sum(m["ndcg_cut_10"] for m in expected.values()) / 2) == 1.0
+    assert metrics["recip_rank"] == pytest.approx(1.0)
+    assert all(qid not in docs for qid, docs in _trec_run(outputs["beir"] / "run.trec").items())
+    kept_metrics = json.loads((outputs["kept"] / "metrics.json").read_text())["beir:arguana-like"]
+    assert kept_metrics["recip_rank"] == pytest.approx(0.5)  # the relevant document second, behind the query
+
+
+@pytest.mark.parametrize("via", [pytest.param("llama-index", marks=pytest.mark.llama_index),
+                                 pytest.param("haystack", marks=pytest.mark.haystack),
+                                 pytest.param("pyterrier", marks=pytest.mark.pyterrier)])
+def test_every_stack_follows_beirs_identical_id_rule(tmp_path, via):
+    from tongsearch_qr.data import load_beir
+    from tongsearch_qr.evaluation import run_collection
+
+    beir = _beir_with_queries_in_the_corpus(tmp_path / "arguana-like")
+    ranked = run_collection(load_beir(beir), "bm25", via=via, k=10)["baseline"]
+    assert all(qid not in docs for qid, docs in ranked.run.items()) and ranked.summary["recip_rank"] == 1.0
+    kept = run_collection(load_beir(beir, ignore_identical_ids=False), "bm25", via=via, k=10)["baseline"]
+    assert kept.summary["recip_rank"] == 0.5

@@ -87,11 +87,35 @@ def test_the_pool_is_one_actor_per_gpu_or_per_cpu():
     assert (on_cpus.actors, on_cpus.cpus, on_cpus.gpus) == (4, 8, 0)
     assert plan_pool(ReasonerSpec("m", backend="openai"), {"CPU": 4.0, "GPU": 1.0}).gpus == 0
     assert plan_pool(ReasonerSpec(backend="transformers"), {"CPU": 4.0, "GPU": 1.0}).gpus == 1
+    assert plan_pool(ReasonerSpec(backend="llamacpp"), {"CPU": 4.0, "GPU": 1.0}).gpus == 0  # on the CPU unless asked
+    assert plan_pool(ReasonerSpec(backend="llamacpp", device="cuda"), {"CPU": 4.0, "GPU": 1.0}).gpus == 1
     with pytest.raises(TongSearchError, match="not enough for one actor"):
         plan_pool(spec, {"CPU": 2.0}, cpus_per_actor=4)
     for bad in ({"actors": 0}, {"actors": 1.5}, {"cpus_per_actor": -1}, {"gpus_per_actor": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             plan_pool(spec, {"CPU": 2.0}, **bad)
+
+
+def test_a_row_that_comes_back_twice_is_reported_once_and_counted(caplog):
+    """A retried task can return rows another attempt already returned: the driver keeps the first completion,
+    reports each row once and counts the repeats (no cluster: the driver's collection step is fed directly)."""
+    import pyarrow as pa
+
+    from tongsearch_qr.scale import ActorPool, RayPoolBackend
+
+    backend = RayPoolBackend(ReasonerSpec(), "engine:model", ActorPool(2, 1.0, 0.0))
+    results, reported = [None] * 3, []
+
+    def batch(rows, texts, cache_id="engine:model"):
+        return pa.table({"row": rows, "completion": texts, "cache_id": [cache_id] * len(rows)})
+
+    backend._collect(batch([0, 1], ["first 0", "first 1"]), results, lambda row, text: reported.append((row, text)))
+    backend._collect(batch([1, 2], ["again 1", "first 2"]), results, lambda row, text: reported.append((row, text)))
+    assert results == ["first 0", "first 1", "first 2"] and backend.duplicates == 1
+    assert reported == [(0, "first 0"), (1, "first 1"), (2, "first 2")]
+    assert "row 1 came back twice" in caplog.text
+    with pytest.raises(TongSearchError, match="generated with other:model, not engine:model"):
+        backend._collect(batch([0], ["x"], "other:model"), results, None)
 
 
 def test_a_spec_refuses_what_belongs_to_the_driver():

@@ -17,6 +17,8 @@ from .modes import get_mode, mode_names
 from .queries import query_problem
 
 log = logging.getLogger("tongsearch_qr")
+#: what ``add_subparsers`` returns: each ``add_*_command`` adds its command to it
+Subparsers = argparse._SubParsersAction
 
 
 def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +51,12 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", default=None,
                        help=f"a reformulation method of the bank instead of TongSearch QR's prompt: {', '.join(METHODS)} "
                             "(its prompt, mode, samples and decoding become the defaults; options given here win)")
-    group.add_argument("--batch-size", type=int, default=64, help="transformers: sequences per batch")
-    group.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="transformers: sequences per batch (default: 64 on a CPU; on CUDA as many as the free "
+                            "memory holds, up to 512)")
+    group.add_argument("--device", default="auto",
+                       help="transformers and llamacpp: auto, cpu, cuda, cuda:1, ... (llamacpp offloads layers to a "
+                            "GPU only for cuda, or auto with a GPU and a GPU build of llama-cpp-python)")
     group.add_argument("--dtype", default="auto",
                        help="auto, float32, bfloat16, float16 (transformers, vllm; llamacpp: the GGUF weight type of "
                             "that precision, or bf16, f16, q8_0, q4_0, f32); auto: the machine's")
@@ -96,10 +102,13 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
         return {"base_url": args.base_url, "concurrency": args.concurrency, "timeout": args.timeout,
                 "max_retries": args.max_retries, "max_prompt_tokens": args.max_prompt_tokens,
                 "sampling_extras": args.sampling_extras}
-    llamacpp = {"parallel": args.parallel, "threads": args.threads, "kv_cache_gib": args.kv_cache_gib}
+    llamacpp = {"device": args.device, "parallel": args.parallel, "threads": args.threads,
+                "kv_cache_gib": args.kv_cache_gib}
     if args.backend == "llamacpp":
         return {**llamacpp, "weights_type": None if args.dtype == "auto" else args.dtype}
-    transformers = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}
+    transformers: dict[str, object] = {"device": args.device, "dtype": args.dtype}
+    if args.batch_size is not None:  # else the backend sizes batches for its device (on CUDA, by free memory)
+        transformers["batch_size"] = args.batch_size
     return {**transformers, **llamacpp} if args.backend == "auto" else transformers
 
 
@@ -202,7 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluation import load_datasets, print_table, run_collection, write_results
 
-    collections = load_datasets(args.dataset, bright_dir=args.bright_dir, documents=args.documents, long=args.long)
+    collections = load_datasets(args.dataset, bright_dir=args.bright_dir, documents=args.documents, long=args.long,
+                                ignore_identical_ids=not args.keep_identical_ids)
     for collection in collections:  # fail before any indexing or reasoning
         if collection.documents is None:
             raise TongSearchError(f"{collection.name}: documents are not available; pass --documents DIR "
@@ -324,10 +334,17 @@ def _cause(exc: BaseException) -> BaseException | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tongsearch-qr`` parser: one subcommand per ``add_*_command``."""
     parser = argparse.ArgumentParser(prog="tongsearch-qr", description="Reinforced query reasoning for retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (add_reason_command, add_eval_command, add_demo_command, add_train_command, add_serve_command):
+        add_command(sub)
+    return parser
 
+
+def add_reason_command(sub: Subparsers) -> None:
+    """``reason``: reasoning for every query of a file, here or on Ray."""
     reason = sub.add_parser("reason", help="write the reasoning and rewritten query of every query in a file")
     reason.add_argument("--input", required=True, help="JSONL ({id,query} or {_id,text}), TSV (id<TAB>query), "
                                                        "BRIGHT examples (.jsonl.gz) or Parquet (.parquet)")
@@ -337,7 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "trained model was trained for, else replace)")
     reason.add_argument("--skip-invalid", action="store_true", help="leave out empty/non-text queries with a warning")
     add_reasoner_arguments(reason)
-    on_ray = reason.add_argument_group("ray (pip install 'tongsearch-qr[ray]')")
+    add_ray_arguments(reason)
+    reason.set_defaults(func=cmd_reason)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``reason``'s options for generating on a Ray actor pool."""
+    on_ray = parser.add_argument_group("ray (pip install 'tongsearch-qr[ray]')")
     on_ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="generate on a Ray actor pool: the cluster at ADDRESS (host:port of `ray start --head`, "
                              "ray://host:port or auto), else $RAY_ADDRESS's, else a new local instance")
@@ -350,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     on_ray.add_argument("--rows-per-task", type=int, default=64,
                         help="(query, sample) rows an actor generates per task, cached as each task returns "
                              "(default: %(default)s)")
-    reason.set_defaults(func=cmd_reason)
 
+
+def add_eval_command(sub: Subparsers) -> None:
+    """``eval``: retrieval effectiveness with and without reasoning."""
     evaluate = sub.add_parser("eval", help="retrieval effectiveness with and without reasoning (BRIGHT, BEIR)")
     evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all, beir:<dir>[@split] or "
                                "qa:<file.jsonl> (each question against all the file's answers)")
@@ -365,24 +390,40 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run reasoner and retriever through the core or a stack's adapter: core, pyterrier, "
                                "llama-index or haystack (default: %(default)s)")
     evaluate.add_argument("--output", required=True, help="directory for metrics.json, run.trec, per-query metrics, PNG")
-    evaluate.add_argument("--bright-dir", default=None,
-                          help="local BRIGHT examples+qrels (shared layout or hub parquet layout); default: the hub")
-    evaluate.add_argument("--documents", default=None, help="directory with documents/ (or long_documents/) parquet")
-    evaluate.add_argument("--long", action="store_true", help="BRIGHT long documents and gold_ids_long")
-    evaluate.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
-    evaluate.add_argument("--seeds", type=seed_list, default=None,
-                          help="sample the reasoning once per seed (e.g. 1,2,3) and average each query's metrics")
-    evaluate.add_argument("--fusion", default=None,
-                          help="fuse the question's ranking with each reasoning sample's: rrf (reciprocal rank "
-                               "fusion, k=60), rrf:K or score (min-max normalised scores, summed)")
-    evaluate.add_argument("--fusion-weights", default=None,
-                          help="comma-separated weights, one per ranking: the question's, then each sample's "
-                               "(default: all 1)")
-    evaluate.add_argument("--dense-model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
-    evaluate.add_argument("--max-length", type=int, default=None, help="dense: max tokens per text (model default)")
+    add_eval_data_arguments(evaluate)
+    add_eval_ranking_arguments(evaluate)
     add_reasoner_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
+
+def add_eval_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``eval``'s options for where the collections come from and how they are judged."""
+    parser.add_argument("--bright-dir", default=None,
+                        help="local BRIGHT examples+qrels (shared layout or hub parquet layout); default: the hub")
+    parser.add_argument("--documents", default=None, help="directory with documents/ (or long_documents/) parquet")
+    parser.add_argument("--long", action="store_true", help="BRIGHT long documents and gold_ids_long")
+    parser.add_argument("--keep-identical-ids", action="store_true",
+                        help="beir: keep a retrieved document whose id is the query's id (BEIR's evaluation drops "
+                             "it, and so does eval by default; ArguAna and Quora depend on it)")
+
+
+def add_eval_ranking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``eval``'s options for the rankings: depth, seeds, fusion and the dense retriever."""
+    parser.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
+    parser.add_argument("--seeds", type=seed_list, default=None,
+                        help="sample the reasoning once per seed (e.g. 1,2,3) and average each query's metrics")
+    parser.add_argument("--fusion", default=None,
+                        help="fuse the question's ranking with each reasoning sample's: rrf (reciprocal rank "
+                             "fusion, k=60), rrf:K or score (min-max normalised scores, summed)")
+    parser.add_argument("--fusion-weights", default=None,
+                        help="comma-separated weights, one per ranking: the question's, then each sample's "
+                             "(default: all 1)")
+    parser.add_argument("--dense-model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--max-length", type=int, default=None, help="dense: max tokens per text (model default)")
+
+
+def add_demo_command(sub: Subparsers) -> None:
+    """``demo``: the reasoner on Python's documentation and a BRIGHT task, offline."""
     demo = sub.add_parser("demo", help="BM25 on Python's documentation and on a BRIGHT task's answers with and "
                                        "without reasoning (offline)")
     demo.add_argument("--modes", nargs="+", default=None,
@@ -404,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo, seed=0)  # the same sampled reasoning, and so the same table, every run
 
+
+def add_train_command(sub: Subparsers) -> None:
+    """``train``: a query reasoner trained from a YAML config."""
     training = sub.add_parser("train", help="train a query reasoner with TRL: key-term SFT, rejection sampling, GRPO "
                                            "(needs the train extra)")
     training.add_argument("--config", required=True,
@@ -416,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--output-dir", default=None, help="override output_dir")
     training.set_defaults(func=cmd_train)
 
+
+def add_serve_command(sub: Subparsers) -> None:
+    """``serve``: an OpenAI-compatible reasoning server."""
     serve = sub.add_parser("serve", help="run an OpenAI-compatible reasoning server (vLLM or transformers serve)")
     serve.add_argument("--engine", default="vllm", choices=["vllm", "transformers"], help="(default: %(default)s)")
     serve.add_argument("--model", default="default", help="'default' (embedded model), a directory or a hub id")
@@ -425,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "lives in its own venv; default: this one)")
     serve.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to the server as they are")
     serve.set_defaults(func=cmd_serve)
-    return parser
 
 
 def bundled_training_configs() -> list[str]:

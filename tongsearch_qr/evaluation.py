@@ -44,17 +44,18 @@ def bright_names(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | None = None,
-                  long: bool = False) -> list[Collection]:
+                  long: bool = False, ignore_identical_ids: bool = True) -> list[Collection]:
     """``bright:<task>``, ``bright:all``, ``bright-answers:<task>`` (a StackExchange task's questions against
     every gold answer of the task), ``beir:<dir>[@split]`` or ``qa:<file.jsonl>`` (a Q/A file: every question
-    against all of its answers) as collections."""
+    against all of its answers) as collections. ``ignore_identical_ids`` (``beir:``): BEIR's rule, a document
+    whose id is the query's is not ranked (see :func:`~tongsearch_qr.data.load_beir`)."""
     kind, _, rest = spec.partition(":")
     if kind == "bright" and rest:
         tasks = BRIGHT_TASKS if rest == "all" else [rest]
         return [load_bright(t, source=bright_dir, documents=documents, long=long) for t in tasks]
     if kind == "beir" and rest:
         directory, _, split = rest.partition("@")
-        return [load_beir(directory, split or "test")]
+        return [load_beir(directory, split or "test", ignore_identical_ids=ignore_identical_ids)]
     if kind == "qa" and rest:
         return [load_qa(rest)]
     if kind == "bright-answers" and rest:

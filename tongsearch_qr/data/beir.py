@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,15 @@ from ..errors import InputFormatError
 from ..query_io import jsonl_objects
 from .collection import Collection
 
+log = logging.getLogger(__name__)
 
-def load_beir(directory: str | os.PathLike[str], split: str = "test") -> Collection:
-    """Load a BEIR-layout collection; documents are ``title + " " + text``, the judged queries of ``split``."""
+
+def load_beir(directory: str | os.PathLike[str], split: str = "test", *, ignore_identical_ids: bool = True) -> Collection:
+    """Load a BEIR-layout collection; documents are ``title + " " + text``, the judged queries of ``split``.
+
+    ``ignore_identical_ids``: BEIR's evaluation rule (``EvaluateRetrieval.evaluate``'s default): a document whose
+    id is the query's id is never ranked for that query (the collection's ``excluded``), which collections whose
+    queries are also documents (ArguAna, Quora) depend on."""
     root = Path(directory).expanduser()
     corpus, queries_file, qrels_file = root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
     for required in (corpus, queries_file, qrels_file):
@@ -33,7 +40,15 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> Collect
         for doc in _jsonl(corpus):
             yield str(doc["_id"]), f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
 
-    return Collection(f"beir:{root.name}", queries, qrels, documents)
+    name = f"beir:{root.name}"
+    if ignore_identical_ids:
+        log.info("%s: as in BEIR's evaluation, a document whose id is the query's id is left out of that query's "
+                 "ranking (--keep-identical-ids keeps it)", name)
+    else:
+        log.info("%s: a document whose id is the query's id is ranked like any other (BEIR's evaluation leaves it "
+                 "out)", name)
+    excluded = {qid: {qid} for qid in queries} if ignore_identical_ids else {}
+    return Collection(name, queries, qrels, documents, excluded)
 
 
 def _jsonl(path: Path) -> Iterator[dict]:

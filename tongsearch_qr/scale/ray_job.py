@@ -23,7 +23,7 @@ from ..prompts import PromptTemplate
 from ..query_io import QueryRecord
 from ..reasoner import CacheSpec, Feedback, QRReasoner
 from .spec import ReasonerSpec, ResolvedSettings, resolve_settings
-from .tables import QUERY_COLUMNS, query_records, read_query_file, reasoning_rows, write_reasoning
+from .tables import query_columns, query_records, read_query_file, reasoning_rows, write_reasoning
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -87,14 +87,17 @@ def plan_pool(spec: ReasonerSpec, resources: Mapping[str, float], actors: int | 
               cpus_per_actor: float | None = None, gpus_per_actor: float | None = None) -> ActorPool:
     """The actor pool for ``spec`` on a cluster with ``resources`` (``ray.cluster_resources()``). By default an
     actor takes one CPU, and, when the cluster has GPUs and the backend uses them (auto, transformers or vllm, not
-    ``device="cpu"``), one GPU (vllm: ``tensor_parallel_size`` of them); as many actors as the cluster holds."""
+    ``device="cpu"``; llamacpp with ``device="cuda[:N]"``), one GPU (vllm: ``tensor_parallel_size`` of them); as
+    many actors as the cluster holds."""
     if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
         raise ValueError(f"actors must be a whole number >= 1, got {actors!r}")
     for name, value in (("cpus_per_actor", cpus_per_actor), ("gpus_per_actor", gpus_per_actor)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if gpus_per_actor is None:
-        uses_gpus = spec.backend in ("auto", "transformers", "vllm") and spec.kwargs.get("device", "auto") != "cpu"
+        device = str(spec.kwargs.get("device", "auto"))
+        uses_gpus = (spec.backend in ("auto", "transformers", "vllm") and device != "cpu") or \
+            (spec.backend == "llamacpp" and device.startswith("cuda"))  # llama.cpp offloads only when asked
         gpus_per_actor = float(spec.kwargs.get("tensor_parallel_size", 1)) if uses_gpus and resources.get("GPU") else 0.0
     cpus_per_actor = 1.0 if cpus_per_actor is None else float(cpus_per_actor)
     if actors is None:
@@ -225,10 +228,7 @@ def read_query_source(queries: str | os.PathLike[str] | Mapping[str, str] | Sequ
         return query_records(queries.items(), "the queries")
     ray_data = sys.modules.get("ray.data")  # a Dataset exists only once Ray Data is imported
     if ray_data is not None and isinstance(queries, ray_data.Dataset):
-        names = queries.columns()
-        columns = next((pair for pair in QUERY_COLUMNS if set(pair) <= set(names)), None)
-        if columns is None:
-            raise TongSearchError(f"the dataset needs columns 'id' and 'query' (or '_id' and 'text'); has {names}")
+        columns = query_columns(queries.columns(), "the dataset")
         selected = queries.select_columns(list(columns))
         options = selected.context.execution_options  # shared with ``queries``: restored below
         kept, options.preserve_order = options.preserve_order, True  # rows in the dataset's order, not as blocks finish

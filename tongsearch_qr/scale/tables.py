@@ -15,6 +15,15 @@ from ..query_io import QueryRecord, read_queries, write_jsonl
 QUERY_COLUMNS = (("id", "query"), ("_id", "text"))
 
 
+def query_columns(names: Sequence[str], source: str) -> tuple[str, str]:
+    """The ``(id, query)`` pair of :data:`QUERY_COLUMNS` that a table with columns ``names`` holds, or an error
+    naming ``source``."""
+    columns = next((pair for pair in QUERY_COLUMNS if set(pair) <= set(names)), None)
+    if columns is None:
+        raise InputFormatError(f"{source} needs columns 'id' and 'query' (or '_id' and 'text'); has {list(names)}")
+    return columns
+
+
 def is_parquet(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in (".parquet", ".pq")
 
@@ -31,10 +40,7 @@ def read_query_file(path: str | os.PathLike[str]) -> list[QueryRecord]:
     if not path.is_file():
         raise InputFormatError(f"query file {path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
-        names = pq.read_schema(path).names
-        columns = next((pair for pair in QUERY_COLUMNS if set(pair) <= set(names)), None)
-        if columns is None:
-            raise InputFormatError(f"{path}: needs columns 'id' and 'query' (or '_id' and 'text'); has {names}")
+        columns = query_columns(pq.read_schema(path).names, str(path))
         table = pq.read_table(path, columns=list(columns))
     except (pa.ArrowException, OSError) as exc:
         raise InputFormatError(f"{path} cannot be read as Parquet: {exc}") from exc
