@@ -63,10 +63,13 @@ def api_tree() -> Path:
 
 @event_priority(100)  # before mkdocstrings' own on_config, which creates its handler
 def on_config(config: Any) -> Any:
-    """Point mkdocstrings at the package as installed, and list each result folder's README under Benchmarks in the
-    navigation (found on disk, so a new one is never left out)."""
+    """Point mkdocstrings at the package as installed and snippets at the repository root, and list each result
+    folder's README under Benchmarks in the navigation (found on disk, so a new one is never left out)."""
     handlers = config["plugins"]["mkdocstrings"].config["handlers"]
     handlers.setdefault("python", {})["paths"] = [str(api_tree())]
+    snippets = config["mdx_configs"].get("pymdownx.snippets")
+    if snippets is not None:  # files included with --8<-- are named from the repository root, wherever mkdocs runs
+        snippets["base_path"] = [str(REPO)]
     for entry in config["nav"] or []:
         if isinstance(entry, dict) and "Benchmarks" in entry:
             section = entry["Benchmarks"]
