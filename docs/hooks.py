@@ -241,14 +241,29 @@ def training_config_reference() -> str:
 
     out = config_section(config.TrainConfig, None, 2)
     out += ["## Rewards", "",
-            "Each entry of `rewards:` is `{name, weight, options}`; `options` are the keyword arguments below.", "",
+            "Each entry of `rewards:` is `{name, weight, options}` (`weight` 1.0 unless given); `options` are the "
+            "keyword arguments below. `think` and `keywords` default to the config's. `bm25_rank` also takes "
+            "`pool: question | corpus | source` (each question's pool, every positive of the data, or those of the "
+            "question's own source), which sets its `corpus`.", "",
             "| name | class | options |", "|---|---|---|"]
     for name, cls in REWARDS.items():
-        parameters = [str(p) for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        options = [option_text(p) for p in inspect.signature(cls.__init__).parameters.values()
+                   if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         ref = f"[`{cls.__qualname__}`][tongsearch_qr.training.rewards.{cls.__qualname__}]"
-        out.append(f"| {code(name)} | {ref} | {escape(', '.join(f'`{p}`' for p in parameters if p != '*'))} |")
+        out.append(f"| {code(name)} | {ref} | {', '.join(code(o) for o in options) or 'none'} |")
     out.append("")
     return "\n".join(out)
+
+
+def option_text(parameter: inspect.Parameter) -> str:
+    """``name: type = default`` of a keyword argument, as the source writes it."""
+    text = parameter.name
+    if parameter.annotation is not parameter.empty:
+        annotation = parameter.annotation
+        text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
+    if parameter.default is not parameter.empty:
+        text += f" = {parameter.default!r}"
+    return text
 
 
 GENERATORS = {"cli": cli_reference, "training-config": training_config_reference}
