@@ -147,8 +147,7 @@ def option_tables(parser: argparse.ArgumentParser, level: int) -> list[str]:
     formatter = parser._get_formatter()
     out: list[str] = []
     for group in parser._action_groups:
-        actions = [a for a in group._group_actions
-                   if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+        actions = [a for a in group._group_actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
         if not actions:
             continue
         if level:
@@ -159,8 +158,7 @@ def option_tables(parser: argparse.ArgumentParser, level: int) -> list[str]:
             names = ", ".join(action.option_strings) or (action.metavar or action.dest)
             if action.nargs == argparse.REMAINDER:
                 names = "-- ..."
-            default = "" if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0 \
-                else code(str(action.default))
+            default = "" if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else code(str(action.default))
             if isinstance(action, argparse.BooleanOptionalAction):
                 default = code(str(action.default))
             help_text = formatter._expand_help(action) if action.help else ""
@@ -240,15 +238,23 @@ def training_config_reference() -> str:
     from tongsearch_qr.training.rewards import REWARDS
 
     out = config_section(config.TrainConfig, None, 2)
-    out += ["## Rewards", "",
-            "Each entry of `rewards:` is `{name, weight, options}` (`weight` 1.0 unless given); `options` are the "
-            "keyword arguments below. `think` and `keywords` default to the config's. `bm25_rank` also takes "
-            "`pool: question | corpus | source` (each question's pool, every positive of the data, or those of the "
-            "question's own source), which sets its `corpus`.", "",
-            "| name | class | options |", "|---|---|---|"]
+    out += [
+        "## Rewards",
+        "",
+        "Each entry of `rewards:` is `{name, weight, options}` (`weight` 1.0 unless given); `options` are the "
+        "keyword arguments below. `think` and `keywords` default to the config's. `bm25_rank` also takes "
+        "`pool: question | corpus | source` (each question's pool, every positive of the data, or those of the "
+        "question's own source), which sets its `corpus`.",
+        "",
+        "| name | class | options |",
+        "|---|---|---|",
+    ]
     for name, cls in REWARDS.items():
-        options = [option_text(p) for p in inspect.signature(cls.__init__).parameters.values()
-                   if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        options = [
+            option_text(p)
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         ref = f"[`{cls.__qualname__}`][tongsearch_qr.training.rewards.{cls.__qualname__}]"
         out.append(f"| {code(name)} | {ref} | {', '.join(code(o) for o in options) or 'none'} |")
     out.append("")

@@ -78,7 +78,7 @@ def python_blocks(page: Path) -> list[Block]:
             end += 1
         language = info.split()[0].lstrip("{.").rstrip("}") if info else ""
         if language in ("python", "py"):
-            body = [line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1:end]]
+            body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : end]]
             previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             skip = SKIP_COMMENT.match(previous)
             in_info = SKIP_INFO.search(info)
@@ -90,7 +90,8 @@ def python_blocks(page: Path) -> list[Block]:
 
 def test_the_block_reader_finds_blocks_fences_and_skip_reasons(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text(textwrap.dedent('''\
+    page.write_text(
+        textwrap.dedent('''\
         # A page
         ```python
         x = 1
@@ -112,11 +113,17 @@ def test_the_block_reader_finds_blocks_fences_and_skip_reasons(tmp_path):
         ````python
         s = """```"""
         ````
-        '''), encoding="utf-8")
+        '''),
+        encoding="utf-8",
+    )
     blocks = python_blocks(page)
     assert [(b.line, b.code, b.skip) for b in blocks] == [
-        (2, "x = 1\n", None), (6, "gpu()\n", "needs a GPU"), (13, "y = x + 1\n", None),
-        (16, "hub()\n", "needs a hub model"), (19, 's = """```"""\n', None)]
+        (2, "x = 1\n", None),
+        (6, "gpu()\n", "needs a GPU"),
+        (13, "y = x + 1\n", None),
+        (16, "hub()\n", "needs a hub model"),
+        (19, 's = """```"""\n', None),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -133,11 +140,12 @@ def write_fixtures(data: Path) -> None:
     scifact = data / "scifact"
     (scifact / "qrels").mkdir(parents=True)
     (scifact / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": d, "title": t, "text": x}) + "\n" for d, t, x in documents), encoding="utf-8")
+        "".join(json.dumps({"_id": d, "title": t, "text": x}) + "\n" for d, t, x in documents), encoding="utf-8"
+    )
     (scifact / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": x, "metadata": {}}) + "\n" for q, x in queries), encoding="utf-8")
-    (scifact / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t1\nq2\td3\t1\n",
-                                                encoding="utf-8")
+        "".join(json.dumps({"_id": q, "text": x, "metadata": {}}) + "\n" for q, x in queries), encoding="utf-8"
+    )
+    (scifact / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t1\nq2\td3\t1\n", encoding="utf-8")
     pairs = [
         ("1", "Drinking sea water", "Why can't humans drink sea water?", "a1", "Its salt draws water out of cells."),
         ("2", "Tides", "What makes the tides rise and fall?", "a2", "The Moon's gravity pulls the oceans."),
@@ -146,22 +154,42 @@ def write_fixtures(data: Path) -> None:
     for site in ("matheducators", "ai", "beer", "coffee", "quantumcomputing"):
         folder = data / "stackexchange-qa" / site
         folder.mkdir(parents=True)
-        (folder / "qa_pairs.jsonl").write_text("".join(
-            json.dumps({"question_id": q, "title": t, "question_body": b, "answer_id": a, "answer_body": x}) + "\n"
-            for q, t, b, a, x in pairs), encoding="utf-8")
+        (folder / "qa_pairs.jsonl").write_text(
+            "".join(
+                json.dumps({"question_id": q, "title": t, "question_body": b, "answer_id": a, "answer_body": x}) + "\n"
+                for q, t, b, a, x in pairs
+            ),
+            encoding="utf-8",
+        )
     examples = data / "bright" / "examples"
     examples.mkdir(parents=True)
     with gzip.open(examples / "sustainable_living.jsonl.gz", "wt", encoding="utf-8") as handle:
         for q, title, body, _, answer in pairs:
-            handle.write(json.dumps({"id": q, "query": f"{title}: {body}", "reasoning": "", "excluded_ids": ["N/A"],
-                                     "gold_ids": [f"doc{q}"], "gold_ids_long": [f"doc{q}"],
-                                     "gold_answer": answer}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": q,
+                        "query": f"{title}: {body}",
+                        "reasoning": "",
+                        "excluded_ids": ["N/A"],
+                        "gold_ids": [f"doc{q}"],
+                        "gold_ids_long": [f"doc{q}"],
+                        "gold_answer": answer,
+                    }
+                )
+                + "\n"
+            )
     published = data / "tongsearch-qr"
     published.mkdir()
-    (published / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json").write_text(json.dumps({
-        "Why can't humans drink sea water?": "Sea water holds about 3.5% salt; the kidneys cannot excrete it ...",
-        "What causes the tides?": "The Moon's gravity raises a bulge of water on the near and far side ...",
-    }), encoding="utf-8")
+    (published / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json").write_text(
+        json.dumps(
+            {
+                "Why can't humans drink sea water?": "Sea water holds about 3.5% salt; the kidneys cannot excrete it ...",
+                "What causes the tides?": "The Moon's gravity raises a bulge of water on the near and far side ...",
+            }
+        ),
+        encoding="utf-8",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +302,14 @@ def test_docs_python_block_runs(page: Path, index: int, docs_root: Path, shared_
 def mkdocs_build(config_dir: Path, site: Path) -> subprocess.CompletedProcess:
     pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]'; make setup installs it)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                          cwd=config_dir, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=config_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_the_site_builds_strict_with_the_generated_references(tmp_path):
@@ -330,8 +364,9 @@ def test_the_version_is_written_once_and_the_package_reports_it():
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "tongsearch_qr.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)?", tongsearch_qr.__version__)
-    assert importlib.metadata.version("tongsearch-qr") == tongsearch_qr.__version__, \
+    assert importlib.metadata.version("tongsearch-qr") == tongsearch_qr.__version__, (
         "the installed metadata is older than tongsearch_qr.__version__: reinstall (pip install -e .)"
+    )
     assert not re.search(r"version\s*=", (REPO / "setup.py").read_text(encoding="utf-8"))
 
 
