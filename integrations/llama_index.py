@@ -3,14 +3,17 @@
     from llama_index.core.retrievers import TransformRetriever
     from tongsearch_qr.integrations.llama_index import QRQueryTransform
 
-    retriever = TransformRetriever(bm25_retriever, QRQueryTransform(mode="concat"))            # BM25: query_str
+    retriever = TransformRetriever(bm25_retriever, QRQueryTransform())                         # BM25: query_str
     retriever = TransformRetriever(vector_retriever, QRQueryTransform(target="embedding",
                                                                       include_original=True))  # vectors
 
-BM25 retrievers tokenize ``query_str``, so by default the rewrite goes there. Vector retrievers embed
-``custom_embedding_strs``: with ``target="embedding"`` the rewrite goes there (``query_str`` is left
-as asked), and ``include_original`` keeps the original embedding strings too, as HyDE does. The
-reasoning prompt is exposed through the PromptMixin as ``reasoning_prompt`` (variable ``question``).
+BM25 retrievers tokenize ``query_str``, so by default the rewrite goes there as its strongest words
+(:class:`~tongsearch_qr.query_terms.TermQuery`), each repeated in proportion to its weight: ``BM25Retriever``
+(bm25s) sums a query's repeated words, so the weights (and a ``weighted:K`` mode's emphasis on the question)
+count. ``query_format="words"`` sends each word once, ``"text"`` the rewrite's text. Vector retrievers embed
+``custom_embedding_strs``: with ``target="embedding"`` the rewrite's text goes there (``query_str`` is left as
+asked), and ``include_original`` keeps the original embedding strings too, as HyDE does. The reasoning prompt is
+exposed through the PromptMixin as ``reasoning_prompt`` (variable ``question``).
 
 Fusing the question's ranking with the reasoning's, LlamaIndex's way (:func:`fused_with_question`, a
 ``QueryFusionRetriever`` over the plain and the transformed retriever)::
@@ -34,21 +37,31 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from .. import QRReasoner
 from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
+from ..reasoner import Rewrite
 from ..retrieval import Retriever, make_retriever
 from . import core_reasoner
 
+#: how ``query_str`` carries the rewrite (see the module docstring)
+QUERY_FORMATS = ("repeated", "words", "text")
+
 
 class QRQueryTransform(BaseQueryTransform):
-    """Rewrites a query with the reasoner's reasoning (``model``/options such as ``method=`` build a
-    :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``); ``mode`` defaults to the reasoner's."""
+    """Rewrites a query with the reasoner's reasoning (``model``/options such as ``method=`` or ``terms=`` build a
+    :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``); ``mode`` defaults to the reasoner's.
+    ``query_format``: how ``query_str`` carries the rewrite (``repeated``, ``words`` or ``text``)."""
 
     def __init__(self, model: str | None = None, *, reasoner: QRReasoner | None = None,
                  mode: str | RewriteMode | None = None, target: Literal["query_str", "embedding"] = "query_str",
-                 include_original: bool = False, **reasoner_options: Any):
+                 include_original: bool = False, query_format: str = "repeated", **reasoner_options: Any):
         super().__init__()
         if target not in ("query_str", "embedding"):
             raise ValueError(f"target must be 'query_str' or 'embedding', got {target!r}")
+        if query_format not in QUERY_FORMATS:
+            raise ValueError(f"query_format must be one of {', '.join(QUERY_FORMATS)}, got {query_format!r}")
+        if reasoner is not None and "terms" in reasoner_options:
+            reasoner = reasoner.with_(terms=reasoner_options.pop("terms"))
         self._reasoner = core_reasoner(reasoner, model, reasoner_options)
+        self._query_format = query_format
         if self._reasoner.template.passages:
             raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core "
                              "or PyTerrier (bm25 >> QRReasoner(method='lamer') >> bm25)")
@@ -76,17 +89,24 @@ class QRQueryTransform(BaseQueryTransform):
         """Transform many queries with one batched reasoning call."""
         bundles = [q if isinstance(q, QueryBundle) else QueryBundle(query_str=q, custom_embedding_strs=[q])
                    for q in queries]
-        rewritten = self._reasoner.rewrite([b.query_str for b in bundles], mode=self._mode)
+        rewrites = self._reasoner.rewrites([b.query_str for b in bundles], mode=self._mode)
         out = []
-        for bundle, text in zip(bundles, rewritten):
+        for bundle, rewrite in zip(bundles, rewrites):
             if self._target == "query_str":
-                out.append(QueryBundle(query_str=text, custom_embedding_strs=bundle.custom_embedding_strs,
+                out.append(QueryBundle(query_str=_query_str(rewrite, self._query_format),
+                                       custom_embedding_strs=bundle.custom_embedding_strs,
                                        image_path=bundle.image_path, embedding=bundle.embedding))
             else:
-                strings = [text, *(bundle.embedding_strs if self._include_original else [])]
+                strings = [rewrite.text, *(bundle.embedding_strs if self._include_original else [])]
                 out.append(QueryBundle(query_str=bundle.query_str, custom_embedding_strs=strings,
                                        image_path=bundle.image_path))
         return out
+
+
+def _query_str(rewrite: Rewrite, query_format: str) -> str:
+    if query_format == "text" or not rewrite.terms.weights:
+        return rewrite.text
+    return rewrite.terms.as_repeated() if query_format == "repeated" else rewrite.terms.as_set()
 
 
 class CoreLlamaRetriever(BaseRetriever):
@@ -145,7 +165,8 @@ def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, f
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None, **options: Any) -> dict[str, list[tuple[str, float]]]:
+                 exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
+                 **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (with ``fusion``:
     :func:`fused_with_question`) per query (``eval --via llama-index``); each query's ``exclude`` ids are left
     out of every ranking, before any fusion."""
@@ -154,7 +175,8 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
 
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
     index = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
-    transform = QRQueryTransform(reasoner=reasoner, mode=mode)
+    transform = QRQueryTransform(reasoner=reasoner, mode=mode,
+                                 query_format="text" if query_form == "text" or kind == "dense" else "repeated")
     rankings = {}
     for qid, query in queries.items():
         base = index.excluding((exclude or {}).get(qid, ()))

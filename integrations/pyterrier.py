@@ -2,15 +2,21 @@
 retrieval transformers that need no Java.
 
     import pyterrier as pt
+    from pyterrier_pisa import PisaIndex
     from tongsearch_qr.integrations.pyterrier import QRReasoner, CoreRetriever
 
-    bm25 = CoreRetriever.from_corpus(corpus_iter)          # dicts with docno, text
-    pipeline = QRReasoner() >> bm25 % 10                   # or QRReasoner(mode="concat") >> PisaIndex(...).bm25()
-    pt.Experiment([bm25, pipeline], topics, qrels, ["ndcg_cut_10"])
+    index = PisaIndex("./idx", text_field="text")           # or CoreRetriever.from_corpus(corpus_iter)
+    pipeline = QRReasoner() >> index.bm25(query_weighted=True)
+    pt.Experiment([index.bm25(), pipeline], topics, qrels, ["ndcg_cut_10"])
 
-The rewritten text replaces ``query``; the previous one is kept in ``query_0`` (``pt.model.push_queries``).
-Terrier's own (Java) retrievers work too; pass ``clean=True`` so the reasoning contains no characters
-Terrier's query parser rejects.
+Each query becomes two columns: ``query_toks``, the rewrite's strongest words with their weights
+(:class:`~tongsearch_qr.query_terms.TermQuery`), which PISA, Terrier and :class:`CoreRetriever` score instead of
+``query``; and ``query``, the rewrite's text, for stages that read text (dense retrievers, rerankers). The
+question is kept in ``query_0`` (``pt.model.push_queries``). PISA's ``bm25()`` scores ``query_toks`` as a set of
+words unless built with ``query_weighted=True``: the words are then still the rewrite's strongest, but their
+weights (and a ``weighted:K`` mode's emphasis on the question) are dropped, which :class:`QRReasoner` says once
+when it is composed with such a retriever. ``weights=False`` leaves ``query_toks`` out (text only); Terrier's
+query parser then needs ``clean=True``.
 
 Fusing the question's ranking with the reasoning's, PyTerrier's way (:func:`fused_with_question`)::
 
@@ -22,7 +28,9 @@ Fusing the question's ranking with the reasoning's, PyTerrier's way (:func:`fuse
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Collection, Iterable, Mapping
+from types import EllipsisType
 from typing import Any
 
 import pandas as pd
@@ -31,34 +39,42 @@ import pyterrier as pt
 from .. import QRReasoner as CoreReasoner
 from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
+from ..query_terms import TermQuery
 from ..retrieval import Retriever, make_retriever
 from . import core_reasoner
 
 _PARSER_UNSAFE = re.compile(r"[^\w\s]+")
+_WARNED: set[tuple[str, str]] = set()
 
 
 class QRReasoner(pt.Transformer):
-    """Query -> query transformer: each ``query`` becomes the reasoner's rewrite under ``mode`` (default: the
-    reasoner's, e.g. a ``method``'s).
+    """Query -> query transformer: each query becomes the reasoner's rewrite under ``mode`` (default: the
+    reasoner's, e.g. a ``method``'s), as ``query_toks`` (words and weights, for PISA, Terrier and
+    :class:`CoreRetriever`; ``weights=False`` leaves it out) and as ``query`` (the text).
 
-    ``model`` and keyword options (``method=``, ``samples=``, ...) go to :class:`tongsearch_qr.QRReasoner`;
-    or pass a ready ``reasoner``. The whole frame is reasoned about in one batch. A corpus-feedback method
-    (``method="lamer"``) reads each query's top passages from the results of a first stage, the way RM3
-    does in PyTerrier: ``bm25 >> pt.text.get_text(bm25) >> QRReasoner(method="lamer") >> bm25`` (the results
-    need a ``text`` column).
+    ``model`` and keyword options (``method=``, ``samples=``, ``terms=``, ...) go to
+    :class:`tongsearch_qr.QRReasoner`; or pass a ready ``reasoner`` (``terms=`` then overrides how many words it
+    keeps). The whole frame is reasoned about in one batch. A corpus-feedback method (``method="lamer"``) reads
+    each query's top passages from the results of a first stage, the way RM3 does in PyTerrier:
+    ``bm25 >> pt.text.get_text(bm25) >> QRReasoner(method="lamer") >> bm25`` (the results need a ``text`` column).
     """
 
     def __init__(self, model: str | None = None, *, mode: str | RewriteMode | None = None,
-                 reasoner: CoreReasoner | None = None, clean: bool = False, **reasoner_options: Any):
+                 reasoner: CoreReasoner | None = None, weights: bool = True, clean: bool = False,
+                 terms: int | None | EllipsisType = ..., **reasoner_options: Any):
+        if reasoner is None and not isinstance(terms, EllipsisType):
+            reasoner_options["terms"] = terms
         self.reasoner = core_reasoner(reasoner, model, reasoner_options)
+        if reasoner is not None and not isinstance(terms, EllipsisType):
+            self.reasoner = self.reasoner.with_(terms=terms)
         self.mode = self.reasoner.mode if mode is None else get_mode(mode)
-        self.clean = clean
+        self.weights, self.clean = weights, clean
 
     @classmethod
-    def from_file(cls, path: str, *, mode: str | RewriteMode | None = None, clean: bool = False,
-                  **options: Any) -> QRReasoner:
+    def from_file(cls, path: str, *, mode: str | RewriteMode | None = None, weights: bool = True, clean: bool = False,
+                  terms: int | None | EllipsisType = ..., **options: Any) -> QRReasoner:
         """A transformer over precomputed reasoning (e.g. the paper's published JSON)."""
-        return cls(mode=mode, clean=clean, reasoner=CoreReasoner.from_file(path, **options))
+        return cls(mode=mode, weights=weights, clean=clean, terms=terms, reasoner=CoreReasoner.from_file(path, **options))
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         reasoner = self.reasoner
@@ -67,13 +83,28 @@ class QRReasoner(pt.Transformer):
             inp, reasoner = self._with_feedback(inp)
         else:
             pt.validate.query_frame(inp, extra_columns=["query"])
-        queries = inp["query"].tolist()
-        rewritten = reasoner.rewrite(queries, mode=self.mode) if queries else []
+        rewrites = reasoner.rewrites(inp["query"].tolist(), mode=self.mode) if len(inp) else []
+        texts = [r.text for r in rewrites]
         if self.clean:
-            rewritten = [" ".join(_PARSER_UNSAFE.sub(" ", text).split()) for text in rewritten]
+            texts = [" ".join(_PARSER_UNSAFE.sub(" ", text).split()) for text in texts]
         out = pt.model.push_queries(inp)
-        out["query"] = rewritten
+        out["query"] = texts
+        if self.weights:
+            out["query_toks"] = [dict(r.terms.weights) for r in rewrites]
         return out
+
+    def __rshift__(self, right: Any) -> pt.Transformer:
+        """Compose as PyTerrier does, saying once when ``right`` is PISA scoring ``query_toks`` as a set of words."""
+        if self.weights and type(right).__name__ == "PisaRetrieve" and not getattr(right, "query_weighted", True):
+            key = (repr(right.scorer), self.mode.name)
+            if key not in _WARNED:
+                _WARNED.add(key)
+                emphasis = (f" and the question's weight in mode {self.mode.name!r}"
+                            if self.mode.with_reasoning and self.mode.query_repeats > 1 else "")
+                warnings.warn(f"PISA's retriever without query_weighted scores the rewrite as a set of words: it uses "
+                              f"the {self.reasoner.terms or 'all'} strongest words but not their weights{emphasis}; "
+                              f"build it with index.bm25(query_weighted=True) to use them", stacklevel=2)
+        return super().__rshift__(right)
 
     def _with_feedback(self, res: pd.DataFrame) -> tuple[pd.DataFrame, CoreReasoner]:
         """One row per query from a result frame, and the reasoner reading each query's top passages from it."""
@@ -89,7 +120,8 @@ class QRReasoner(pt.Transformer):
 
 class CoreRetriever(pt.Transformer):
     """A tongsearch-qr retriever (``bm25``, ``bm25-bright``, ``dense``, ``pyserini``) as a query ->
-    results transformer (``qid, query, docno, score, rank``). Built :meth:`from_corpus`, it also loads
+    results transformer (``qid, query, docno, score, rank``). It searches ``query_toks`` (words and weights) where
+    the frame has them and the retriever takes them (not ``dense``), else ``query``. Built :meth:`from_corpus`, it also loads
     documents' text for ``pt.text.get_text(retriever)``. ``exclude`` maps a qid to document ids its results
     leave out (BRIGHT's excluded ids), as the core retriever's ``search(exclude=...)`` does."""
 
@@ -126,7 +158,11 @@ class CoreRetriever(pt.Transformer):
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         pt.validate.query_frame(inp, extra_columns=["query"])
         exclude = [self.exclude.get(qid, ()) for qid in inp["qid"]] if self.exclude else None
-        rankings = self.retriever.search(inp["query"].tolist(), k=self.num_results, exclude=exclude) if len(inp) else []
+        if "query_toks" in inp.columns and self.retriever.takes_terms:
+            queries: list[Any] = [TermQuery(dict(toks)) for toks in inp["query_toks"]]
+        else:
+            queries = inp["query"].tolist()
+        rankings = self.retriever.search(queries, k=self.num_results, exclude=exclude) if len(inp) else []
         rows = [
             {**query_row, "docno": docno, "score": score, "rank": rank}
             for query_row, ranking in zip(inp.to_dict("records"), rankings)
@@ -139,7 +175,7 @@ class CoreRetriever(pt.Transformer):
 def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion: Fusion,
                         num_results: int = 1000) -> pt.Transformer:
     """``retriever`` on the question fused with ``reasoner >> retriever`` (whose results get the question back,
-    ``pt.model.pop_queries``, so both rankings describe the same query), built from PyTerrier's own parts:
+    ``pt.model.pop_queries``, without ``query_toks``, so both rankings describe the same query), built from PyTerrier's own parts:
     unweighted RRF is ``pyterrier_alpha``'s ``RRFusion`` (it scores ``1 / (k + rank)`` with ranks from 0, so it is
     given ``k + 1``); weighted RRF and score fusion are ``w * (... >> normalise) + ...`` with PyTerrier's
     operators, the normalisers being ``pt.apply`` transformers (``pyterrier_alpha``'s ``PerQueryMaxMinScore`` fails to
@@ -151,7 +187,7 @@ def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion:
     if reasoner.reasoner.samples > 1:
         raise ValueError("in PyTerrier the samples of a reasoner are joined as text; fuse per-sample rankings "
                          "with the core (tongsearch_qr.fusion.fused_search)")
-    runs = [retriever, reasoner >> retriever >> pt.apply.generic(pt.model.pop_queries)]
+    runs = [retriever, reasoner >> retriever >> pt.apply.generic(_question_back)]
     weights = fusion.weights_for(len(runs), " (the question, then the reasoning)")
     if fusion.method == "rrf" and fusion.weights is None:
         return pta.RRFusion(*runs, k=fusion.k + 1, num_results=num_results)
@@ -161,6 +197,11 @@ def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion:
     for part in parts[1:]:
         combined = combined + part
     return combined % num_results
+
+
+def _question_back(res: pd.DataFrame) -> pd.DataFrame:
+    """Results with the question back in ``query`` and the rewrite's ``query_toks`` gone."""
+    return pt.model.pop_queries(res).drop(columns="query_toks", errors="ignore")
 
 
 def _reciprocal_ranks(k: int):
@@ -183,16 +224,16 @@ def _min_max(res: pd.DataFrame) -> pd.DataFrame:
 
 def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: CoreReasoner, mode: str,
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None, **options: Any) -> dict[str, list[tuple[str, float]]]:
+                 exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
+                 **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run ``QRReasoner >> CoreRetriever`` (with ``fusion``: :func:`fused_with_question`) over a topics frame
-    (what ``tongsearch-qr eval --via pyterrier`` does); each query's ``exclude`` ids are left out of every
-    ranking, before any fusion."""
+    (what ``tongsearch-qr eval --via pyterrier`` does), with ``query_toks`` unless ``query_form="text"``; each
+    query's ``exclude`` ids are left out of every ranking, before any fusion."""
     stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k,
                                       exclude=exclude, **options)
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
-    pipeline = QRReasoner(reasoner=reasoner, mode=mode) >> stage
-    if fusion is not None:
-        pipeline = fused_with_question(stage, QRReasoner(reasoner=reasoner, mode=mode), fusion, k)
+    rewriter = QRReasoner(reasoner=reasoner, mode=mode, weights=query_form == "terms")
+    pipeline = rewriter >> stage if fusion is None else fused_with_question(stage, rewriter, fusion, k)
     res = pipeline.transform(topics)
     ranked = {qid: group.sort_values("rank") for qid, group in res.groupby("qid", sort=False)}
     return {qid: list(zip(ranked[qid].docno, ranked[qid].score)) if qid in ranked else [] for qid in queries}

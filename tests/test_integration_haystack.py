@@ -43,9 +43,10 @@ def test_pipeline_with_core_bm25_equals_the_core(scifact, cache_file):
     p.add_component("reasoner", _rewriter(cache_file, mode="concat"))
     p.add_component("bm25", CoreRetrieverComponent(docs, "bm25", top_k=10))
     p.connect("reasoner.query", "bm25.query")
+    p.connect("reasoner.term_weights", "bm25.term_weights")
     reasoner = CoreReasoner(generation=GenerationParams.greedy(16), cache=cache_file)
     core = make_retriever("bm25").index(c.iter_documents())
-    expected = core.search(reasoner.rewrite(queries, mode="concat"), k=10)
+    expected = core.search(reasoner.rewrite(queries, mode="concat", as_terms=True), k=10)
     for query, ranking in zip(queries, expected):
         got = p.run({"reasoner": {"query": query}})["bm25"]["documents"]
         assert [d.id for d in got] == [d for d, _ in ranking]
@@ -65,27 +66,32 @@ def test_in_memory_bm25_and_embedding_retrievers(scifact, cache_file):
     p.add_component("embed", SentenceTransformersTextEmbedder(model=embedder_path, progress_bar=False))
     p.add_component("dense", InMemoryEmbeddingRetriever(document_store=store, top_k=5))
     p.connect("reasoner.query", "bm25.query")
-    p.connect("reasoner.query", "embed.text")
+    p.connect("reasoner.text", "embed.text")
     p.connect("embed.embedding", "dense.query_embedding")
     out = p.run({"reasoner": {"query": queries[0]}}, include_outputs_from={"reasoner"})
     assert len(out["bm25"]["documents"]) == 5 and len(out["dense"]["documents"]) == 5
-    assert out["reasoner"]["original_query"] == queries[0]
-    assert out["reasoner"]["query"].startswith(f"{queries[0]}\n{queries[0]}\n")
+    reasoner = out["reasoner"]
+    assert reasoner["original_query"] == queries[0]
+    assert reasoner["text"].startswith(f"{queries[0]}\n{queries[0]}\n")
+    # the in-memory store scores a query as a set of words: each of the strongest words once
+    assert reasoner["query"] == " ".join(reasoner["term_weights"]) and len(reasoner["term_weights"]) <= 20
 
 
 def test_yaml_round_trip_async_and_batch(cache_file, tmp_path):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"q one": "reasoning one", "q two": "reasoning two"}))
+    path.write_text(json.dumps({"q one": "kelp one", "q two": "kelp two"}))
     p = Pipeline()
-    p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True))
+    p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True,
+                                                query_format="repeated", terms=3))
     loaded = Pipeline.loads(p.dumps())
     out = loaded.run({"reasoner": {"query": "q one"}})["reasoner"]
-    assert out == {"query": "q one\nreasoning one", "queries": ["q one", "q one\nreasoning one"],
-                   "original_query": "q one", "reasoning": "reasoning one"}
+    assert out == {"query": "one one kelp", "text": "q one\nkelp one",
+                   "term_weights": {"one": 2.0, "kelp": 1.0}, "queries": ["q one", "one one kelp"],
+                   "original_query": "q one", "reasoning": "kelp one"}
     component = loaded.get_component("reasoner")
     assert component.to_dict()["init_parameters"]["reasoning_file"] == str(path)
-    assert asyncio.run(component.run_async(query="q two"))["query"] == "q two\nreasoning two"
-    assert [r["reasoning"] for r in component.run_batch(["q two", "q one"])] == ["reasoning two", "reasoning one"]
+    assert asyncio.run(component.run_async(query="q two"))["text"] == "q two\nkelp two"
+    assert [r["reasoning"] for r in component.run_batch(["q two", "q one"])] == ["kelp two", "kelp one"]
 
 
 def test_bad_inputs(tmp_path):
@@ -95,6 +101,10 @@ def test_bad_inputs(tmp_path):
         QRQueryRewriter(mode="sideways")
     with pytest.raises(TypeError):
         QRQueryRewriter(generation={"nonsense": 1})
+    with pytest.raises(ValueError, match="query_format"):
+        QRQueryRewriter(query_format="bag")
+    with pytest.raises(ValueError, match="terms"):
+        QRQueryRewriter(terms=0)
     rewriter = QRQueryRewriter(reasoning_file=str(path))
     with pytest.raises(RuntimeError, match="warm_up"):
         rewriter.run(query="q")

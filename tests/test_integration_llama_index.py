@@ -32,7 +32,7 @@ def test_transform_retriever_equals_the_core_pipeline(scifact, reasoner):
     transform = QRQueryTransform(reasoner=reasoner, mode="concat")
     retriever = TransformRetriever(CoreLlamaRetriever.from_nodes(nodes, "bm25", similarity_top_k=10), transform)
     core = make_retriever("bm25").index(c.iter_documents())
-    expected = core.search(reasoner.rewrite(queries, mode="concat"), k=10)
+    expected = core.search(reasoner.rewrite(queries, mode="concat", as_terms=True), k=10)
     for query, ranking in zip(queries, expected):
         got = retriever.retrieve(query)
         assert [n.node.node_id for n in got] == [d for d, _ in ranking]
@@ -46,7 +46,11 @@ def test_with_llama_index_bm25_and_query_engine(scifact, reasoner):
     results = TransformRetriever(bm25, transform).retrieve(queries[0])
     assert len(results) == 5 and all(r.score > 0 for r in results)
     bundle = transform.run(queries[0])
-    assert bundle.query_str.startswith(f"{queries[0]}\n{queries[0]}\n") and bundle.embedding_strs == [queries[0]]
+    [terms] = reasoner.rewrite([queries[0]], mode="weighted:2", as_terms=True)
+    assert bundle.query_str == terms.as_repeated() and bundle.embedding_strs == [queries[0]]
+    # bm25s sums repeated words: the repeated words score as the weights say, each word once does not
+    words = TransformRetriever(bm25, QRQueryTransform(reasoner=reasoner, mode="weighted:2", query_format="words"))
+    assert words.retrieve(queries[0])[0].score < results[0].score
     Settings.llm = MockLLM()  # no_text synthesis calls no LLM, but llama-index resolves one anyway
     try:
         synthesizer = get_response_synthesizer(llm=MockLLM(), response_mode="no_text")
@@ -65,7 +69,8 @@ def test_embedding_target_and_include_original(reasoner):
     assert only.query_str == q and len(only.embedding_strs) == 1 and only.embedding_strs[0] != q
     both = QRQueryTransform(reasoner=reasoner, target="embedding", include_original=True, mode="concat").run(q)
     assert both.embedding_strs[1] == q and both.embedding_strs[0].startswith(q + "\n")
-    many = QRQueryTransform(reasoner=reasoner).run_many([q, QueryBundle(query_str="Why do cats purr?")])
+    many = QRQueryTransform(reasoner=reasoner, query_format="text").run_many(
+        [q, QueryBundle(query_str="Why do cats purr?")])
     assert len(many) == 2 and many[0].query_str == only.embedding_strs[0]
 
 
@@ -92,3 +97,6 @@ def test_bad_inputs(reasoner):
         QRQueryTransform(reasoner=reasoner, target="vector")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown rewrite mode"):
         QRQueryTransform(reasoner=reasoner, mode="sideways")
+    with pytest.raises(ValueError, match="query_format"):
+        QRQueryTransform(reasoner=reasoner, query_format="bag")
+    assert QRQueryTransform(reasoner=reasoner, terms=3).reasoner.terms == 3

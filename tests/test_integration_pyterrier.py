@@ -1,12 +1,14 @@
 """The PyTerrier adapters against the real PyTerrier (no Java needed) and pyterrier-pisa."""
 
 import json
+import warnings
 
 import pandas as pd
 import pyterrier as pt
 import pytest
 
 from tongsearch_qr.integrations.pyterrier import CoreRetriever, QRReasoner
+from tongsearch_qr.query_terms import words
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.pyterrier
@@ -36,11 +38,11 @@ def test_reasoner_then_bm25_equals_the_core_pipeline(scifact, reasoner, bm25):
     c, topics, _ = scifact
     pipeline = QRReasoner(reasoner=reasoner, mode="concat") >> bm25 % 10
     res = pipeline.transform(topics)
-    assert set(res.columns) >= {"qid", "query", "query_0", "docno", "score", "rank"}
+    assert set(res.columns) >= {"qid", "query", "query_0", "query_toks", "docno", "score", "rank"}
     assert (res.groupby("qid").size() <= 10).all()
     assert res.query_0.tolist()[0] == topics["query"].iloc[0]
     core = make_retriever("bm25").index(c.iter_documents())
-    expected = core.search(reasoner.rewrite(topics["query"].tolist(), mode="concat"), k=10)
+    expected = core.search(reasoner.rewrite(topics["query"].tolist(), mode="concat", as_terms=True), k=10)
     for qid, ranking in zip(topics.qid, expected):
         got = res[res.qid == qid].sort_values("rank")
         assert got.docno.tolist() == [d for d, _ in ranking]
@@ -53,11 +55,43 @@ def test_experiment_and_pisa(scifact, reasoner, bm25, tmp_path):
     c, topics, qrels = scifact
     pisa = PisaIndex(str(tmp_path / "pisa"), text_field="text")
     pisa.index({"docno": d, "text": t} for d, t in c.iter_documents())
-    with_reasoning = QRReasoner(reasoner=reasoner, mode="weighted:3", clean=True) >> pisa.bm25(num_results=100)
+    with_reasoning = QRReasoner(reasoner=reasoner, mode="weighted:3") >> pisa.bm25(num_results=100, query_weighted=True)
     table = pt.Experiment([bm25, pisa.bm25(num_results=100), with_reasoning], topics, qrels, ["ndcg_cut_10"],
                           names=["bm25s", "pisa", "reasoning>>pisa"])
     assert table.ndcg_cut_10.between(0, 1).all() and table.ndcg_cut_10.iloc[0] > 0.4
     assert len(with_reasoning.transform(topics)) > 0
+
+
+def test_pisa_scores_the_weights_only_when_asked_and_says_so_once(scifact, reasoner, tmp_path):
+    from pyterrier_pisa import PisaIndex
+
+    from tongsearch_qr.integrations import pyterrier as adapter
+
+    c, topics, _ = scifact
+    pisa = PisaIndex(str(tmp_path / "pisa"), text_field="text")
+    pisa.index({"docno": d, "text": t} for d, t in c.iter_documents())
+    adapter._WARNED.clear()
+    rewriter = QRReasoner(reasoner=reasoner, mode="weighted:3")
+    with pytest.warns(UserWarning, match=r"set of words: it uses the 20 strongest words but not their weights and the "
+                                         r"question's weight in mode 'weighted:3'; .*query_weighted=True"):
+        unweighted = rewriter >> pisa.bm25(num_results=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rewriter >> pisa.bm25(num_results=20)  # said once
+        weighted = rewriter >> pisa.bm25(num_results=20, query_weighted=True)
+    rewritten = rewriter.transform(topics)
+    toks = rewritten.query_toks.iloc[0]
+    assert rewritten.query_0.iloc[0] == topics["query"].iloc[0] and 0 < len(toks) <= 20
+    question_words = set(adapter.TermQuery(toks).weights) & set(words(topics["query"].iloc[0]))
+    assert question_words and all(toks[w] >= 3 for w in question_words)
+    # PISA's own retriever reads query_toks: the same words as a set (unweighted) or with their weights
+    as_set = pisa.bm25(num_results=20).transform(rewritten.assign(query_toks=[dict.fromkeys(t, 1.0)
+                                                                             for t in rewritten.query_toks]))
+    pd.testing.assert_frame_equal(unweighted.transform(topics)[["qid", "docno"]].reset_index(drop=True),
+                                  as_set[["qid", "docno"]].reset_index(drop=True))
+    assert not weighted.transform(topics)[["qid", "docno"]].equals(unweighted.transform(topics)[["qid", "docno"]])
+    text_only = QRReasoner(reasoner=reasoner, mode="weighted:3", weights=False).transform(topics)
+    assert "query_toks" not in text_only.columns and text_only["query"].iloc[0].startswith(topics["query"].iloc[0])
 
 
 def test_clean_removes_parser_unsafe_characters(tmp_path):

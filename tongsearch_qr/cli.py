@@ -48,6 +48,9 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--samples", type=int, default=None,
                        help="reasonings sampled per query, joined into one text (with eval --fusion: one ranking "
                             "each) (default: the method's, else 1)")
+    group.add_argument("--terms", type=positive_int, default=None,
+                       help="how many of the rewrite's strongest words a BM25 retriever gets (eval --query terms; "
+                            "default: the model's, else 20)")
     group.add_argument("--method", default=None,
                        help=f"a reformulation method of the bank instead of TongSearch QR's prompt: {', '.join(METHODS)} "
                             "(its prompt, mode, samples and decoding become the defaults; options given here win)")
@@ -85,6 +88,17 @@ def add_reasoner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-cache", action="store_true", help="do not read or write the reasoning cache")
 
 
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def seed_list(text: str) -> list[int]:
     """``1,2,3`` -> ``[1, 2, 3]``."""
     try:
@@ -99,7 +113,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
         return {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size,
                 "gpu_memory_utilization": args.gpu_memory_utilization}
     if args.backend == "openai":
-        return {"base_url": args.base_url, "concurrency": args.concurrency, "timeout": args.timeout,
+        return {"base_url": args.base_url, "concurrency": args.concurrency, "request_timeout": args.timeout,
                 "max_retries": args.max_retries, "max_prompt_tokens": args.max_prompt_tokens,
                 "sampling_extras": args.sampling_extras}
     llamacpp = {"device": args.device, "parallel": args.parallel, "threads": args.threads,
@@ -136,7 +150,8 @@ def reasoner_from_args(args: argparse.Namespace):
         params = GenerationParams.greedy(length, sampling.repetition_penalty)
     else:
         params = sampling.with_(max_new_tokens=length, seed=args.seed)
-    common = dict(think=args.think, generation=params, cache=cache_spec(args), samples=args.samples, method=method, progress=True)
+    common = dict(think=args.think, generation=params, cache=cache_spec(args), samples=args.samples, method=method,
+                  progress=True, **({"terms": args.terms} if args.terms else {}))
     if getattr(args, "ray", None) is not None:
         return ray_reasoner_from_args(args, common)
     if args.model.startswith("file:"):
@@ -244,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mode = args.mode or (reasoner.mode if reasoner is not None else "replace")
     results = {c.name: run_collection(c, args.retriever, reasoner=reasoner, mode=mode, baseline=args.baseline,
                                       k=args.k, retriever_options=options, via=args.via, seeds=args.seeds,
-                                      fusion=fusion, expansion=expansion)
+                                      fusion=fusion, expansion=expansion, query_form=args.query_form)
                for c in collections}
     out = write_results(args.output, results)
     if reasoner is not None:
@@ -410,6 +425,10 @@ def add_eval_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_eval_ranking_arguments(parser: argparse.ArgumentParser) -> None:
     """``eval``'s options for the rankings: depth, seeds, fusion and the dense retriever."""
     parser.add_argument("--k", type=int, default=1000, help="ranking depth (default: %(default)s)")
+    parser.add_argument("--query", dest="query_form", choices=("terms", "text"), default="terms",
+                        help="what the reasoning run hands a BM25 retriever: the rewrite's strongest words with their "
+                             "weights (terms, as the stack adapters do) or its text (as the paper's code does); dense "
+                             "retrievers always get the text (default: %(default)s)")
     parser.add_argument("--seeds", type=seed_list, default=None,
                         help="sample the reasoning once per seed (e.g. 1,2,3) and average each query's metrics")
     parser.add_argument("--fusion", default=None,

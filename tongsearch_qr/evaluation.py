@@ -100,7 +100,7 @@ def stacks() -> dict[str, Any]:
 def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
                    baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
                    via: str = "core", seeds: Sequence[int] | None = None, fusion: Fusion | None = None,
-                   expansion: Mapping[str, Any] | None = None) -> dict[str, RunResult]:
+                   expansion: Mapping[str, Any] | None = None, query_form: str = "terms") -> dict[str, RunResult]:
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
@@ -113,7 +113,12 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     stack, the stack's own fusion does it. A reasoner whose prompt shows retrieved passages (``lamer``) gets
     each query's top passages from the same index (core only). ``expansion`` (without a reasoner): retriever
     options of a query-expanding retriever (RM3: ``{"rm3": True}``) whose run is the ``"reasoning"`` one.
+    ``query_form``: what the reasoning run hands a BM25 retriever, the rewrite's ``terms``
+    (:class:`~tongsearch_qr.query_terms.TermQuery`, as the stack adapters do) or its ``text`` (as the paper's
+    code does); dense retrievers always get the text, and the baseline is the question's text.
     """
+    if query_form not in ("terms", "text"):
+        raise ValueError(f"query_form must be 'terms' or 'text', got {query_form!r}")
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
     formulations: dict[str, tuple[Any, RewriteMode]] = {}
@@ -139,10 +144,11 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
                 formulation_reasoner = formulation_reasoner.with_(
                     feedback=passage_feedback(index, collection, dict(zip(texts, exclude)),
                                               formulation_reasoner.template.passages))
+            as_terms = name == "reasoning" and query_form == "terms" and index.takes_terms
             if fused is not None:
                 return fused_search(index, texts, formulation_reasoner, fused, k=k, mode=formulation_mode,
-                                    exclude=exclude, progress=True)
-            queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True)
+                                    exclude=exclude, progress=True, as_terms=as_terms)
+            queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True, as_terms=as_terms)
             return index.search(queries, k=k, exclude=exclude)
     elif via in (registered := stacks()):
         if expansion or (reasoner is not None and reasoner.template.passages):
@@ -154,8 +160,9 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
                    fused: Fusion | None) -> list[Ranking]:
             extra = {"fusion": fused} if fused is not None else {}
+            form = query_form if name == "reasoning" else "text"
             by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, k, kind=retriever,
-                                  exclude=excluded, **extra, **dict(retriever_options or {}))
+                                  exclude=excluded, query_form=form, **extra, **dict(retriever_options or {}))
             return [by_qid[q] for q in qids]
     else:
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")

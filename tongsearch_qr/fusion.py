@@ -121,11 +121,12 @@ class Fusion:
 
 def fused_search(retriever: Any, queries: Sequence[str], reasoner: Any, fusion: Fusion, *, k: int = 1000,
                  mode: str | RewriteMode | None = None, exclude: Sequence[Collection[str]] | None = None,
-                 progress: bool | None = None) -> list[Ranking]:
+                 progress: bool | None = None, as_terms: bool = False) -> list[Ranking]:
     """Search ``retriever`` with the question (when ``fusion.with_query``) and with each of the reasoner's
-    sampled rewrites under ``mode``, each ``k`` deep, and fuse the rankings into the best ``k`` per query."""
+    sampled rewrites under ``mode`` (as text, or with ``as_terms`` as term queries), each ``k`` deep, and fuse the
+    rankings into the best ``k`` per query."""
     weights = fusion.sample_weights(reasoner.samples)  # before any reasoning or search
-    rewrites = reasoner.rewrite_samples(queries, mode, progress=progress)
+    rewrites = reasoner.rewrite_samples(queries, mode, progress=progress, as_terms=as_terms)
     runs = [retriever.search(list(queries), k=k, exclude=exclude)] if fusion.with_query else []
     for sample in range(reasoner.samples):
         runs.append(retriever.search([texts[sample] for texts in rewrites], k=k, exclude=exclude))

@@ -197,6 +197,8 @@ def reasoner_settings(spec: str | os.PathLike[str] | None) -> dict[str, Any]:
         found = {"template": dict(settings["template"]), "mode": str(settings["mode"])}
         if settings.get("max_new_tokens"):
             found["max_new_tokens"] = int(settings["max_new_tokens"])
+        if "terms" in settings:
+            found["terms"] = None if settings["terms"] is None else int(settings["terms"])
         return found
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelNotAvailableError(f"{file} is not a valid reasoner settings file ({exc})") from exc

@@ -8,8 +8,10 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import EllipsisType
+from typing import Any, Literal, overload
 
 from .backends import Backend, make_backend
 from .backends.base import generate_rows
@@ -20,6 +22,7 @@ from .models import reasoner_settings
 from .modes import RewriteMode, get_mode
 from .prompts import PromptTemplate
 from .queries import validate_queries
+from .query_terms import DEFAULT_TERMS, TermQuery, term_query
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,10 @@ class QRReasoner:
     with a seed, reproducible): :meth:`reason` and :meth:`rewrite` join them into one text (MuGI-style),
     :meth:`reason_samples` and :meth:`rewrite_samples` keep them apart (e.g. for rank fusion).
 
+    ``terms`` is how many words a :class:`~tongsearch_qr.query_terms.TermQuery` keeps (``rewrite(...,
+    as_terms=True)``, what the stack adapters hand their BM25 retrievers; ``None`` keeps every word); default:
+    the trained model's (``tongsearch_qr.json``), else 20.
+
     ``stats`` counts, over the reasoner's life, the unique queries reasoned about (``queries``) and, of
     their reasonings (one per query and sample), those found in the cache (``cached``), those generated
     (``generated``) and the generations that came back empty (``empty``: a failure, warned about, never
@@ -84,6 +91,7 @@ class QRReasoner:
         cache: CacheSpec = None,
         samples: int | None = None,
         feedback: Feedback | None = None,
+        terms: int | None | EllipsisType = ...,
         progress: bool = False,
         **backend_options: Any,
     ):
@@ -114,6 +122,7 @@ class QRReasoner:
             samples = defaults.get("samples", 1) if self.generation.do_sample else 1
         self.samples = _check_samples(samples, self.generation)
         self.feedback = feedback
+        self.terms = _check_terms(defaults.get("terms", DEFAULT_TERMS) if isinstance(terms, EllipsisType) else terms)
         self.progress = progress
         if isinstance(backend, str):
             self.backend = make_backend(backend, model, **backend_options)
@@ -146,7 +155,7 @@ class QRReasoner:
 
     def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,
               mode: str | RewriteMode | None = None, samples: int | None = None,
-              feedback: Feedback | None = None) -> "QRReasoner":
+              feedback: Feedback | None = None, terms: int | None | EllipsisType = ...) -> "QRReasoner":
         """A reasoner sharing this one's backend (the loaded model) and cache, with some settings changed;
         this one is left as it is, so pipelines that share it keep their behaviour."""
         other = copy.copy(self)
@@ -160,6 +169,8 @@ class QRReasoner:
         other.samples = _check_samples(self.samples if samples is None else samples, other.generation)
         if feedback is not None:
             other.feedback = feedback
+        if not isinstance(terms, EllipsisType):
+            other.terms = _check_terms(terms)
         return other
 
     @property
@@ -242,27 +253,67 @@ class QRReasoner:
         for i, completion in enumerate(completions):
             store(i, completion)
 
-    def rewrite(
-        self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, progress: bool | None = None
-    ) -> list[str]:
-        """What to send to a retriever for each query under ``mode`` (default: the reasoner's mode)."""
-        chosen = self.mode if mode is None else get_mode(mode)
-        queries = validate_queries(queries)
-        if not chosen.with_reasoning:
-            return [chosen.apply(q, None) for q in queries]
-        reasoning = self.reason(queries, progress=progress)
-        return [chosen.apply(q, r) for q, r in zip(queries, reasoning)]
+    @overload
+    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
+                progress: bool | None = None, as_terms: Literal[False] = False) -> list[str]: ...
 
-    def rewrite_samples(
-        self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, progress: bool | None = None
-    ) -> list[list[str]]:
-        """One rewrite per sample for each query under ``mode`` (default: the reasoner's mode)."""
+    @overload
+    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
+                progress: bool | None = None, as_terms: Literal[True]) -> list[TermQuery]: ...
+
+    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
+                progress: bool | None = None, as_terms: bool = False) -> list[str] | list[TermQuery]:
+        """What to send to a retriever for each query under ``mode`` (default: the reasoner's mode): the text, or
+        with ``as_terms`` its :class:`~tongsearch_qr.query_terms.TermQuery` (the ``terms`` strongest words with
+        their weights, for BM25 retrievers)."""
+        return [texts[0] for texts in self._rewrites(queries, mode, progress, as_terms, joined=True)]
+
+    def rewrites(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
+                 progress: bool | None = None) -> list[Rewrite]:
+        """Each query's :class:`Rewrite` under ``mode`` (default: the reasoner's mode): its reasoning, the text and
+        the term query, from one reasoning call (what the stack adapters hand on)."""
+        chosen = self.mode if mode is None else get_mode(mode)
+        queries = validate_queries(queries)
+        reasoning = self.reason(queries, progress=progress) if chosen.with_reasoning else [None] * len(queries)
+        return [Rewrite(q, r, chosen.apply(q, r), term_query(q, r, chosen, terms=self.terms))
+                for q, r in zip(queries, reasoning)]
+
+    def rewrite_samples(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
+                        progress: bool | None = None, as_terms: bool = False) -> list[list[Any]]:
+        """One rewrite per sample for each query under ``mode`` (default: the reasoner's mode), as text or, with
+        ``as_terms``, as :class:`~tongsearch_qr.query_terms.TermQuery`."""
+        return self._rewrites(queries, mode, progress, as_terms, joined=False)
+
+    def _rewrites(self, queries: Sequence[str], mode: str | RewriteMode | None, progress: bool | None,
+                  as_terms: bool, joined: bool) -> list[list[Any]]:
         chosen = self.mode if mode is None else get_mode(mode)
         queries = validate_queries(queries)
         if not chosen.with_reasoning:
-            return [[chosen.apply(q, None)] * self.samples for q in queries]
-        samples = self.reason_samples(queries, progress=progress)
+            samples = [[None] * (1 if joined else self.samples) for _ in queries]
+        elif joined:
+            samples = [[text] for text in self.reason(queries, progress=progress)]
+        else:
+            samples = self.reason_samples(queries, progress=progress)
+        if as_terms:
+            return [[term_query(q, r, chosen, terms=self.terms) for r in texts] for q, texts in zip(queries, samples)]
         return [[chosen.apply(q, r) for r in texts] for q, texts in zip(queries, samples)]
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One query rewritten under a mode: its ``reasoning`` (``None`` when the mode uses none), the ``text`` to
+    send to a retriever that reads text (an embedder) and the ``terms`` for BM25 retrievers."""
+
+    question: str
+    reasoning: str | None
+    text: str
+    terms: TermQuery
+
+
+def _check_terms(terms: int | None) -> int | None:
+    if terms is not None and (isinstance(terms, bool) or not isinstance(terms, int) or terms < 1):
+        raise ValueError(f"terms must be a whole number >= 1 or None (every word), got {terms!r}")
+    return terms
 
 
 def _check_samples(samples: int, generation: GenerationParams) -> int:

@@ -9,18 +9,24 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InputFormatError
+from ..query_terms import TermQuery
 
 #: ranked (doc id, score) pairs, best first
 Ranking = list[tuple[str, float]]
+#: what a retriever searches: a text, or (BM25 retrievers) words with weights
+Query = str | TermQuery
 
 
 @runtime_checkable
 class Retriever(Protocol):
-    """Index ``(doc id, text)`` pairs, then search batches of queries; saveable to a directory."""
+    """Index ``(doc id, text)`` pairs, then search batches of queries; saveable to a directory. Retrievers whose
+    ``takes_terms`` is true (the BM25 ones) also search :class:`~tongsearch_qr.query_terms.TermQuery` queries."""
+
+    takes_terms: bool
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "Retriever": ...
 
-    def search(self, queries: Sequence[str], k: int = 1000,
+    def search(self, queries: Sequence[Query], k: int = 1000,
                exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]: ...
 
     def save(self, directory: str | os.PathLike[str]) -> None: ...
@@ -49,14 +55,25 @@ def collect_documents(docs: Iterable[tuple[str, str]]) -> tuple[list[str], list[
     return ids, texts
 
 
-def check_search_args(queries: Sequence[str], k: int, exclude: Sequence[Collection[str]] | None) -> None:
-    """Validate the arguments of ``search``."""
-    if isinstance(queries, str):
-        raise TypeError("pass a list of queries, not a single string")
+def check_search_args(queries: Sequence[Query], k: int, exclude: Sequence[Collection[str]] | None,
+                      terms: bool = True) -> None:
+    """Validate the arguments of ``search`` (``terms``: whether the retriever takes :class:`TermQuery` queries)."""
+    if isinstance(queries, (str, TermQuery)):
+        raise TypeError("pass a list of queries, not a single query")
+    wrong = next((q for q in queries if not isinstance(q, (str, TermQuery) if terms else str)), None)
+    if wrong is not None:
+        kind = "texts or TermQuery objects" if terms else "texts (this retriever embeds text: pass the rewrite's text)"
+        raise TypeError(f"queries must be {kind}, not {type(wrong).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+
+
+def query_text(query: Query) -> str:
+    """The text a retriever that counts repeated words analyses: a text as it is, a :class:`TermQuery`'s words
+    repeated in proportion to their weights."""
+    return query.as_repeated() if isinstance(query, TermQuery) else query
 
 
 def search_depth(k: int, exclude: Sequence[Collection[str]] | None) -> int:

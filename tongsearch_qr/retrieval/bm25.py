@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputFormatError
-from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, search_depth, write_index_meta
+from .base import (
+    Query,
+    Ranking,
+    check_search_args,
+    collect_documents,
+    drop_excluded,
+    query_text,
+    read_index_meta,
+    search_depth,
+    write_index_meta,
+)
 
 
 def _bm25s():
@@ -38,8 +48,12 @@ def bm25s_tokenize(texts: list[str], **options) -> Any:
 class BM25Retriever:
     """BM25 (Lucene scoring by default, k1=0.9, b=0.4 as in BRIGHT) through bm25s.
 
-    Documents that share no term with a query score 0 and are not returned.
+    Documents that share no term with a query score 0 and are not returned. A
+    :class:`~tongsearch_qr.query_terms.TermQuery` is searched as its words repeated by weight (bm25s sums a
+    query's repeated words).
     """
+
+    takes_terms = True
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", stemmer: str | None = "english",
                  stopwords: str | None = "en", show_progress: bool = False):
@@ -70,7 +84,7 @@ class BM25Retriever:
         self.doc_ids = ids
         return self
 
-    def search(self, queries: Sequence[str], k: int = 1000,
+    def search(self, queries: Sequence[Query], k: int = 1000,
                exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` (doc id, score) per query, best first, without each query's ``exclude`` ids."""
         if self._model is None:
@@ -79,7 +93,7 @@ class BM25Retriever:
         if not queries:
             return []
         depth = min(search_depth(k, exclude), len(self.doc_ids))
-        docs, scores = self._model.retrieve(self._tokenize(list(queries)), k=depth, backend_selection="numpy",
+        docs, scores = self._model.retrieve(self._tokenize([query_text(q) for q in queries]), k=depth, backend_selection="numpy",
                                             show_progress=self.show_progress, n_threads=1)
         rankings = []
         for row, (row_docs, row_scores) in enumerate(zip(docs, scores)):

@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Ranking, check_search_args, collect_documents, read_index_meta, write_index_meta
+from .base import Query, Ranking, check_search_args, collect_documents, query_text, read_index_meta, write_index_meta
 from .lucene import analyze, analyze_ids
 
 
 class BrightBM25Retriever:
-    """BM25 exactly as BRIGHT scores it (needs the ``pyserini`` extra for the Lucene analyzer)."""
+    """BM25 exactly as BRIGHT scores it (needs the ``pyserini`` extra for the Lucene analyzer). A
+    :class:`~tongsearch_qr.query_terms.TermQuery` is weighted as its words repeated by weight."""
+
+    takes_terms = True
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, query_batch_size: int = 256, show_progress: bool = False):
         self.k1, self.b, self.query_batch_size, self.show_progress = k1, b, query_batch_size, show_progress
@@ -66,9 +69,9 @@ class BrightBM25Retriever:
         weights = weigh(tf.indptr, tf.indices, tf.data, lengths, self.idfs, self.k1, self.b, self.avgdl)
         return sp.csr_matrix((weights, tf.indices, tf.indptr), shape=tf.shape)
 
-    def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+    def _query_matrix(self, queries: Sequence[Query]) -> sp.csr_matrix:
         rows, cols = [], []
-        for row, tokens in enumerate(analyze(list(queries))):
+        for row, tokens in enumerate(analyze([query_text(q) for q in queries])):
             known = [self.vocabulary[t] for t in tokens if t in self.vocabulary]
             rows.extend([row] * len(known))
             cols.extend(known)
@@ -77,7 +80,7 @@ class BrightBM25Retriever:
         tf.sort_indices()
         return self._weigh(tf, np.asarray(tf.sum(axis=1)).ravel())
 
-    def search(self, queries: Sequence[str], k: int = 1000,
+    def search(self, queries: Sequence[Query], k: int = 1000,
                exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` (doc id, score) per query, BRIGHT's order, without each query's ``exclude`` ids."""
         if self.weights is None:

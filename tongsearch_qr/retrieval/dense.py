@@ -39,8 +39,11 @@ class DenseRetriever:
     """Cosine-similarity retrieval over sentence-transformers embeddings.
 
     Document embeddings are cached under the user cache (keyed by model, max length and the corpus
-    content) when ``cache_embeddings`` is on, so re-indexing the same corpus is free.
+    content) when ``cache_embeddings`` is on, so re-indexing the same corpus is free. It embeds text, so it
+    takes no :class:`~tongsearch_qr.query_terms.TermQuery`.
     """
+
+    takes_terms = False
 
     def __init__(self, model: str | None = None, *, max_length: int | None = None, batch_size: int = 64,
                  device: str | None = None, cache_embeddings: bool = True, show_progress: bool = False):
@@ -102,7 +105,7 @@ class DenseRetriever:
         """Top-``k`` documents by cosine similarity per query, without each query's ``exclude`` ids."""
         if self.embeddings is None:
             raise RuntimeError("index documents (or load an index) before searching")
-        check_search_args(queries, k, exclude)
+        check_search_args(queries, k, exclude, terms=False)
         if not queries:
             return []
         self._warn_truncation(list(queries))

@@ -12,7 +12,8 @@ import weakref
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from .base import Ranking, check_search_args, drop_excluded, read_index_meta, search_depth, write_index_meta
+from ..query_terms import TermQuery
+from .base import Query, Ranking, check_search_args, drop_excluded, read_index_meta, search_depth, write_index_meta
 from .lucene import start_pyserini
 
 
@@ -22,7 +23,10 @@ class PyseriniRetriever:
 
     ``rm3=True`` expands every query with RM3 pseudo-relevance feedback (pyserini's ``set_rm3`` with its
     defaults ``fb_terms=10, fb_docs=10, original_query_weight=0.5``); indexes built here then store document
-    vectors, which RM3 needs."""
+    vectors, which RM3 needs. A :class:`~tongsearch_qr.query_terms.TermQuery` is searched as a Lucene
+    ``BooleanQuery`` of its words, each boosted by its weight (:func:`boosted_query`)."""
+
+    takes_terms = True
 
     def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
                  threads: int = 1, show_progress: bool = False, rm3: bool = False, fb_terms: int = 10,
@@ -82,14 +86,21 @@ class PyseriniRetriever:
                                      "(-storeDocvectors); let this retriever index the documents") from exc
         return self._searcher
 
-    def search(self, queries: Sequence[str], k: int = 1000,
+    def search(self, queries: Sequence[Query], k: int = 1000,
                exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` Lucene BM25 hits per query, without each query's ``exclude`` ids."""
         check_search_args(queries, k, exclude)
         if not queries:
             return []
+        depth = search_depth(k, exclude)
         qids = [str(i) for i in range(len(queries))]
-        hits = self.searcher.batch_search(list(queries), qids, k=search_depth(k, exclude), threads=self.threads)
+        texts = [(qid, q) for qid, q in zip(qids, queries) if isinstance(q, str)]
+        hits = self.searcher.batch_search([q for _, q in texts], [qid for qid, _ in texts], k=depth,
+                                          threads=self.threads) if texts else {}
+        for qid, query in zip(qids, queries):
+            if isinstance(query, TermQuery):
+                boosted = boosted_query(query)
+                hits[qid] = self.searcher.search(boosted, k=depth) if boosted is not None else []
         return [drop_excluded(((h.docid, float(h.score)) for h in hits[qid]), exclude[i] if exclude else (), k)
                 for i, qid in enumerate(qids)]
 
@@ -107,3 +118,28 @@ class PyseriniRetriever:
         rm3 = meta.get("rm3")
         expansion = dict(zip(("fb_terms", "fb_docs", "original_query_weight"), rm3)) if rm3 else {}
         return cls(Path(directory) / "lucene", k1=meta["k1"], b=meta["b"], rm3=bool(rm3), **expansion)
+
+
+#: Lucene's default limit on a BooleanQuery's clauses
+_MAX_CLAUSES = 1024
+
+
+def boosted_query(query: TermQuery, field: str = "contents"):
+    """A Lucene ``BooleanQuery`` (pyserini's query builder) with one ``SHOULD`` clause per word of ``query``,
+    analysed as pyserini analyses documents (stopwords give none) and boosted by its weight: what
+    ``LuceneSearcher.search`` takes. Lucene allows 1,024 clauses, so at most the 1,024 strongest words are used.
+    ``None`` when no word is left."""
+    start_pyserini()
+    from pyserini.search.lucene import querybuilder
+
+    should = querybuilder.JBooleanClauseOccur.should.value
+    builder = querybuilder.get_boolean_query_builder()
+    clauses = 0
+    for term, weight in query.top(_MAX_CLAUSES).weights.items():
+        try:
+            term_query = querybuilder.get_term_query(term, field=field)
+        except IndexError:  # the analyzer keeps nothing of it (a stopword)
+            continue
+        builder.add(querybuilder.get_boost_query(term_query, float(weight)), should)
+        clauses += 1
+    return builder.build() if clauses else None
