@@ -32,7 +32,11 @@ Fusing the question's ranking with the reasoning's, Haystack's way: both retriev
     p.connect("question_bm25.documents", "joiner.documents")
     p.connect("bm25.documents", "joiner.documents")
 
-``__init__`` stores JSON-serialisable settings only; the model loads in ``warm_up`` (pipelines call it).
+``__init__`` stores JSON-serialisable settings only; the model loads in ``warm_up`` (pipelines call it;
+``AsyncPipeline``-style ``run_async`` runs use ``warm_up_async`` and ``run_async``, which awaits the reasoner without
+blocking the event loop). On a request's path the component never fails a search for its reasoning: a query whose
+reasoning fails or is late (``timeout`` seconds) goes on as the question alone (``on_error="question"``;
+``"raise"`` raises instead).
 This module registers itself on Haystack's deserialization allowlist, so pipelines that use it load
 from YAML without extra flags.
 """
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
+from types import EllipsisType
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -50,10 +55,12 @@ from haystack.core.serialization_security import allow_deserialization_module
 from .. import GenerationParams, QRReasoner
 from ..fusion import Fusion
 from ..methods import get_method
-from ..modes import get_mode
+from ..modes import RewriteMode, get_mode
+from ..online import check_on_error, check_timeout
 from ..query_terms import TermQuery
 from ..reasoner import Rewrite
 from ..retrieval import make_retriever
+from . import ADAPTER_ON_ERROR
 
 allow_deserialization_module(__name__)
 
@@ -84,13 +91,15 @@ class QRQueryRewriter:
     preceded by the original when ``include_original``), ``original_query`` and ``reasoning``.
     ``method`` names a method of the bank (``hyde``, ``query2doc``, ...; not the corpus-feedback ``lamer``);
     ``mode`` and ``generation`` default to the method's (else the reasoner's). ``terms``: how many words the
-    rewrite keeps (default: the reasoner's).
+    rewrite keeps (default: the reasoner's). ``on_error`` and ``timeout``: what a query gets when its reasoning
+    fails or is late, and the seconds a run may wait (see the module docstring).
     """
 
     def __init__(self, model: str | None = None, *, mode: str | None = None, think: bool = False,
                  generation: dict[str, Any] | None = None, reasoning_file: str | None = None,
                  cache: str | None = None, include_original: bool = False, backend_options: dict[str, Any] | None = None,
-                 method: str | None = None, query_format: str = "words", terms: int | None = None):
+                 method: str | None = None, query_format: str = "words", terms: int | None = None,
+                 on_error: str = ADAPTER_ON_ERROR, timeout: float | None = None):
         if mode is not None:
             get_mode(mode)  # fail early on a bad mode
         if method is not None and get_method(method).template is not None and get_method(method).template.passages:
@@ -107,21 +116,31 @@ class QRQueryRewriter:
         self.include_original = include_original
         self.backend_options = dict(backend_options or {})
         self.query_format, self.terms = query_format, terms
+        self.on_error, self.timeout = check_on_error(on_error), check_timeout(timeout)
         self._reasoner: QRReasoner | None = None
 
     @classmethod
     def from_reasoner(cls, reasoner: QRReasoner, *, mode: str | None = None, include_original: bool = False,
-                      query_format: str = "words", terms: int | None = None) -> QRQueryRewriter:
-        """A rewriter around a ready :class:`tongsearch_qr.QRReasoner` (for programmatic use; not serialisable)."""
-        rewriter = cls(mode=mode, include_original=include_original, query_format=query_format, terms=terms)
-        rewriter._reasoner = reasoner if terms is None else reasoner.with_(terms=terms)
+                      query_format: str = "words", terms: int | None = None, on_error: str | None = None,
+                      timeout: float | None | EllipsisType = ...) -> QRQueryRewriter:
+        """A rewriter around a ready :class:`tongsearch_qr.QRReasoner` (for programmatic use; not serialisable),
+        with the reasoner's ``on_error`` and ``timeout`` unless given."""
+        rewriter = cls(mode=mode, include_original=include_original, query_format=query_format, terms=terms,
+                       on_error=on_error or reasoner.on_error,
+                       timeout=reasoner.timeout if isinstance(timeout, EllipsisType) else timeout)
+        changes: dict[str, Any] = {} if terms is None else {"terms": terms}
+        if rewriter.on_error != reasoner.on_error:
+            changes["on_error"] = rewriter.on_error
+        if rewriter.timeout != reasoner.timeout:
+            changes["timeout"] = rewriter.timeout
+        rewriter._reasoner = reasoner.with_(**changes) if changes else reasoner
         return rewriter
 
     def warm_up(self) -> None:
         """Load the model (or the reasoning file)."""
         if self._reasoner is not None:
             return
-        common: dict[str, Any] = dict(think=self.think, cache=self.cache,
+        common: dict[str, Any] = dict(think=self.think, cache=self.cache, on_error=self.on_error, timeout=self.timeout,
                                       generation=GenerationParams(**self.generation) if self.generation else None)
         if self.reasoning_file:
             reasoner = QRReasoner.from_file(self.reasoning_file, **common)
@@ -135,37 +154,44 @@ class QRQueryRewriter:
         """Rewrite one query."""
         if self._reasoner is None:
             raise RuntimeError("QRQueryRewriter is not warmed up: call warm_up() (pipelines do it on run)")
-        return self._outputs([query])[0]
+        return self._output(self._reasoner.rewrites([query], self._mode())[0])
 
-    def _outputs(self, queries: list[str]) -> list[dict[str, Any]]:
-        assert self._reasoner is not None
-        out = []
-        for rewrite in self._reasoner.rewrites(queries, None if self.mode is None else get_mode(self.mode)):
-            query = query_for(rewrite, self.query_format)
-            variants = [rewrite.question, query] if self.include_original else [query]
-            out.append({"query": query, "text": rewrite.text, "term_weights": dict(rewrite.terms.weights),
-                        "queries": variants, "original_query": rewrite.question, "reasoning": rewrite.reasoning or ""})
-        return out
+    def _mode(self) -> RewriteMode | None:
+        return None if self.mode is None else get_mode(self.mode)
+
+    def _output(self, rewrite: Rewrite) -> dict[str, Any]:
+        query = query_for(rewrite, self.query_format)
+        variants = [rewrite.question, query] if self.include_original else [query]
+        return {"query": query, "text": rewrite.text, "term_weights": dict(rewrite.terms.weights), "queries": variants,
+                "original_query": rewrite.question, "reasoning": rewrite.reasoning or ""}
+
+    async def warm_up_async(self) -> None:
+        """:meth:`warm_up` off the event loop (the model loads in a thread)."""
+        await asyncio.to_thread(self.warm_up)
 
     @component.output_types(query=str, text=str, term_weights=dict[str, float], queries=list[str], original_query=str,
                             reasoning=str)
     async def run_async(self, query: str) -> dict[str, Any]:
-        """Rewrite one query without blocking the event loop."""
-        return await asyncio.to_thread(self.run, query)
+        """Rewrite one query, awaiting the reasoner (its engine shared with every other run) without blocking the
+        event loop."""
+        if self._reasoner is None:
+            raise RuntimeError("QRQueryRewriter is not warmed up: call warm_up() (pipelines do it on run)")
+        return self._output((await self._reasoner.arewrites([query], self._mode()))[0])
 
     def run_batch(self, queries: list[str]) -> list[dict[str, Any]]:
         """Rewrite many queries with one batched reasoning call (outside pipelines)."""
         if self._reasoner is None:
             self.warm_up()
         assert self._reasoner is not None
-        return self._outputs(list(queries))
+        return [self._output(rewrite) for rewrite in self._reasoner.rewrites(list(queries), self._mode())]
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, model=self.model, method=self.method, mode=self.mode, think=self.think,
                                generation=self.generation,
                                reasoning_file=self.reasoning_file, cache=self.cache,
                                include_original=self.include_original, backend_options=self.backend_options,
-                               query_format=self.query_format, terms=self.terms)
+                               query_format=self.query_format, terms=self.terms, on_error=self.on_error,
+                               timeout=self.timeout)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QRQueryRewriter:

@@ -15,6 +15,12 @@ count. ``query_format="words"`` sends each word once, ``"text"`` the rewrite's t
 asked), and ``include_original`` keeps the original embedding strings too, as HyDE does. The reasoning prompt is
 exposed through the PromptMixin as ``reasoning_prompt`` (variable ``question``).
 
+Async: LlamaIndex's ``TransformRetriever.aretrieve`` runs a transform's synchronous ``run`` on the event loop;
+:class:`QRTransformRetriever` (a ``TransformRetriever``) awaits :meth:`QRQueryTransform.arun` instead, so many
+requests reason at once on one engine without blocking the loop. A query whose reasoning fails or is late
+(``timeout=`` seconds) is sent as the question alone (``on_error="question"``, the default here; ``"raise"``
+raises).
+
 Fusing the question's ranking with the reasoning's, LlamaIndex's way (:func:`fused_with_question`, a
 ``QueryFusionRetriever`` over the plain and the transformed retriever)::
 
@@ -32,6 +38,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.indices.query.query_transform.base import BaseQueryTransform
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.retrievers import TransformRetriever
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
 from .. import QRReasoner
@@ -48,7 +55,9 @@ QUERY_FORMATS = ("repeated", "words", "text")
 class QRQueryTransform(BaseQueryTransform):
     """Rewrites a query with the reasoner's reasoning (``model``/options such as ``method=`` or ``terms=`` build a
     :class:`tongsearch_qr.QRReasoner`, or pass a ready ``reasoner``); ``mode`` defaults to the reasoner's.
-    ``query_format``: how ``query_str`` carries the rewrite (``repeated``, ``words`` or ``text``)."""
+    ``query_format``: how ``query_str`` carries the rewrite (``repeated``, ``words`` or ``text``). ``on_error`` and
+    ``timeout`` (reasoner options; they also change a ready reasoner, for this transform only): see the module
+    docstring. :meth:`arun` is the async path."""
 
     def __init__(self, model: str | None = None, *, reasoner: QRReasoner | None = None,
                  mode: str | RewriteMode | None = None, target: Literal["query_str", "embedding"] = "query_str",
@@ -87,9 +96,20 @@ class QRQueryTransform(BaseQueryTransform):
 
     def run_many(self, queries: Sequence[str | QueryBundle]) -> list[QueryBundle]:
         """Transform many queries with one batched reasoning call."""
-        bundles = [q if isinstance(q, QueryBundle) else QueryBundle(query_str=q, custom_embedding_strs=[q])
-                   for q in queries]
-        rewrites = self._reasoner.rewrites([b.query_str for b in bundles], mode=self._mode)
+        bundles = _bundles(queries)
+        return self._transformed(bundles, self._reasoner.rewrites([b.query_str for b in bundles], mode=self._mode))
+
+    async def arun(self, query_bundle_or_str: str | QueryBundle, metadata: dict | None = None) -> QueryBundle:
+        """:meth:`run` for a coroutine: awaits the reasoner (its engine shared with every other request)."""
+        return (await self.arun_many([query_bundle_or_str]))[0]
+
+    async def arun_many(self, queries: Sequence[str | QueryBundle]) -> list[QueryBundle]:
+        """:meth:`run_many` for a coroutine."""
+        bundles = _bundles(queries)
+        return self._transformed(bundles, await self._reasoner.arewrites([b.query_str for b in bundles],
+                                                                         mode=self._mode))
+
+    def _transformed(self, bundles: list[QueryBundle], rewrites: list[Rewrite]) -> list[QueryBundle]:
         out = []
         for bundle, rewrite in zip(bundles, rewrites):
             if self._target == "query_str":
@@ -101,6 +121,24 @@ class QRQueryTransform(BaseQueryTransform):
                 out.append(QueryBundle(query_str=bundle.query_str, custom_embedding_strs=strings,
                                        image_path=bundle.image_path))
         return out
+
+
+def _bundles(queries: Sequence[str | QueryBundle]) -> list[QueryBundle]:
+    return [q if isinstance(q, QueryBundle) else QueryBundle(query_str=q, custom_embedding_strs=[q]) for q in queries]
+
+
+class QRTransformRetriever(TransformRetriever):
+    """LlamaIndex's ``TransformRetriever`` whose async path awaits the transform's ``arun`` (a
+    :class:`QRQueryTransform`'s does not block the event loop) and then the retriever's ``aretrieve``;
+    ``TransformRetriever`` itself runs the transform synchronously there. Other transforms run as it runs them."""
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        transform = self._query_transform
+        if isinstance(transform, QRQueryTransform):
+            query_bundle = await transform.arun(query_bundle, metadata=self._transform_metadata)
+        else:
+            query_bundle = transform.run(query_bundle, metadata=self._transform_metadata)
+        return await self._retriever.aretrieve(query_bundle)
 
 
 def _query_str(rewrite: Rewrite, query_format: str) -> str:
@@ -145,7 +183,7 @@ def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, f
     k=60 on ranks counted from 0, i.e. ``Fusion("rrf", k=59)``, unweighted; its ``relative_score`` mode is
     min-max score fusion with weights (``Fusion("score", weights=...)``). Nodes are merged by content hash."""
     from llama_index.core.llms import MockLLM
-    from llama_index.core.retrievers import QueryFusionRetriever, TransformRetriever
+    from llama_index.core.retrievers import QueryFusionRetriever
     from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
 
     if not fusion.with_query:
@@ -158,7 +196,7 @@ def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, f
         raise ValueError(f"LlamaIndex's reciprocal_rerank fusion is unweighted RRF with k=60 from rank 0 "
                          f"(tongsearch-qr's rrf:59), not {fusion.name}; use rrf:59 or score through LlamaIndex, or use the core")
     mode = FUSION_MODES.RECIPROCAL_RANK if fusion.method == "rrf" else FUSION_MODES.RELATIVE_SCORE
-    return QueryFusionRetriever([retriever, TransformRetriever(retriever, transform)], llm=MockLLM(), mode=mode,
+    return QueryFusionRetriever([retriever, QRTransformRetriever(retriever, transform)], llm=MockLLM(), mode=mode,
                                 similarity_top_k=similarity_top_k, num_queries=1, use_async=False,
                                 retriever_weights=weights)
 

@@ -41,7 +41,7 @@ from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
 from ..query_terms import TermQuery
 from ..retrieval import Retriever, make_retriever
-from . import core_reasoner
+from . import ADAPTER_ON_ERROR, core_reasoner
 
 _PARSER_UNSAFE = re.compile(r"[^\w\s]+")
 _WARNED: set[tuple[str, str]] = set()
@@ -54,8 +54,11 @@ class QRReasoner(pt.Transformer):
 
     ``model`` and keyword options (``method=``, ``samples=``, ``terms=``, ...) go to
     :class:`tongsearch_qr.QRReasoner`; or pass a ready ``reasoner`` (``terms=`` then overrides how many words it
-    keeps). The whole frame is reasoned about in one batch. A corpus-feedback method (``method="lamer"``) reads
-    each query's top passages from the results of a first stage, the way RM3 does in PyTerrier:
+    keeps). A query whose reasoning fails or is late is sent as the question alone (``on_error="question"``, the
+    default here; ``on_error="raise"`` raises), within ``timeout`` seconds per frame when given; both also change a
+    ready reasoner, for this transformer only. The whole frame is reasoned about in one batch. A corpus-feedback
+    method (``method="lamer"``) reads each query's top passages from the results of a first stage, the way RM3
+    does in PyTerrier:
     ``bm25 >> pt.text.get_text(bm25) >> QRReasoner(method="lamer") >> bm25`` (the results need a ``text`` column).
     """
 
@@ -74,7 +77,8 @@ class QRReasoner(pt.Transformer):
     def from_file(cls, path: str, *, mode: str | RewriteMode | None = None, weights: bool = True, clean: bool = False,
                   terms: int | None | EllipsisType = ..., **options: Any) -> QRReasoner:
         """A transformer over precomputed reasoning (e.g. the paper's published JSON)."""
-        return cls(mode=mode, weights=weights, clean=clean, terms=terms, reasoner=CoreReasoner.from_file(path, **options))
+        reasoner = CoreReasoner.from_file(path, **{"on_error": ADAPTER_ON_ERROR, **options})
+        return cls(mode=mode, weights=weights, clean=clean, terms=terms, reasoner=reasoner)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         reasoner = self.reasoner

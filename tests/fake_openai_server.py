@@ -35,10 +35,11 @@ def echo_completion(body: dict) -> Reply:
 class ScriptedServer:
     """Answers each POST with the next scripted entry ((status, headers, body), ``DROP`` or ``Sleep``), else with
     ``rule(body)`` when it returns a reply, else with :func:`echo_completion`. ``GET /v1/models`` lists ``models``
-    (entries such as ``{"id": "m", "max_model_len": 512}``)."""
+    (entries such as ``{"id": "m", "max_model_len": 512}``). ``port``: where to listen (default: a free one; give a
+    closed server's port to bring it back at the same URL)."""
 
     def __init__(self, script: list | None = None, *, models: list[dict] | None = None,
-                 rule: Callable[[dict], Reply | None] | None = None):
+                 rule: Callable[[dict], Reply | None] | None = None, port: int = 0):
         self.script = list(script or [])
         self.models = list(models or [])
         self.rule = rule
@@ -78,7 +79,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

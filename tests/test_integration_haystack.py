@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import free_port
 from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever, InMemoryEmbeddingRetriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
@@ -112,3 +113,48 @@ def test_bad_inputs(tmp_path):
     for bad in ["", "  "]:
         with pytest.raises(ValueError, match="invalid quer"):
             rewriter.run(query=bad)
+
+
+def test_run_async_in_an_async_pipeline_run_awaits_the_reasoner(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"why is kelp green?": "chlorophyll kelp", "why is the sea blue?": "light water"}))
+    store = InMemoryDocumentStore()
+    store.write_documents([Document(id="1", content="kelp has chlorophyll"), Document(id="2", content="light in water")])
+    p = Pipeline()
+    p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat"))
+    p.add_component("bm25", InMemoryBM25Retriever(document_store=store, top_k=1))
+    p.connect("reasoner.query", "bm25.query")
+    awaited = []
+    real = CoreReasoner.arewrites
+
+    async def spy(self, *args, **kwargs):
+        awaited.append(args[0])
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoreReasoner, "arewrites", spy)
+
+    async def both():
+        await p.warm_up_async()
+        return await asyncio.gather(*(p.run_async({"reasoner": {"query": q}}) for q in ["why is kelp green?",
+                                                                                          "why is the sea blue?"]))
+
+    answers = asyncio.run(both())
+    assert [a["bm25"]["documents"][0].id for a in answers] == ["1", "2"]
+    assert sorted(awaited) == [["why is kelp green?"], ["why is the sea blue?"]]
+    assert answers[0] == p.run({"reasoner": {"query": "why is kelp green?"}})
+
+
+def test_a_dead_server_leaves_the_question_and_the_setting_round_trips():
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    rewriter = QRQueryRewriter(model="served", backend_options={"backend": "openai", "base_url": dead}, timeout=5)
+    rewriter.warm_up()
+    out = rewriter.run(query="Why can't humans drink sea water?")
+    assert out["original_query"] == "Why can't humans drink sea water?" and out["reasoning"] == ""
+    assert out["query"] == "humans drink sea water" and rewriter._reasoner.stats["fallback_unavailable"] == 1
+    assert asyncio.run(rewriter.run_async(query="Why do cats purr?"))["query"] == "cats purr"
+    parameters = rewriter.to_dict()["init_parameters"]
+    assert (parameters["on_error"], parameters["timeout"]) == ("question", 5)
+    strict = QRQueryRewriter.from_dict({**rewriter.to_dict(), "init_parameters": {**parameters, "on_error": "raise"}})
+    strict.warm_up()
+    with pytest.raises(ConnectionError, match="no OpenAI-compatible server answers"):
+        strict.run(query="Why do cats purr?")

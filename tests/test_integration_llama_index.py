@@ -9,7 +9,8 @@ from llama_index.core.retrievers import TransformRetriever
 from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
 
-from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform
+from tongsearch_qr import QRReasoner as CoreReasoner
+from tongsearch_qr.integrations.llama_index import CoreLlamaRetriever, QRQueryTransform, QRTransformRetriever
 from tongsearch_qr.retrieval import make_retriever
 
 pytestmark = pytest.mark.llama_index
@@ -100,3 +101,35 @@ def test_bad_inputs(reasoner):
     with pytest.raises(ValueError, match="query_format"):
         QRQueryTransform(reasoner=reasoner, query_format="bag")
     assert QRQueryTransform(reasoner=reasoner, terms=3).reasoner.terms == 3
+
+
+def test_aretrieve_awaits_the_reasoner_and_ranks_as_retrieve(scifact, reasoner, monkeypatch):
+    import asyncio
+
+    _, nodes, queries = scifact
+    bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=5)
+    retriever = QRTransformRetriever(bm25, QRQueryTransform(reasoner=reasoner, mode="concat"))
+    awaited = []
+    real = CoreReasoner.arewrites
+
+    async def spy(self, *args, **kwargs):
+        awaited.append(args[0])
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoreReasoner, "arewrites", spy)
+
+    async def together():
+        return await asyncio.gather(*(retriever.aretrieve(q) for q in queries[:3]))
+
+    assert [[n.node.node_id for n in r] for r in asyncio.run(together())] == \
+        [[n.node.node_id for n in retriever.retrieve(q)] for q in queries[:3]]
+    assert sorted(awaited) == sorted([q] for q in queries[:3])
+
+
+def test_a_reasoner_the_transform_builds_falls_back_to_the_question():
+    from conftest import free_port
+
+    transform = QRQueryTransform("served", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                 query_format="text")
+    assert transform.run("Why do cats purr?").query_str == "Why do cats purr?"
+    assert transform.reasoner.on_error == "question" and transform.reasoner.stats["fallback_unavailable"] == 1

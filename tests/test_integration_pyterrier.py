@@ -113,3 +113,16 @@ def test_bad_frames(tmp_path):
     assert len(t.transform(pd.DataFrame({"qid": [], "query": []}))) == 0
     with pytest.raises(KeyError, match="needs 'docno'"):
         CoreRetriever.from_corpus([{"id": "1", "text": "x"}])
+
+
+def test_a_dead_server_leaves_each_question_unless_told_to_raise(bm25):
+    from conftest import free_port
+
+    from tongsearch_qr import BackendUnavailableError
+
+    dead = {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"}
+    topics = pd.DataFrame({"qid": ["1"], "query": ["What drives the bacterial immune response?"]})
+    out = (QRReasoner("served", **dead) >> bm25 % 5).transform(topics)
+    assert len(out) == 5 and set(out["query_0"]) == {"What drives the bacterial immune response?"}
+    with pytest.raises(BackendUnavailableError):
+        QRReasoner("served", on_error="raise", **dead).transform(topics)

@@ -175,7 +175,7 @@ def test_a_busy_server_whose_requests_time_out_stays_in_the_run(scripted):
         return echo_completion(body)
 
     steady = scripted(rule=slow)
-    spread = OpenAIBackend("m", base_url=[busy.url, steady.url], concurrency=1, timeout=0.5, backoff=0.01,
+    spread = OpenAIBackend("m", base_url=[busy.url, steady.url], concurrency=1, request_timeout=0.5, backoff=0.01,
                            max_server_failures=2)
     out = spread.generate(QUESTIONS[:10], TEMPLATE, GenerationParams.greedy(8))
     assert all(out) and len(busy.requests) >= 3

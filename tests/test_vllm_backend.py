@@ -53,6 +53,31 @@ def test_whole_batch_in_input_order_with_results_reported_per_chunk(vllm_backend
     assert vllm_backend.cache_id.startswith("vllm:HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
+def test_concurrent_callers_join_the_next_engine_call(vllm_backend):
+    """Callers in threads share the engine: the questions asked while it runs go into its next LLM.generate call
+    together, and every caller gets its own question's completion."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+    original = vllm_backend.llm.generate
+
+    def recording(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    vllm_backend.llm.generate = recording
+    greedy = GenerationParams.greedy(16)
+    try:
+        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+            one_each = list(pool.map(lambda q: vllm_backend.generate([q], PromptTemplate.paper(), greedy)[0],
+                                     QUESTIONS))
+    finally:
+        vllm_backend.llm.generate = original
+    assert sum(calls) == len(QUESTIONS) and len(calls) < len(QUESTIONS), calls
+    assert all(text.strip() for text in one_each) and len(set(one_each)) == len(QUESTIONS)
+    assert one_each[:2] == [vllm_backend.generate([q], PromptTemplate.paper(), greedy)[0] for q in QUESTIONS[:2]]
+
+
 def test_prompts_are_the_chat_template_rendering_shared_with_transformers(vllm_backend):
     ids = render(vllm_backend.tokenizer, PromptTemplate.paper(), "Why?")
     text = vllm_backend.tokenizer.decode(ids)

