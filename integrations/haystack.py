@@ -232,20 +232,33 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
                  exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
                  **options: Any) -> dict[str, list[tuple[str, float]]]:
     """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``), the
-    rewriter's ``term_weights`` going to the retriever (``query_form="text"``: its ``text``); with
-    ``fusion`` (RRF, k=60, weights allowed) a second retriever searches the original query and a
-    ``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` fuses the two. Each query's ``exclude`` ids are
-    left out by every retriever, before any fusion."""
+    rewriter's ``term_weights`` going to the retriever (``query_form="text"``: its ``text``); ``kind="native"``:
+    ``QRQueryRewriter -> InMemoryBM25Retriever`` over a default ``InMemoryDocumentStore`` (Haystack's own BM25,
+    given the rewrite's ``query``). With ``fusion`` (RRF, k=60, weights allowed) a second retriever searches the
+    original query and a ``DocumentJoiner(join_mode="reciprocal_rank_fusion")`` fuses the two. Each query's
+    ``exclude`` ids are left out by every retriever, before any fusion."""
     from haystack import Pipeline
     from haystack.components.joiners import DocumentJoiner
 
     documents = [Document(id=d, content=t) for d, t in docs]
+    native = kind == "native"
+    if native:
+        from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+        from haystack.document_stores.in_memory import InMemoryDocumentStore
+
+        store = InMemoryDocumentStore(**options)
+        store.write_documents(documents)
+
+    def retriever() -> Any:
+        return InMemoryBM25Retriever(document_store=store, top_k=k) if native else \
+            CoreRetrieverComponent(documents, kind, k, options)
+
     pipeline = Pipeline()
     pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(
         reasoner, mode=mode, query_format="text" if query_form == "text" or kind == "dense" else "words"))
-    pipeline.add_component("retriever", CoreRetrieverComponent(documents, kind, k, options))
+    pipeline.add_component("retriever", retriever())
     pipeline.connect("reasoner.query", "retriever.query")
-    if query_form == "terms":
+    if query_form == "terms" and not native:
         pipeline.connect("reasoner.term_weights", "retriever.term_weights")
     last = "retriever"
     if fusion is not None:
@@ -253,7 +266,7 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
             raise ValueError(f"Haystack's DocumentJoiner fuses the question's ranking with one reasoning ranking by "
                              f"RRF with k=60 (weights allowed), not {fusion.name}"
                              f"{' over samples' if reasoner.samples > 1 else ''}; use the core for other fusions")
-        pipeline.add_component("question_retriever", CoreRetrieverComponent(documents, kind, k, options))
+        pipeline.add_component("question_retriever", retriever())
         pipeline.add_component("joiner", DocumentJoiner(join_mode="reciprocal_rank_fusion", top_k=k,
                                                         weights=fusion.weights_for(2, " (the question, then the reasoning)")))
         pipeline.connect("reasoner.original_query", "question_retriever.query")
@@ -264,6 +277,8 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
     rankings = {}
     for qid, query in queries.items():
         excluded = sorted((exclude or {}).get(qid, ()))
-        inputs = {"reasoner": {"query": query}, **{name: {"exclude": excluded} for name in retrievers}}
+        leave_out = ({"filters": {"field": "id", "operator": "not in", "value": excluded}} if excluded else {}) \
+            if native else {"exclude": excluded}
+        inputs = {"reasoner": {"query": query}, **{name: leave_out for name in retrievers}}
         rankings[qid] = [(d.id, float(d.score or 0.0)) for d in pipeline.run(inputs)[last]["documents"]]
     return rankings

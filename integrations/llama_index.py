@@ -46,6 +46,7 @@ from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
 from ..reasoner import Rewrite
 from ..retrieval import Retriever, make_retriever
+from ..retrieval.base import search_depth
 from . import core_reasoner
 
 #: how ``query_str`` carries the rewrite (see the module docstring)
@@ -205,20 +206,39 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
                  exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
                  **options: Any) -> dict[str, list[tuple[str, float]]]:
-    """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (with ``fusion``:
-    :func:`fused_with_question`) per query (``eval --via llama-index``); each query's ``exclude`` ids are left
-    out of every ranking, before any fusion."""
+    """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (``kind="native"``: LlamaIndex's own
+    ``BM25Retriever.from_defaults``; with ``fusion``: :func:`fused_with_question`) per query (``eval --via
+    llama-index``); each query's ``exclude`` ids are left out of every ranking, before any fusion."""
     from llama_index.core.retrievers import TransformRetriever
     from llama_index.core.schema import TextNode
 
+    exclude = exclude or {}
     nodes = [TextNode(text=text, id_=doc_id) for doc_id, text in docs]
-    index = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
+    if kind == "native":
+        from llama_index.retrievers.bm25 import BM25Retriever
+
+        depth = min(search_depth(k, list(exclude.values())), len(nodes))
+        own = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=depth, **options)
+    else:
+        index = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
     transform = QRQueryTransform(reasoner=reasoner, mode=mode,
                                  query_format="text" if query_form == "text" or kind == "dense" else "repeated")
     rankings = {}
     for qid, query in queries.items():
-        base = index.excluding((exclude or {}).get(qid, ()))
+        base = _Leaving(own, exclude.get(qid, ()), k) if kind == "native" else index.excluding(exclude.get(qid, ()))
         retriever = TransformRetriever(base, transform) if fusion is None else \
             fused_with_question(base, transform, fusion, similarity_top_k=k)
         rankings[qid] = [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(query)]
     return rankings
+
+
+class _Leaving(BaseRetriever):
+    """Another retriever's results without some node ids, at most ``top_k``."""
+
+    def __init__(self, inner: BaseRetriever, exclude: Collection[str], top_k: int):
+        super().__init__()
+        self._inner, self._exclude, self._top_k = inner, exclude, top_k
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        found = self._inner.retrieve(query_bundle)
+        return [n for n in found if n.node.node_id not in self._exclude][:self._top_k]

@@ -28,6 +28,7 @@ Fusing the question's ranking with the reasoning's, PyTerrier's way (:func:`fuse
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from collections.abc import Collection, Iterable, Mapping
 from types import EllipsisType
@@ -41,6 +42,7 @@ from ..fusion import Fusion
 from ..modes import RewriteMode, get_mode
 from ..query_terms import TermQuery
 from ..retrieval import Retriever, make_retriever
+from ..retrieval.base import search_depth
 from . import ADAPTER_ON_ERROR, core_reasoner
 
 _PARSER_UNSAFE = re.compile(r"[^\w\s]+")
@@ -230,14 +232,36 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
                  k: int, kind: str = "bm25", fusion: Fusion | None = None,
                  exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
                  **options: Any) -> dict[str, list[tuple[str, float]]]:
-    """Run ``QRReasoner >> CoreRetriever`` (with ``fusion``: :func:`fused_with_question`) over a topics frame
-    (what ``tongsearch-qr eval --via pyterrier`` does), with ``query_toks`` unless ``query_form="text"``; each
-    query's ``exclude`` ids are left out of every ranking, before any fusion."""
-    stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k,
-                                      exclude=exclude, **options)
+    """Run ``QRReasoner >> CoreRetriever`` (``kind="native"``: ``>> PisaIndex(...).bm25()``, PISA at its defaults;
+    with ``fusion``: :func:`fused_with_question`) over a topics frame (what ``tongsearch-qr eval --via pyterrier``
+    does), with ``query_toks`` unless ``query_form="text"``; each query's ``exclude`` ids are left out of every
+    ranking, before any fusion."""
+    exclude = exclude or {}
     topics = pd.DataFrame({"qid": list(queries), "query": list(queries.values())})
     rewriter = QRReasoner(reasoner=reasoner, mode=mode, weights=query_form == "terms")
-    pipeline = rewriter >> stage if fusion is None else fused_with_question(stage, rewriter, fusion, k)
-    res = pipeline.transform(topics)
-    ranked = {qid: group.sort_values("rank") for qid, group in res.groupby("qid", sort=False)}
+    with tempfile.TemporaryDirectory(prefix="tongsearch-qr-pisa-") as folder:
+        if kind == "native":
+            from pyterrier_pisa import PisaIndex
+
+            index = PisaIndex(folder, text_field="text", **options)
+            index.index({"docno": d, "text": t} for d, t in docs)
+            stage = index.bm25(num_results=search_depth(k, list(exclude.values())))
+            stage = stage >> pt.apply.generic(_leaving_out(exclude))
+        else:
+            stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k,
+                                              exclude=exclude, **options)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PISA's retriever without query_weighted")
+            pipeline = rewriter >> stage if fusion is None else fused_with_question(stage, rewriter, fusion, k)
+        res = pipeline.transform(topics)
+    ranked = {qid: group.sort_values("rank").head(k) for qid, group in res.groupby("qid", sort=False)}
     return {qid: list(zip(ranked[qid].docno, ranked[qid].score)) if qid in ranked else [] for qid in queries}
+
+
+def _leaving_out(exclude: Mapping[str, Collection[str]]):
+    """Results without each query's ``exclude`` ids, ranks renumbered."""
+    def drop(res: pd.DataFrame) -> pd.DataFrame:
+        keep = [docno not in exclude.get(qid, ()) for qid, docno in zip(res["qid"], res["docno"])]
+        return pt.model.add_ranks(res[keep].drop(columns="rank"))
+
+    return drop

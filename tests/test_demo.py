@@ -29,7 +29,8 @@ TASK = [
      "Tablet manufacturing emissions amortise after about forty volumes read.",
      "tablet manufacturing emissions amortise forty volumes"),
 ]
-ROWS = ["original", "published/replace"]
+ROWS = ["bm25: question", "bm25: published 7B", "bm25: shipped reasoner", "haystack: question", "haystack: published 7B"]
+TASKS = ["--bright-tasks", "sustainable_living"]
 
 
 def _shared_layout(root: Path, published: bool = True) -> Path:
@@ -49,9 +50,10 @@ def _shared_layout(root: Path, published: bool = True) -> Path:
     return root / "repo"
 
 
-def _bright_table(out: str) -> dict[str, list[float]]:
-    table = out.split("BRIGHT sustainable_living:")[1].split("mean over questions")[1].splitlines()
-    return {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[2:] if line.strip()}
+def _bright_table(out: str) -> dict[str, float]:
+    """Row name -> nDCG@10 on the one task of the printed BRIGHT table."""
+    table = out.split("BRIGHT gold-answer pools:")[1].split("\nnDCG@10")[1].splitlines()[1:]
+    return {line.rsplit(None, 1)[0]: float(line.rsplit(None, 1)[1]) for line in table if line.strip()}
 
 
 def _echo_reasoner(mode: str = "replace") -> QRReasoner:
@@ -63,50 +65,51 @@ def _echo_reasoner(mode: str = "replace") -> QRReasoner:
 def test_the_bright_table_reads_the_shared_layout_beside_the_repository(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(_shared_layout(tmp_path))
     assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "4", "--batch-size", "32",
-                 "--backend", "transformers", "--dtype", "float32"]) == 0
+                 "--backend", "transformers", "--dtype", "float32", *TASKS]) == 0
     out = capsys.readouterr().out
     assert "pydoc_data" in out  # the first table is still there
-    heading = out.split("BRIGHT sustainable_living:")[1].splitlines()[0]
-    assert "4 questions against the task's 4 accepted answers" in heading and "evaluation-only" in heading
+    heading = out.split("BRIGHT gold-answer pools:")[1].splitlines()[0]
+    assert "evaluation-only: sustainable_living" in heading
     assert "transformers (cpu, float32)" in heading and "mode weighted:3" in heading
     rows = _bright_table(out)
-    assert list(rows) == ROWS + ["weighted:3", "untrained/weighted:3"]
-    assert rows["published/replace"] == [1.0, 1.0, 1.0]  # the paper's reasoning was what BM25 got
-    assert rows["original"][0] < 0.75
-    assert all(0 <= v <= 1 for values in rows.values() for v in values)
+    assert list(rows) == ROWS
+    # the paper's reasoning was what each BM25 got: every answer first, through the core and Haystack's own BM25
+    assert rows["bm25: published 7B"] == rows["haystack: published 7B"] == 1.0
+    assert rows["bm25: question"] < 0.75
+    assert all(0 <= v <= 1 for v in rows.values())
 
 
 def test_without_the_shared_data_the_table_is_one_line_saying_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = bright_demo_data()
-    assert data.collection is None
+    assert data.collections == []
     assert run_bright_demo(_echo_reasoner(), data) is None
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("BRIGHT table skipped:") and "--bright-dir" in lines[0]
 
 
-def test_without_the_published_file_its_row_is_left_out_with_a_note(tmp_path, monkeypatch, capsys):
+def test_without_the_published_file_its_rows_are_left_out_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(_shared_layout(tmp_path, published=False))
-    summary = run_bright_demo(_echo_reasoner(), bright_demo_data(), untrained=_echo_reasoner("concat"))
+    summary = run_bright_demo(_echo_reasoner(), bright_demo_data(["sustainable_living"]))
     out = capsys.readouterr().out
-    assert out.startswith("published row skipped:") and "--published FILE" in out.splitlines()[0]
-    assert list(summary) == list(_bright_table(out)) == ["original", "replace", "untrained/replace"]
-    assert summary["replace"]["ndcg_cut_10"] == 1.0  # the untrained one runs in the reasoner's mode, not its own
-    assert summary["untrained/replace"] == summary["replace"]
+    assert out.startswith("published rows skipped:") and "--published FILE" in out.splitlines()[0]
+    assert list(summary) == list(_bright_table(out)) == ["bm25: question", "bm25: reasoner", "haystack: question"]
+    assert summary["bm25: reasoner"]["sustainable_living"] == 1.0  # the echo reasoner writes the answers' words
 
 
 @pytest.mark.parametrize("make_args, wording", [
     (lambda root: ["--bright-dir", str(root / "nowhere")], "does not exist"),
     (lambda root: ["--published", str(root / "missing.json")], "missing.json does not exist"),
-    (lambda root: ["--published", str(root / "partial.json")], "no reasoning for 1 of the 4 BRIGHT sustainable_living"),
-    (lambda root: ["--bright-task", "leetcode"], "no examples/leetcode"),
+    (lambda root: ["--published", str(root / "partial.json")], "no reasoning for 1 of the 4 BRIGHT questions of "
+                                                               "sustainable_living"),
+    (lambda root: ["--bright-tasks", "leetcode"], "no examples/leetcode"),
 ], ids=["bright-dir", "published-missing", "published-partial", "task-missing"])
 def test_paths_given_that_do_not_work_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys,
                                                                               make_args, wording):
     monkeypatch.chdir(_shared_layout(tmp_path))
     (tmp_path / "partial.json").write_text(json.dumps({q: r for q, _, r in TASK[1:]}))
     monkeypatch.setattr("tongsearch_qr.cli.reasoner_from_args", lambda args: pytest.fail("a model was loaded"))
-    assert main(["demo", "--no-cache", *make_args(tmp_path)]) == 2
+    assert main(["demo", "--no-cache", *TASKS, *make_args(tmp_path)]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("tongsearch-qr: error: ")]
     assert len(lines) == 1 and wording in lines[0], err

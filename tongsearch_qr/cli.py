@@ -241,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         reasoner = None if args.model == "none" else reasoner_from_args(args)
     args.retriever = args.retriever or "bm25"
-    options: dict[str, object] = {"show_progress": True}
+    options: dict[str, object] = {} if args.retriever == "native" else {"show_progress": True}
     if args.retriever == "dense":
         options.update(model=args.dense_model, max_length=args.max_length)
     if args.seeds and (reasoner is None or not reasoner.generation.do_sample):
@@ -273,11 +273,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import bright_demo_data, run_bright_demo, run_demo
+    from .demo import BRIGHT_TASKS, bright_demo_data, run_bright_demo, run_demo
     from .models import BASE_MODEL, is_default
     from .reasoner import QRReasoner
 
-    bright = bright_demo_data(args.bright_task, args.bright_dir, args.published) if args.bright else None
+    tasks = args.bright_tasks or BRIGHT_TASKS
+    bright = bright_demo_data(tasks, args.bright_dir, args.published) if args.bright else None
     reasoner = reasoner_from_args(args)
     untrained = None
     if is_default(args.model) and not args.method:  # the shipped trained reasoner: show what training changed
@@ -287,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(reasoner, modes=args.modes, show=args.show, untrained=untrained)
     if bright is not None:
         print()
-        run_bright_demo(reasoner, bright, untrained=untrained)
+        run_bright_demo(reasoner, bright)
     return 0
 
 
@@ -396,8 +397,9 @@ def add_eval_command(sub: Subparsers) -> None:
     evaluate.add_argument("--dataset", required=True, help="bright:<task>, bright:all, beir:<dir>[@split] or "
                                "qa:<file.jsonl> (each question against all the file's answers)")
     evaluate.add_argument("--retriever", default=None,
-                          help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene) or dense (default: bm25; "
-                               "--method rm3: pyserini)")
+                          help="bm25, bm25-bright (BRIGHT's exact BM25), pyserini (Lucene), dense, or with --via a "
+                               "stack: native, the stack's own BM25 at its defaults (PISA, InMemoryBM25Retriever, "
+                               "BM25Retriever) (default: bm25; --method rm3: pyserini)")
     evaluate.add_argument("--mode", default=None, help=f"rewrite mode: {', '.join(mode_names())} (default: the "
                                                         "mode a trained model was trained for, else replace)")
     evaluate.add_argument("--baseline", action="store_true", help="also run the original queries")
@@ -442,25 +444,27 @@ def add_eval_ranking_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_demo_command(sub: Subparsers) -> None:
-    """``demo``: the reasoner on Python's documentation and a BRIGHT task, offline."""
-    demo = sub.add_parser("demo", help="BM25 on Python's documentation and on a BRIGHT task's answers with and "
+    """``demo``: the reasoner on Python's documentation and BRIGHT tasks, offline."""
+    demo = sub.add_parser("demo", help="BM25 on Python's documentation and on BRIGHT tasks' answers with and "
                                        "without reasoning (offline)")
     demo.add_argument("--modes", nargs="+", default=None,
                       help="rewrite modes to compare with the question alone (default: the reasoner's own mode); "
                            "the default reasoner is also shown untrained ('base'), with the same prompt and decoding")
     demo.add_argument("--show", type=int, default=3, help="top documents shown per question (default: %(default)s)")
     demo.add_argument("--bright", action=argparse.BooleanOptionalAction, default=True,
-                      help="the second table: BM25 over a BRIGHT task's gold answers with the question, the paper's "
-                           "published reasoning and the reasoner (default: on)")
-    demo.add_argument("--bright-task", default="sustainable_living",
-                      help="a BRIGHT StackExchange task that no training used (default: %(default)s)")
+                      help="the second table: BM25 over BRIGHT tasks' gold answers with the question, the paper's "
+                           "published reasoning and the reasoner, and Haystack's own BM25 with the question and the "
+                           "published reasoning (default: on)")
+    demo.add_argument("--bright-tasks", nargs="+", default=None,
+                      help="BRIGHT StackExchange tasks (default: biology, earth_science and psychology, where the "
+                           "paper's reasoning lifts BM25 most; none trained the shipped reasoner)")
     demo.add_argument("--bright-dir", default=None,
                       help="BRIGHT examples (shared or hub parquet layout) or 'hub' (default: ../shared/data/bright "
                            "if it exists here, else the table is skipped)")
     demo.add_argument("--published", default=None,
                       help="the paper's published reasoning (JSON: question -> reasoning) for the BRIGHT table "
                            "(default: ../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json if "
-                           "it exists here, else that row is left out)")
+                           "it exists here, else those rows are left out)")
     add_reasoner_arguments(demo)
     demo.set_defaults(func=cmd_demo, seed=0)  # the same sampled reasoning, and so the same table, every run
 

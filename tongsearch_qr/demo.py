@@ -1,4 +1,4 @@
-"""``tongsearch-qr demo``: BM25 with and without query reasoning, on Python's documentation and on a BRIGHT task's
+"""``tongsearch-qr demo``: BM25 with and without query reasoning, on Python's documentation and on BRIGHT tasks'
 gold answers."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from .retrieval import BM25Retriever
 #: where ``make demo`` (run from the repository root) finds the shared BRIGHT examples and the paper's reasoning
 SHARED_BRIGHT = Path("../shared/data/bright")
 SHARED_PUBLISHED = Path("../shared/data/tongsearch-qr/TongSearch-QR-7B_reasoned_BRIGHT_queries.json")
-#: the demo's BRIGHT task: evaluation-only (no training, validation or choice ever used it)
-BRIGHT_TASK = "sustainable_living"
+#: the demo's BRIGHT tasks: where the paper's published 7B reasoning lifts BM25 the most (no training of the shipped
+#: reasoner used any BRIGHT task)
+BRIGHT_TASKS = ("biology", "earth_science", "psychology")
 MEASURES = ("ndcg_cut.10", "recall.10", "recip_rank")
 
 
@@ -81,70 +82,96 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
 class BrightDemoData(NamedTuple):
     """What the BRIGHT table needs, read before any reasoning so that a wrong path fails at once."""
 
-    task: str
-    collection: Collection | None  #: ``None``: the table is skipped (``notes`` says why)
-    published: list[str] | None  #: the paper's reasoning of each question, in the collection's order
+    collections: list[Collection]  #: one per task; empty: the table is skipped (``notes`` says why)
+    published: list[list[str]] | None  #: the paper's reasoning of each task's questions, in each collection's order
     published_file: Path | None
     notes: list[str]  #: a line for each part left out, saying how to get it
 
 
-def bright_demo_data(task: str = BRIGHT_TASK, bright_dir: str | Path | None = None,
+def bright_demo_data(tasks: Sequence[str] = BRIGHT_TASKS, bright_dir: str | Path | None = None,
                      published: str | Path | None = None) -> BrightDemoData:
-    """The gold-answer pool of a BRIGHT StackExchange task (``bright-answers:<task>``: its real questions against
-    all its accepted answers, offline) and the paper's published reasoning of its questions.
+    """The gold-answer pools of BRIGHT StackExchange tasks (``bright-answers:<task>``: each task's real questions
+    against all its accepted answers, offline) and the paper's published reasoning of their questions.
 
     ``bright_dir`` (examples in the shared or hub parquet layout, or ``"hub"``) and ``published`` (a JSON object
-    mapping each question to its reasoning, covering every question of the task) default to the shared copies
+    mapping each question to its reasoning, covering every question of the tasks) default to the shared copies
     :data:`SHARED_BRIGHT` and :data:`SHARED_PUBLISHED` when those exist; without them the table, or its published
-    row, is left out with a note saying how to get it. Paths given that cannot be read are errors.
+    rows, are left out with a note saying how to get them. Paths given that cannot be read are errors.
     """
     if bright_dir is None and not SHARED_BRIGHT.is_dir():
-        return BrightDemoData(task, None, None, None, [
+        return BrightDemoData([], None, None, [
             f"BRIGHT table skipped: no {SHARED_BRIGHT} here; pass --bright-dir DIR (BRIGHT examples as "
             "examples/<task>.jsonl.gz, or the hub's parquet layout) or --bright-dir hub (downloads xlangai/BRIGHT)"])
-    collection = load_bright_answers(task, source=SHARED_BRIGHT if bright_dir is None else bright_dir)
+    collections = [load_bright_answers(task, source=SHARED_BRIGHT if bright_dir is None else bright_dir)
+                   for task in tasks]
     if published is None and not SHARED_PUBLISHED.is_file():
-        return BrightDemoData(task, collection, None, None, [
-            f"published row skipped: no {SHARED_PUBLISHED} here; pass --published FILE (the paper's reasoning, "
+        return BrightDemoData(collections, None, None, [
+            f"published rows skipped: no {SHARED_PUBLISHED} here; pass --published FILE (the paper's reasoning, "
             "TongSearch-QR-7B_reasoned_BRIGHT_queries.json from github.com/bigai-nlco/TongSearch-QR)"])
     path = SHARED_PUBLISHED if published is None else Path(published)
     reasoning = load_reasoning_file(path)
-    texts = list(collection.queries.values())
+    texts = [q for c in collections for q in c.queries.values()]
     missing = [q for q in texts if q not in reasoning]
     if missing:
-        raise InputFormatError(f"{path} has no reasoning for {len(missing)} of the {len(texts)} BRIGHT {task} questions "
-                               f"(e.g. {missing[0][:80]!r}); pass the paper's published file with --published FILE")
-    return BrightDemoData(task, collection, [reasoning[q] for q in texts], path, [])
+        raise InputFormatError(f"{path} has no reasoning for {len(missing)} of the {len(texts)} BRIGHT questions of "
+                               f"{', '.join(tasks)} (e.g. {missing[0][:80]!r}); pass the paper's published file with "
+                               "--published FILE")
+    return BrightDemoData(collections, [[reasoning[q] for q in c.queries.values()] for c in collections], path, [])
 
 
-def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, untrained: QRReasoner | None = None,
+def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, stack: str = "haystack",
                     depth: int = 100) -> dict[str, dict[str, float]] | None:
-    """BM25 (bm25s) over the answers of :func:`bright_demo_data`: the question alone (``original``), the paper's
-    published reasoning in its ``replace`` mode (``published/replace``), the reasoner in its own mode and
-    ``untrained`` in the same mode (``untrained/<mode>``). Prints mean nDCG@10, Recall@10 and MRR and returns them
-    per row; ``None`` when the table is skipped (its note printed instead)."""
+    """nDCG@10 on the gold-answer pools of :func:`bright_demo_data`, one column per task: BM25 (bm25s) with the
+    question alone, the paper's published reasoning (mode ``replace``) and the reasoner in its own mode, each
+    rewrite as its term query; then ``stack``'s own BM25 at its defaults (Haystack's ``InMemoryBM25Retriever`` on a
+    default store), the question sent as is and the published reasoning through the stack's adapter. Returns the
+    mean nDCG@10 per row and task; ``None`` when the table is skipped (its note printed instead)."""
     for note in data.notes:
         print(note)
-    if data.collection is None:
+    if not data.collections:
         return None
-    qids = list(data.collection.queries)
-    texts = [data.collection.queries[q] for q in qids]
-    answers = list(data.collection.iter_documents())
-    mode = reasoner.mode
-    held_out = "; evaluation-only: no training used it" if data.task in EVALUATION_ONLY_TASKS else ""
-    print(f"BRIGHT {data.task}: {len(qids)} questions against the task's {len(answers)} accepted answers "
-          f"(bright-answers:{data.task}{held_out}); BM25 (bm25s); reasoner on {backend_description(reasoner)}, "
-          f"mode {mode.name}")
-    rows = {"original": texts}
-    if data.published is not None:
-        print(f"published: {data.published_file} (the paper's reasoning, mode replace)")
-        rows["published/replace"] = [get_mode("replace").apply(q, r) for q, r in zip(texts, data.published)]
-    rows[mode.name] = reasoner.rewrite(texts)
-    if untrained is not None:
-        rows[f"untrained/{mode.name}"] = untrained.rewrite(texts, mode=mode)
-    _, per_query = _search(BM25Retriever().index(answers), qids, rows, data.collection.qrels, depth)
-    print("mean over questions")
-    return _print_means(per_query)
+    from .backends.precomputed import PrecomputedBackend
+    from .evaluation import stacks
+
+    tasks = [c.name.removeprefix("bright-answers:") for c in data.collections]
+    held_out = [t for t in tasks if t in EVALUATION_ONLY_TASKS]
+    print(f"BRIGHT gold-answer pools: each task's questions against all its accepted answers (no training of the "
+          f"shipped reasoner used them{'; evaluation-only: ' + ', '.join(held_out) if held_out else ''}); reasoner "
+          f"on {backend_description(reasoner)}, mode {reasoner.mode.name}")
+    if data.published_file is not None:
+        print(f"published: {data.published_file} (the paper's 7B reasoning, mode replace)")
+    table: dict[str, dict[str, float]] = {}
+    rank_queries = stacks()[stack].load() if stack in stacks() else None
+    for i, (task, c) in enumerate(zip(tasks, data.collections)):
+        qids = list(c.queries)
+        texts = [c.queries[q] for q in qids]
+        answers = list(c.iter_documents())
+        retriever = BM25Retriever().index(answers)
+        rows: dict[str, list] = {"bm25: question": texts}
+        published = None
+        if data.published is not None:
+            published = QRReasoner(backend=PrecomputedBackend(dict(zip(texts, data.published[i])), source="published"),
+                                   mode="replace")
+            rows["bm25: published 7B"] = published.rewrite(texts, as_terms=True)
+        rows[f"bm25: {'reasoner' if published is None else 'shipped reasoner'}"] = reasoner.rewrite(texts, as_terms=True)
+        runs = {name: dict(zip(qids, retriever.search(queries, k=depth))) for name, queries in rows.items()}
+        if rank_queries is not None:
+            question = QRReasoner(backend=PrecomputedBackend({}, source="no reasoning"))
+            runs[f"{stack}: question"] = rank_queries(answers, c.queries, question, "original", depth, kind="native",
+                                                      query_form="text")
+            if published is not None:
+                runs[f"{stack}: published 7B"] = rank_queries(answers, c.queries, published, "replace", depth,
+                                                              kind="native")
+        for name, run in runs.items():
+            scores = evaluate({q: dict(r) for q, r in run.items()}, c.qrels, MEASURES)
+            table.setdefault(name, {})[task] = mean(scores)["ndcg_cut_10"]
+    if rank_queries is None:
+        print(f"{stack} rows skipped: pip install 'tongsearch-qr[{stack}]'")
+    width = max(map(len, table)) + 2
+    print("nDCG@10" + " " * (width - 7) + "".join(f"{t:>16}" for t in tasks))
+    for name, by_task in table.items():
+        print(f"{name:<{width}}" + "".join(f"{by_task[t]:>16.3f}" for t in tasks))
+    return table
 
 
 def _search(retriever: BM25Retriever, qids: list[str], rows: Mapping[str, list[str]],

@@ -119,6 +119,9 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     """
     if query_form not in ("terms", "text"):
         raise ValueError(f"query_form must be 'terms' or 'text', got {query_form!r}")
+    if retriever == "native" and via == "core":
+        raise ValueError("retriever 'native' is a stack's own BM25: give the stack (via pyterrier, llama-index or "
+                         "haystack)")
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
     formulations: dict[str, tuple[Any, RewriteMode]] = {}

@@ -42,7 +42,7 @@ EMBEDDED_ADAPTER = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_ADAPTER_SHA256 = {
     "adapter_config.json": "85551894e7a331701b4e3e5db7fd21956b35a0d25ddd7680af75676e4f518c27",
     "adapter_model.safetensors": "1c287557384ae1c68aca329014901b1fd8376e7a1f8a0ef607c00fe5e3785c1b",
-    "tongsearch_qr.json": "01fdbd2084cdef8e06c840ca7323f04ceee46a9f82e065e95a0903b226946026",
+    "tongsearch_qr.json": "30375056379e691ef5df4d8e3262daefdb37a307c482d3d60a5bcaf9a30ba071",
 }
 T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -120,7 +120,9 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     :class:`ModelSource`."""
     if is_default(spec):
         adapter = embedded_adapter()
-        pinned = hashlib.sha256(json.dumps(EMBEDDED_ADAPTER_SHA256, sort_keys=True).encode()).hexdigest()[:16]
+        # the weights' identity: the settings file (prompt, mode, length) keys the reasoning cache on its own
+        weights = {name: digest for name, digest in EMBEDDED_ADAPTER_SHA256.items() if name != REASONER_SETTINGS}
+        pinned = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
         return ModelSource(str(merged_adapter_dir(adapter, identity=pinned)), f"{EMBEDDED_MODEL_ID}+{adapter.name}",
                            local=True)
     if is_base(spec):

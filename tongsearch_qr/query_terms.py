@@ -25,7 +25,9 @@ from .modes import RewriteMode, get_mode
 #: words: runs of letters and digits (no underscores), lowercased
 _WORD = re.compile(r"[^\W_]+")
 
-#: English stopwords (NLTK's list, as bm25s ships it) ...
+#: English stopwords: NLTK's list (as bm25s ships it) and the generic words of everyday questions (verbs, quantifiers,
+#: adverbs and nouns that say nothing of a topic), which retrievers that score a query as a set of words, or keep
+#: stopwords (Haystack's in-memory store), would weigh as much as the words that matter
 _STOPWORDS = frozenset("""
 a about above after again against ain all am an and any are aren as at be because been before being below between
 both but by can couldn d did didn do does doesn doing don down during each few for from further had hadn has hasn
@@ -34,19 +36,29 @@ mightn more most mustn my myself needn no nor not now o of off on once only or o
 own re s same shan she should shouldn so some such t than that the their theirs them themselves then there these
 they this those through to too under until up ve very was wasn we were weren what when where which while who whom
 why will with won wouldn y you your yours yourself yourselves
+able actually ago almost along already also although always among another anybody anyone anything anyway anywhere
+appear around ask asked asking away basically become becomes began begin behind best better beyond cannot cant
+certainly come comes coming could couldnt definitely done either else enough especially etc even ever every
+everybody everyone everything everywhere exactly far fine following get gets getting give given gives go goes going
+gone good got gotten great guess hello help hence however im indeed instead ive keep kind kinds know known knows
+least less let lets like likely little lot lots made make makes making many may maybe mean means meant might mine
+much must need needed needs neither never next nobody none noone nothing often ok okay one ones onto others
+otherwise ought perhaps please possible possibly pretty probably quite rather really regarding right said say says
+see seem seemed seems seen several shall since somebody somehow someone something sometimes somewhat somewhere
+soon still sure take taken takes tell thanks thank thing things think thinking though thus together took toward
+towards tried tries try trying unless upon us use used uses using usually via want wanted wants way ways well went
+whatever whenever wherever whether whole whose within without wonder wondering would wouldnt yes yet
 """.split())
 
 #: ... and the words every reasoning is made of, whatever its topic (the paper's prompt asks it to "identify the
 #: essential problem", "think step by step" about "relevant and helpful" "information" and "draft an answer"):
 #: left out of the reasoning's terms, kept when the question itself uses them
 _FILLER = frozenset("""
-also answer approach based certain consider could describe detailed determine directly draft due e eg either
-else ensure especially essential etc example explanation find first following g given goal help helpful however
-identify ie including instance involve involves key leading let like likely may mean means mention mentioned
-might must need needs often one particularly possible possibly potentially problem provide query question
-rather reason reasoning regarding relevant result seem seems several should since so specific specifically
-statement step steps suggest suggests thought thoughts thus typically understand understanding use used user
-using various well whether within without would
+answer approach based certain consider describe detailed determine directly draft due e eg ensure essential
+example explanation find first g goal helpful identify ie including instance involve involves key leading mention
+mentioned particularly potentially problem provide query question reason reasoning relevant result specific
+specifically statement step steps suggest suggests thought thoughts typically understand understanding user
+various
 """.split())
 
 _MAX_WORD = 30
@@ -102,10 +114,13 @@ class TermQuery:
         return " ".join(self.weights)
 
     def counts(self, most: int = 100) -> dict[str, int]:
-        """The weights as whole repeat counts: the weakest word once, the others in proportion (at most ``most``)."""
+        """The weights as whole repeat counts, in proportion: whole-number weights as they are, others scaled so
+        that the weakest word counts once; scaled down if the strongest would count more than ``most``."""
         if not self.weights:
             return {}
-        scale = min(1 / min(self.weights.values()), most / max(self.weights.values()))
+        values = self.weights.values()
+        scale = 1.0 if all(float(w).is_integer() for w in values) else 1 / min(values)
+        scale = min(scale, most / max(values))
         return {t: max(1, round(w * scale)) for t, w in self.weights.items()}
 
     def as_repeated(self, most: int = 100) -> str:
@@ -120,39 +135,39 @@ class TermQuery:
 
 
 def term_query(question: str, reasoning: str | None, mode: str | RewriteMode, *, terms: int | None = None,
-               saturation: float | None = None) -> TermQuery:
+               once: bool = False) -> TermQuery:
     """The :class:`TermQuery` of ``question`` and its ``reasoning`` under ``mode``.
 
     A word's weight is ``K * (its count in the question) + (its count in the reasoning)``, K being the mode's
-    question copies (``replace`` 0, ``concat`` 1, ``weighted:K`` K); with ``saturation`` k1, that count is
-    saturated as BM25 saturates a document's (``w * (k1 + 1) / (w + k1)``), as BRIGHT's BM25 weights a query.
-    The reasoning's filler words, and its numbers the question does not hold, are left out. ``terms`` keeps only
-    the strongest words.
+    question copies (``replace`` 0, ``concat`` 1, ``weighted:K`` K); with ``once`` (a reasoning that is a list of
+    terms) a word counts once in the reasoning however often its terms repeat it. Words are grouped by stem and
+    spelled as the question spells them, else as the reasoning does most often. The reasoning's filler words, and
+    its numbers the question does not hold, are left out, and so are its words the question lacks that weigh less
+    than half a question word (``weighted:3``: words the reasoning names once): a retriever that scores a query as
+    a set of words would count them as much as the question's. ``terms`` keeps only the strongest words.
     """
     mode = get_mode(mode)
-    counts: Counter[str] = Counter()
-    spellings: dict[str, Counter[str]] = {}
-    order: dict[str, int] = {}
     stem = _stemmer().stemWord
-
-    def add(tokens: Iterable[str], weight: float, from_question: bool) -> None:
-        for token in tokens:
-            key = stem(token)
-            if not from_question and key not in question_stems and (token in _FILLER or token.isdigit()):
-                continue
-            counts[key] += weight
-            spellings.setdefault(key, Counter())[token] += 1
-            order.setdefault(key, len(order))
-
     question_words = words(question)
     question_stems = {stem(w) for w in question_words}
-    add(question_words, mode.query_repeats, True)
+    counts: Counter[str] = Counter()
+    spellings: dict[str, Counter[str]] = {}
+    for token in question_words:
+        counts[stem(token)] += mode.query_repeats
+        spellings.setdefault(stem(token), Counter())[token] += 1
     if mode.with_reasoning and reasoning:
-        add(words(reasoning), 1.0, False)
-    weights = {}
-    for key, count in sorted(counts.items(), key=lambda item: (-item[1], order[item[0]])):
-        if count <= 0:
-            continue
-        value = count * (saturation + 1) / (count + saturation) if saturation else float(count)
-        weights[spellings[key].most_common(1)[0][0]] = value
-    return TermQuery(weights).top(terms)
+        seen: Counter[str] = Counter()
+        for token in words(reasoning):
+            key = stem(token)
+            if key not in question_stems and (token in _FILLER or token.isdigit()):
+                continue
+            seen[key] += 1
+            if key not in question_stems:
+                spellings.setdefault(key, Counter())[token] += 1
+        counts.update({key: 1 if once else n for key, n in seen.items()})
+    # a word the question lacks, weighing less than half a question word, is what a set of words cannot hold
+    least = mode.query_repeats / 2
+    kept = [(key, n) for key, n in counts.items() if n > 0 and (key in question_stems or n >= least)]
+    order = {key: i for i, key in enumerate(counts)}  # question first, then the reasoning, as they appear
+    kept.sort(key=lambda item: (-item[1], order[item[0]]))
+    return TermQuery({spellings[key].most_common(1)[0][0]: float(n) for key, n in kept}).top(terms)

@@ -474,19 +474,23 @@ class QRReasoner:
                 mode = get_mode("original")
             elif reasoned is not None:
                 texts = [joined_texts[i]] if joined else [*reasoned.samples[i]]
-            out.append([term_query(q, r, mode, terms=self.terms) if as_terms else mode.apply(q, r) for r in texts])
+            out.append([self._terms(q, r, mode) if as_terms else mode.apply(q, r) for r in texts])
         return out
+
+    def _terms(self, question: str, reasoning: str | None, mode: RewriteMode) -> TermQuery:
+        """The term query of one rewrite (a keyword list's words each counted once)."""
+        return term_query(question, reasoning, mode, terms=self.terms, once=self.template.keywords)
 
     def _rewrite_objects(self, queries: list[str], chosen: RewriteMode, reasoned: _Reasoned | None) -> list[Rewrite]:
         if reasoned is None:
-            return [Rewrite(q, None, chosen.apply(q, None), term_query(q, None, chosen, terms=self.terms))
+            return [Rewrite(q, None, chosen.apply(q, None), self._terms(q, None, chosen))
                     for q in queries]
         out = []
         for q, r, kind in zip(queries, reasoned.joined(), reasoned.fallbacks):
             if kind:
-                out.append(Rewrite(q, None, q, term_query(q, None, "original", terms=self.terms), fallback=kind))
+                out.append(Rewrite(q, None, q, self._terms(q, None, get_mode("original")), fallback=kind))
             else:
-                out.append(Rewrite(q, r, chosen.apply(q, r), term_query(q, r, chosen, terms=self.terms)))
+                out.append(Rewrite(q, r, chosen.apply(q, r), self._terms(q, r, chosen)))
         return out
 
 
