@@ -23,6 +23,10 @@ class Backend(Protocol):
     ``samples[i]`` (default: all 0) is the sample index of row ``i``: rows of one question with different
     indices are independent draws, and with a seed, index ``j`` of a question is the same draw whatever else
     is asked for. ``cache_id`` identifies the model behind the backend in cache keys.
+
+    A backend may also offer ``submit(questions, template, params, samples=None) -> list[Future[str]]``: one future
+    per row, returned at once, so that concurrent callers share its engine (:mod:`.engine`); the reasoner runs the
+    ``generate`` of a backend without it in a thread of its own per call.
     """
 
     cache_id: str

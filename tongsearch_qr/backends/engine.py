@@ -87,11 +87,9 @@ class BackgroundEngine:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def _take(self, keep: Callable[[Job], bool] | None = None) -> list[Job]:
-        """Remove and return the queued jobs (those ``keep`` accepts), in arrival order; call with the lock held."""
-        taken = [job for job in self._pending if keep is None or keep(job)]
-        chosen = {id(job) for job in taken}
-        self._pending = [job for job in self._pending if id(job) not in chosen]
+    def _take(self) -> list[Job]:
+        """Remove and return every queued job, in arrival order; call with the lock held."""
+        taken, self._pending = self._pending, []
         return taken
 
     def _loop(self) -> None:

@@ -481,7 +481,9 @@ class LlamaCppBackend:
         """A context for ``slots`` sequences of up to ``per_sequence`` tokens each (reused when big enough)."""
         have_slots, have_length = self._ctx_shape
         if self._ctx and have_slots >= slots and have_length >= per_sequence:
-            self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+            # the cells only: zeroing the data (GiBs for a large context) costs more than a short call decodes, and
+            # the cells a run does not fill are masked out (their data, zeroed when the context was made, stays finite)
+            self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), False)
             return self._ctx
         if self._ctx:
             self._lib.llama_free(self._ctx)
