@@ -21,8 +21,8 @@ Reasoners: ``default`` (the shipped reasoner with its own prompt and mode, ``--d
 with ``--seed``; ``--dtype`` pins the engine's precision, as every figure for it must hold on a CPU without native
 bf16 too: ``--dtype float16`` is what llama.cpp runs there), ``question-terms`` (no model: the adapters in mode
 ``original``, the question's own term query, which shows what the hygiene alone does), ``7b`` and ``1.5b`` (the
-paper's published reasoning, mode replace; BRIGHT pools only). Reasoning is cached (``--cache``), so a rerun only
-retrieves. Writes ``stacks-<dtype>.md``, ``.json`` and ``.png`` (a heatmap) to ``--output`` and prints the table
+paper's published reasoning, mode replace; BRIGHT pools only; ``7b-text`` sends it as text, the way the adapters
+did before term queries). Reasoning is cached (``--cache``), so a rerun only retrieves. Writes ``stacks-<dtype>.md``, ``.json`` and ``.png`` (a heatmap) to ``--output`` and prints the table
 and the shipped reasoner's verdict: no cell below the question by more than 0.005 on SciFact and NFCorpus, and its
 held-out gains (matheducators, BRIGHT earth_science) above 0 through every retriever.
 """
@@ -53,6 +53,8 @@ BRIGHT = ["biology", "earth_science", "economics", "psychology", "robotics", "st
 COLLECTIONS = ["scifact", "nfcorpus", *SITES, *(f"bright-answers:{t}" for t in BRIGHT)]
 RETRIEVERS = ["bm25", "bm25-bright", "pyserini", "pisa", "pisa-weighted", "haystack", "haystack-okapi", "llama-index"]
 PUBLISHED = {"7b": "TongSearch-QR-7B_reasoned_BRIGHT_queries.json", "1.5b": "TongSearch-QR-1.5B_reasoned_BRIGHT_queries.json"}
+#: a published reasoner's name with this suffix sends the rewrite as text (``7b-text``: what the adapters did before)
+TEXT = "-text"
 #: the shipped reasoner's bound: no collection below the question alone by more than this
 MARGIN = 0.005
 #: where the shipped reasoner must not hurt, and where it must help
@@ -61,7 +63,9 @@ HELD_OUT = ("qa:matheducators", "bright-answers:earth_science")
 #: ranking depth (nDCG@10 needs 10; deeper leaves room for excluded ids)
 DEPTH = 100
 
-Ranker = Callable[[QRReasoner | None, list[str]], list[list[tuple[str, float]]]]
+#: a stack's ranking of the questions: alone (no reasoner), or rewritten by a reasoner as a term query (or, with
+#: ``text``, as the rewrite's text, what the adapters sent before term queries)
+Ranker = Callable[[QRReasoner | None, list[str], bool], list[list[tuple[str, float]]]]
 
 
 def core_stack(kind: str) -> Callable[[list[tuple[str, str]]], Ranker]:
@@ -72,8 +76,8 @@ def core_stack(kind: str) -> Callable[[list[tuple[str, str]]], Ranker]:
 
         index = make_retriever(kind).index(docs)
 
-        def rank(reasoner: QRReasoner | None, queries: list[str]) -> list[list[tuple[str, float]]]:
-            searched = queries if reasoner is None else reasoner.rewrite(queries, as_terms=True)
+        def rank(reasoner: QRReasoner | None, queries: list[str], text: bool) -> list[list[tuple[str, float]]]:
+            searched = queries if reasoner is None else reasoner.rewrite(queries, as_terms=not text)
             return index.search(searched, k=DEPTH)
 
         return rank
@@ -94,9 +98,9 @@ def pisa_stack(weighted: bool) -> Callable[[list[tuple[str, str]]], Ranker]:
         index.index({"docno": d, "text": t} for d, t in docs)
         bm25 = index.bm25(num_results=DEPTH, query_weighted=True) if weighted else index.bm25(num_results=DEPTH)
 
-        def rank(reasoner: QRReasoner | None, queries: list[str]) -> list[list[tuple[str, float]]]:
+        def rank(reasoner: QRReasoner | None, queries: list[str], text: bool) -> list[list[tuple[str, float]]]:
             topics = pd.DataFrame({"qid": [str(i) for i in range(len(queries))], "query": queries})
-            pipeline = bm25 if reasoner is None else PtReasoner(reasoner=reasoner) >> bm25
+            pipeline = bm25 if reasoner is None else PtReasoner(reasoner=reasoner, weights=not text, clean=text) >> bm25
             res = pipeline.transform(topics)
             by_qid = {qid: group.sort_values("rank") for qid, group in res.groupby("qid")}
             return [list(zip(by_qid[q].docno, by_qid[q].score)) if q in by_qid else [] for q in topics.qid]
@@ -120,12 +124,13 @@ def haystack_stack(algorithm: str | None) -> Callable[[list[tuple[str, str]]], R
         store = InMemoryDocumentStore() if algorithm is None else InMemoryDocumentStore(bm25_algorithm=algorithm)
         store.write_documents([Document(id=d, content=t) for d, t in docs])
 
-        def rank(reasoner: QRReasoner | None, queries: list[str]) -> list[list[tuple[str, float]]]:
+        def rank(reasoner: QRReasoner | None, queries: list[str], text: bool) -> list[list[tuple[str, float]]]:
             retriever = InMemoryBM25Retriever(document_store=store, top_k=DEPTH)
             if reasoner is None:
                 return [[(d.id, d.score) for d in retriever.run(query=q)["documents"]] for q in queries]
             pipeline = Pipeline()
-            pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(reasoner))
+            pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(
+                reasoner, query_format="text" if text else "words"))
             pipeline.add_component("bm25", retriever)
             pipeline.connect("reasoner.query", "bm25.query")
             return [[(d.id, d.score) for d in pipeline.run({"reasoner": {"query": q}})["bm25"]["documents"]]
@@ -147,8 +152,9 @@ def llama_index_stack(docs: list[tuple[str, str]]) -> Ranker:
 
     bm25 = BM25Retriever.from_defaults(nodes=[TextNode(text=t, id_=d) for d, t in docs], similarity_top_k=DEPTH)
 
-    def rank(reasoner: QRReasoner | None, queries: list[str]) -> list[list[tuple[str, float]]]:
-        retriever = bm25 if reasoner is None else TransformRetriever(bm25, QRQueryTransform(reasoner=reasoner))
+    def rank(reasoner: QRReasoner | None, queries: list[str], text: bool) -> list[list[tuple[str, float]]]:
+        transform = QRQueryTransform(reasoner=reasoner, query_format="text" if text else "repeated") if reasoner else None
+        retriever = bm25 if transform is None else TransformRetriever(bm25, transform)
         return [[(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(q)] for q in queries]
 
     return rank
@@ -198,10 +204,12 @@ def reasoners(args: argparse.Namespace) -> dict[str, QRReasoner]:
             built[name] = shipped.with_(generation=decoding)
         elif name == "question-terms":
             built[name] = QRReasoner(backend=PrecomputedBackend({}, source="no reasoning"), mode="original")
-        elif name in PUBLISHED:
-            built[name] = QRReasoner.from_file(SHARED_DATA / "tongsearch-qr" / PUBLISHED[name], mode="replace")
+        elif name.removesuffix(TEXT) in PUBLISHED:
+            path = SHARED_DATA / "tongsearch-qr" / PUBLISHED[name.removesuffix(TEXT)]
+            built[name] = QRReasoner.from_file(path, mode="replace")
         else:
-            raise SystemExit(f"unknown reasoner {name!r}: default, question-terms, {', '.join(PUBLISHED)}")
+            raise SystemExit(f"unknown reasoner {name!r}: default, question-terms, {', '.join(PUBLISHED)} (a "
+                             f"published one with {TEXT}: sent as text)")
     return built
 
 
@@ -212,16 +220,17 @@ def measure(args: argparse.Namespace, chosen: dict[str, QRReasoner]) -> list[dic
         qids = list(c.queries)
         texts = [c.queries[q] for q in qids]
         usable = {r: reasoner for r, reasoner in chosen.items()
-                  if r not in PUBLISHED or c.name.startswith("bright-answers:")}
+                  if r.removesuffix(TEXT) not in PUBLISHED or c.name.startswith("bright-answers:")}
         if "default" in usable:  # reason once, in one batch; every stack then reads the cache
             usable["default"].reason(texts, progress=True)
         docs = list(c.iter_documents())
         for retriever in args.retrievers:
             start = time.time()
             rank = STACKS[retriever](docs)
-            question = run_result(c, qids, rank(None, texts))
+            question = run_result(c, qids, rank(None, texts, False))
             for reasoner_name, reasoner in usable.items():
-                diff = paired_difference({"reasoning": run_result(c, qids, rank(reasoner, texts)), "baseline": question})
+                ranked = rank(reasoner, texts, reasoner_name.endswith(TEXT))
+                diff = paired_difference({"reasoning": run_result(c, qids, ranked), "baseline": question})
                 rows.append({"collection": c.name, "retriever": retriever, "reasoner": reasoner_name,
                              "question": question.summary["ndcg_cut_10"], "difference": diff["mean_difference"],
                              "low": diff["ci_low"], "high": diff["ci_high"], "queries": diff["queries"],
@@ -289,7 +298,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collections", type=lambda s: s.split(","), default=COLLECTIONS)
     parser.add_argument("--retrievers", type=lambda s: s.split(","), default=RETRIEVERS)
-    parser.add_argument("--reasoners", type=lambda s: s.split(","), default=["default", "question-terms", *PUBLISHED])
+    parser.add_argument("--reasoners", type=lambda s: s.split(","),
+                        default=["default", "question-terms", "7b", "1.5b", "7b" + TEXT])
     parser.add_argument("--dtype", default="auto", help="the shipped reasoner's engine precision (default: auto)")
     parser.add_argument("--decoding", choices=("greedy", "sampled"), default="greedy")
     parser.add_argument("--seed", type=int, default=1, help="--decoding sampled: the seed (default: %(default)s)")

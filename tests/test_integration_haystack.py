@@ -80,19 +80,19 @@ def test_in_memory_bm25_and_embedding_retrievers(scifact, cache_file):
 
 def test_yaml_round_trip_async_and_batch(cache_file, tmp_path):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"q one": "kelp one", "q two": "kelp two"}))
+    path.write_text(json.dumps({"q quartz": "kelp quartz", "q slate": "kelp slate"}))
     p = Pipeline()
     p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True,
                                                 query_format="repeated", terms=3))
     loaded = Pipeline.loads(p.dumps())
-    out = loaded.run({"reasoner": {"query": "q one"}})["reasoner"]
-    assert out == {"query": "one one kelp", "text": "q one\nkelp one",
-                   "term_weights": {"one": 2.0, "kelp": 1.0}, "queries": ["q one", "one one kelp"],
-                   "original_query": "q one", "reasoning": "kelp one"}
+    out = loaded.run({"reasoner": {"query": "q quartz"}})["reasoner"]
+    assert out == {"query": "quartz quartz kelp", "text": "q quartz\nkelp quartz",
+                   "term_weights": {"quartz": 2.0, "kelp": 1.0}, "queries": ["q quartz", "quartz quartz kelp"],
+                   "original_query": "q quartz", "reasoning": "kelp quartz"}
     component = loaded.get_component("reasoner")
     assert component.to_dict()["init_parameters"]["reasoning_file"] == str(path)
-    assert asyncio.run(component.run_async(query="q two"))["text"] == "q two\nkelp two"
-    assert [r["reasoning"] for r in component.run_batch(["q two", "q one"])] == ["kelp two", "kelp one"]
+    assert asyncio.run(component.run_async(query="q slate"))["text"] == "q slate\nkelp slate"
+    assert [r["reasoning"] for r in component.run_batch(["q slate", "q quartz"])] == ["kelp slate", "kelp quartz"]
 
 
 def test_bad_inputs(tmp_path):

@@ -235,6 +235,22 @@ def test_the_weight_type_follows_llamacpps_reported_cpu_features_and_the_cpus_bf
     assert "AVX2" in cpu_features()  # this machine, as the installed llama.cpp reports it
 
 
+def test_an_amx_build_keeps_its_extra_cpu_buffers_off(monkeypatch):
+    """llama.cpp built with AMX puts quantized weights in its AMX buffers, whose kernels segfault in decode
+    (ggml-org/llama.cpp#20824; reproduced with Q8_0 on a Sapphire Rapids CPU): model_params must turn them off there,
+    and only there (they also hold the REPACK kernels other CPUs gain from)."""
+    import llama_cpp
+
+    from tongsearch_qr.backends.llamacpp_backend import AMX_FEATURES, cpu_features, model_params
+
+    assert model_params(llama_cpp, "cpu").use_extra_bufts is not bool(cpu_features(llama_cpp) & AMX_FEATURES)
+    info = b"CPU : AVX2 = 1 | AVX512 = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | REPACK = 1 | "
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
+    assert model_params(llama_cpp, "cpu").use_extra_bufts is False
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info.replace(b"AMX_INT8 = 1", b"AMX_INT8 = 0"))
+    assert model_params(llama_cpp, "cpu").use_extra_bufts is True
+
+
 @pytest.fixture
 def loads(monkeypatch):
     """The model parameters llama.cpp is given, per load (the model then loads on the CPU, as this build runs it)."""

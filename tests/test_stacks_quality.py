@@ -26,7 +26,8 @@ def _difference(stack: str, name: str, reasoner: QRReasoner, limit: int | None =
     qids = list(c.queries)
     texts = [c.queries[q] for q in qids]
     rank = STACKS[stack](list(c.iter_documents()))
-    runs = {"reasoning": run_result(c, qids, rank(reasoner, texts)), "baseline": run_result(c, qids, rank(None, texts))}
+    runs = {"reasoning": run_result(c, qids, rank(reasoner, texts, False)),
+            "baseline": run_result(c, qids, rank(None, texts, False))}
     return paired_difference(runs)["mean_difference"]
 
 

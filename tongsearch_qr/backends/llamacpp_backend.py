@@ -59,6 +59,9 @@ NATIVE_BF16_FEATURES = frozenset({"AVX512_BF16"})
 #: the weight type on CPUs without them: 16 bits like BF16, and with llama.cpp built for AVX2 without AVX-512
 #: (Zen 3's instructions) faster than the shipped Q4_1 (benchmarks/results/throughput/throughput-no-bf16-emulated.txt)
 NON_BF16_WEIGHTS_TYPE = "F16"
+#: llama.cpp CPU features under which its extra CPU buffer types include AMX, whose kernels crash or compute garbage
+#: on quantized weights (ggml-org/llama.cpp#20824: a segfault in ggml_backend_amx_mul_mat; #16315: wrong Q4_0/Q4_1)
+AMX_FEATURES = frozenset({"AMX_INT8"})
 #: ``n_gpu_layers`` that offloads every layer (llama-cpp-python's ``Llama`` uses the same for -1)
 ALL_LAYERS = 0x7FFFFFFF
 #: called with a finished job and its completion
@@ -113,9 +116,12 @@ def offload_device(lib: Any, device: str) -> str:
 def model_params(lib: Any, device: str) -> Any:
     """llama.cpp's model parameters for a model on ``device`` (``cpu`` or ``cuda[:N]``, see
     :func:`offload_device`): every layer on that GPU, or none offloaded on the CPU (llama.cpp's default, -1 in
-    llama-cpp-python 0.3, offloads every layer in a GPU build)."""
+    llama-cpp-python 0.3, offloads every layer in a GPU build). Where llama.cpp was built with AMX
+    (:data:`AMX_FEATURES`) its extra CPU buffer types stay off, so the weights use the plain CPU kernels."""
     params = lib.llama_model_default_params()
     params.n_gpu_layers = 0 if device == "cpu" else ALL_LAYERS
+    if cpu_features(lib) & AMX_FEATURES:
+        params.use_extra_bufts = False
     if device.startswith("cuda:"):  # that GPU alone
         params.split_mode, params.main_gpu = lib.LLAMA_SPLIT_MODE_NONE, int(device.partition(":")[2])
     return params
