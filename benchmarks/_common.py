@@ -35,13 +35,19 @@ def load_collection(name: str, limit: int | None = None):
         collection = load_qa(site)
     else:
         sites = sorted(p.name for p in (SHARED_DATA / "stackexchange-qa").iterdir() if p.is_dir())
-        raise SystemExit(f"unknown dataset {name!r}: use scifact, bright-answers:<task> or a StackExchange site of "
-                         f"the shared data ({', '.join(sites)})")
+        raise SystemExit(
+            f"unknown dataset {name!r}: use scifact, bright-answers:<task> or a StackExchange site of "
+            f"the shared data ({', '.join(sites)})"
+        )
     if limit:
         kept = list(collection.queries)[:limit]
-        collection = Collection(collection.name, {q: collection.queries[q] for q in kept},
-                                {q: collection.qrels[q] for q in kept if q in collection.qrels}, collection.documents,
-                                collection.excluded)
+        collection = Collection(
+            collection.name,
+            {q: collection.queries[q] for q in kept},
+            {q: collection.qrels[q] for q in kept if q in collection.qrels},
+            collection.documents,
+            collection.excluded,
+        )
     return collection
 
 
@@ -60,8 +66,15 @@ def cell(run, baseline) -> dict:
     from tongsearch_qr.evaluation import paired_difference
 
     diff = paired_difference({"reasoning": run, "baseline": baseline})
-    return {"ndcg10": run.summary["ndcg_cut_10"], "diff": diff["mean_difference"], "low": diff["ci_low"],
-            "high": diff["ci_high"], "wins": diff["wins"], "losses": diff["losses"], "queries": diff["queries"]}
+    return {
+        "ndcg10": run.summary["ndcg_cut_10"],
+        "diff": diff["mean_difference"],
+        "low": diff["ci_low"],
+        "high": diff["ci_high"],
+        "wins": diff["wins"],
+        "losses": diff["losses"],
+        "queries": diff["queries"],
+    }
 
 
 def bm25_with_question(dataset: str, limit: int | None = None):

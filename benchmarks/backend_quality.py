@@ -42,10 +42,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=None, help="the first N test queries (default: all)")
     parser.add_argument("--mode", default="concat")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--reference", default="transformers",
-                        help="what the others are compared with: transformers or transformers:DTYPE (default: %(default)s)")
-    parser.add_argument("--backends", nargs="+", default=["auto", "llamacpp:BF16", "llamacpp:F16", "llamacpp:Q8_0"],
-                        help="auto, llamacpp or llamacpp:TYPE (default: %(default)s)")
+    parser.add_argument(
+        "--reference",
+        default="transformers",
+        help="what the others are compared with: transformers or transformers:DTYPE (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["auto", "llamacpp:BF16", "llamacpp:F16", "llamacpp:Q8_0"],
+        help="auto, llamacpp or llamacpp:TYPE (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of torch and llama.cpp (default: all)")
     args = parser.parse_args()
     if args.threads:
@@ -88,8 +95,10 @@ def main() -> None:
     for spec in args.backends:
         diff = paired_difference({"reasoning": results[spec], "baseline": results[reference]})
         same = sum(a == b for a, b in zip(reasonings[spec], reasonings[reference]))
-        print(f"  {labels[spec]} - {reference}: {diff['mean_difference']:+.4f} (95% CI {diff['ci_low']:+.4f} .. "
-              f"{diff['ci_high']:+.4f}); identical reasonings: {same}/{len(texts)}")
+        print(
+            f"  {labels[spec]} - {reference}: {diff['mean_difference']:+.4f} (95% CI {diff['ci_low']:+.4f} .. "
+            f"{diff['ci_high']:+.4f}); identical reasonings: {same}/{len(texts)}"
+        )
 
 
 if __name__ == "__main__":

@@ -54,14 +54,16 @@ def main() -> None:
     ref_search = time.perf_counter() - start - ref_index
 
     same = sum(reference[q] == ranking for q, ranking in zip(qids, ours))
-    lines = [f"corpus: {len(ids):,} documents, {sum(map(len, texts)):,} characters; {len(qids)} queries; top {args.k}",
-             f"{'':<22}{'index s':>10}{'search s':>10}{'total s':>10}",
-             f"{'BRIGHT gensim path':<22}{ref_index:>10.1f}{ref_search:>10.1f}{ref_index + ref_search:>10.1f}",
-             f"{'bm25-bright (median)':<22}{ours_index:>10.2f}{ours_search:>10.2f}{ours_index + ours_search:>10.2f}",
-             f"bm25-bright runs (index + search s): {', '.join(f'{sum(run):.2f}' for run in runs)}",
-             f"identical rankings and scores: {same}/{len(qids)} queries",
-             f"speed-up: index {ref_index / ours_index:.1f}x, search {ref_search / ours_search:.1f}x, "
-             f"index + search {(ref_index + ref_search) / (ours_index + ours_search):.1f}x"]
+    lines = [
+        f"corpus: {len(ids):,} documents, {sum(map(len, texts)):,} characters; {len(qids)} queries; top {args.k}",
+        f"{'':<22}{'index s':>10}{'search s':>10}{'total s':>10}",
+        f"{'BRIGHT gensim path':<22}{ref_index:>10.1f}{ref_search:>10.1f}{ref_index + ref_search:>10.1f}",
+        f"{'bm25-bright (median)':<22}{ours_index:>10.2f}{ours_search:>10.2f}{ours_index + ours_search:>10.2f}",
+        f"bm25-bright runs (index + search s): {', '.join(f'{sum(run):.2f}' for run in runs)}",
+        f"identical rankings and scores: {same}/{len(qids)} queries",
+        f"speed-up: index {ref_index / ours_index:.1f}x, search {ref_search / ours_search:.1f}x, "
+        f"index + search {(ref_index + ref_search) / (ours_index + ours_search):.1f}x",
+    ]
     print("\n".join(lines))
     out = REPO / "benchmarks" / "results" / "bm25_speed.txt"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

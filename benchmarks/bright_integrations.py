@@ -33,7 +33,7 @@ def ndcg(collection: Collection, rankings: dict[str, list[tuple[str, float]]], k
     run = {}
     for qid, ranking in rankings.items():
         excluded = collection.excluded.get(qid, set())
-        run[qid] = dict([(d, s) for d, s in ranking if d not in excluded][:k * 10])
+        run[qid] = dict([(d, s) for d, s in ranking if d not in excluded][: k * 10])
     return mean(evaluate(run, collection.qrels))["ndcg_cut_10"]
 
 
@@ -95,8 +95,10 @@ def via_haystack(c, docs, reasoner, mode, k, native, reasoning_file):
     p.add_component("reasoner", QRQueryRewriter(reasoning_file=reasoning_file, mode=mode))
     p.add_component("retriever", stage)
     p.connect("reasoner.query", "retriever.query")
-    return {qid: [(d.id, d.score) for d in p.run({"reasoner": {"query": q}})["retriever"]["documents"]]
-            for qid, q in c.queries.items()}
+    return {
+        qid: [(d.id, d.score) for d in p.run({"reasoner": {"query": q}})["retriever"]["documents"]]
+        for qid, q in c.queries.items()
+    }
 
 
 def main() -> None:
@@ -113,8 +115,9 @@ def main() -> None:
     collections = []
     scifact = load_beir(SHARED_DATA / "scifact")
     keep = list(scifact.queries)[: args.scifact_queries]
-    collections.append(Collection("scifact", {q: scifact.queries[q] for q in keep}, {q: scifact.qrels[q] for q in keep},
-                                  scifact.documents))
+    collections.append(
+        Collection("scifact", {q: scifact.queries[q] for q in keep}, {q: scifact.qrels[q] for q in keep}, scifact.documents)
+    )
     for task in args.tasks:
         collections.append(load_bright(task, source=args.bright_dir, documents=args.documents))
 
@@ -137,14 +140,17 @@ def main() -> None:
             label = "native" if native else "core retriever"
             results[f"pyterrier ({'PISA' if native else label})"] = via_pyterrier(c, docs, reasoner, args.mode, 10, native)
             results[f"llama-index ({'BM25Retriever' if native else label})"] = via_llama_index(
-                c, docs, reasoner, args.mode, 10, native)
+                c, docs, reasoner, args.mode, 10, native
+            )
             results[f"haystack ({'InMemoryBM25' if native else label})"] = via_haystack(
-                c, docs, reasoner, args.mode, 10, native, reasoning_file)
+                c, docs, reasoner, args.mode, 10, native, reasoning_file
+            )
         base = ndcg(c, core)
         for name, rankings in results.items():
             score = ndcg(c, rankings)
-            rows.append({"collection": c.name, "pipeline": name, "nDCG@10": round(score, 4),
-                         "diff vs core": round(score - base, 6)})
+            rows.append(
+                {"collection": c.name, "pipeline": name, "nDCG@10": round(score, 4), "diff vs core": round(score - base, 6)}
+            )
     table = pd.DataFrame(rows).pivot(index="pipeline", columns="collection", values="nDCG@10")
     print(f"mode={args.mode}; reasoner={args.reasoner}\n")
     print(table.to_string())

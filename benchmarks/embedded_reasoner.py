@@ -57,8 +57,9 @@ def parse_reasoners(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"reasoner name {name!r} given twice")
         reasoners[name] = spec
     if TODAY not in reasoners:
-        raise argparse.ArgumentTypeError(f"name today's shipped reasoner {TODAY!r} (e.g. {TODAY}=default): "
-                                         "every candidate is compared with it")
+        raise argparse.ArgumentTypeError(
+            f"name today's shipped reasoner {TODAY!r} (e.g. {TODAY}=default): every candidate is compared with it"
+        )
     return reasoners
 
 
@@ -70,12 +71,12 @@ def short_name(dataset: str) -> str:
 def pooled(results: Mapping[str, RunResult]) -> RunResult:
     """The per-query metrics of several collections' runs as one result (query ids prefixed by the collection), so
     that a paired interval treats every query of every collection alike."""
-    return RunResult({}, {f"{dataset}/{qid}": metrics for dataset, r in results.items()
-                          for qid, metrics in r.per_query.items()})
+    return RunResult({}, {f"{dataset}/{qid}": metrics for dataset, r in results.items() for qid, metrics in r.per_query.items()})
 
 
-def ship_verdict(candidate: str, rows: Mapping[str, Mapping[str, Mapping[str, dict]]],
-                 pooled_rows: Mapping[str, Mapping[str, dict]] | None) -> dict:
+def ship_verdict(
+    candidate: str, rows: Mapping[str, Mapping[str, Mapping[str, dict]]], pooled_rows: Mapping[str, Mapping[str, dict]] | None
+) -> dict:
     """Conditions 1-3 of the ship rule for ``candidate``, each over every decoding, and 4 left to ``make demo``.
 
     ``rows``: dataset -> decoding -> reasoner -> :func:`cell` against the question alone; ``pooled_rows``: decoding
@@ -85,26 +86,32 @@ def ship_verdict(candidate: str, rows: Mapping[str, Mapping[str, Mapping[str, di
     key = f"{candidate} - {TODAY}"
     if pooled_rows:
         beats = {d: row[key] for d, row in pooled_rows.items()}
-        first = {"passed": all(c["low"] > 0 for c in beats.values()),
-                 "detail": "; ".join(f"{d} {_interval(c)}" for d, c in beats.items())}
+        first = {
+            "passed": all(c["low"] > 0 for c in beats.values()),
+            "detail": "; ".join(f"{d} {_interval(c)}" for d, c in beats.items()),
+        }
     else:
         first = {"passed": None, "detail": "no held-out StackExchange collection in this run"}
-    drops = {f"{short_name(ds)} {d}": by_decoding[d][candidate]["diff"] for ds, by_decoding in rows.items()
-             for d in by_decoding}
+    drops = {f"{short_name(ds)} {d}": by_decoding[d][candidate]["diff"] for ds, by_decoding in rows.items() for d in by_decoding}
     worst = min(drops, key=drops.get)
     second = {"passed": all(v >= -MARGIN for v in drops.values()), "detail": f"lowest: {worst} {drops[worst]:+.4f}"}
     if CONTROL in rows:
         control = {d: c[candidate]["diff"] for d, c in rows[CONTROL].items()}
-        third = {"passed": all(v >= -MARGIN for v in control.values()),
-                 "detail": "; ".join(f"{d} {v:+.4f}" for d, v in control.items())}
+        third = {
+            "passed": all(v >= -MARGIN for v in control.values()),
+            "detail": "; ".join(f"{d} {v:+.4f}" for d, v in control.items()),
+        }
     else:
         third = {"passed": None, "detail": f"{CONTROL} not in this run"}
     conditions = [
         {"condition": f"beats {TODAY} on held-out StackExchange together (pooled 95% interval above 0)", **first},
         {"condition": f"no collection below the question alone by more than {MARGIN}", **second},
         {"condition": f"{CONTROL} within {MARGIN} of the question alone", **third},
-        {"condition": "make demo's pydoc table at or above the question on both dtypes", "passed": None,
-         "detail": "check make demo"},
+        {
+            "condition": "make demo's pydoc table at or above the question on both dtypes",
+            "passed": None,
+            "detail": "check make demo",
+        },
     ]
     measured = [c["passed"] for c in conditions[:3]]
     verdict = "fails" if False in measured else "passes 1-3; check make demo" if all(measured) else "incomplete"
@@ -118,23 +125,35 @@ def dtype_report(reasoner: QRReasoner, asked: str) -> dict:
     from tongsearch_qr.demo import backend_description
 
     dtype = getattr(reasoner.backend, "dtype", None) or getattr(reasoner.backend, "weights_type", None)
-    return {"asked": asked, "dtype": str(dtype).removeprefix("torch.") if dtype else "unreported",
-            "backend": backend_description(reasoner), "cpu_native_bf16": native_bf16()}
+    return {
+        "asked": asked,
+        "dtype": str(dtype).removeprefix("torch.") if dtype else "unreported",
+        "backend": backend_description(reasoner),
+        "cpu_native_bf16": native_bf16(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reasoners", type=parse_reasoners, default=parse_reasoners(f"{TODAY}=default"),
-                        help="NAME=SPEC,... with today (default: today=default)")
+    parser.add_argument(
+        "--reasoners",
+        type=parse_reasoners,
+        default=parse_reasoners(f"{TODAY}=default"),
+        help="NAME=SPEC,... with today (default: today=default)",
+    )
     parser.add_argument("--datasets", default="bright-answers:earth_science,matheducators,scifact")
     parser.add_argument("--seeds", default="1,2,3", help="sampling seeds, averaged per query")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--backend", default=None, help="a local backend (default: QRReasoner's)")
     parser.add_argument("--limit", type=int, default=None, help="first N queries of each dataset")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of llama.cpp (or torch with --backend transformers; default: all cores); fewer "
-                             "beside other work on the machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of llama.cpp (or torch with --backend transformers; default: all cores); fewer "
+        "beside other work on the machine",
+    )
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "results" / "embedded-cache.sqlite"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "embedded"))
     args = parser.parse_args()
@@ -147,18 +166,33 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     elif args.threads:
         chosen["threads"] = args.threads
-    reasoners = {name: QRReasoner(spec, **chosen, cache=args.cache, batch_size=args.batch_size, dtype=args.dtype,
-                                  progress=True)
-                 for name, spec in args.reasoners.items()}
+    reasoners = {
+        name: QRReasoner(spec, **chosen, cache=args.cache, batch_size=args.batch_size, dtype=args.dtype, progress=True)
+        for name, spec in args.reasoners.items()
+    }
     candidates = [name for name in reasoners if name != TODAY]
     dtype = dtype_report(reasoners[TODAY], args.dtype)
-    decodings = {"greedy": {name: [GenerationParams.greedy(r.generation.max_new_tokens, r.generation.repetition_penalty)]
-                            for name, r in reasoners.items()},
-                 "sampled": {name: [r.generation.with_(seed=s) for s in seeds] for name, r in reasoners.items()}}
-    setup = {"reasoners": {name: {"spec": args.reasoners[name], "mode": r.mode.name,
-                                  "max_new_tokens": r.generation.max_new_tokens, "prompt": r.template.user}
-                           for name, r in reasoners.items()},
-             "dtype": dtype, "seeds": seeds, "limit": args.limit}
+    decodings = {
+        "greedy": {
+            name: [GenerationParams.greedy(r.generation.max_new_tokens, r.generation.repetition_penalty)]
+            for name, r in reasoners.items()
+        },
+        "sampled": {name: [r.generation.with_(seed=s) for s in seeds] for name, r in reasoners.items()},
+    }
+    setup = {
+        "reasoners": {
+            name: {
+                "spec": args.reasoners[name],
+                "mode": r.mode.name,
+                "max_new_tokens": r.generation.max_new_tokens,
+                "prompt": r.template.user,
+            }
+            for name, r in reasoners.items()
+        },
+        "dtype": dtype,
+        "seeds": seeds,
+        "limit": args.limit,
+    }
     print(json.dumps(setup), flush=True)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,8 +205,10 @@ def main() -> None:
         rows: dict = {}
         for decoding, params in decodings.items():
             for name, reasoner in reasoners.items():
-                seeded = [result(collection, qids, index.search(reasoner.with_(generation=p).rewrite(texts), k=1000))
-                          for p in params[name]]
+                seeded = [
+                    result(collection, qids, index.search(reasoner.with_(generation=p).rewrite(texts), k=1000))
+                    for p in params[name]
+                ]
                 runs[decoding][name][dataset] = seeded[0] if len(seeded) == 1 else RunResult.averaged(seeded)
             by_name = {name: by_dataset[dataset] for name, by_dataset in runs[decoding].items()}
             rows[decoding] = {name: cell(run, question) for name, run in by_name.items()}
@@ -189,9 +225,13 @@ def main() -> None:
             together = {name: pooled({d: by_dataset[d] for d in stackexchange}) for name, by_dataset in by_name.items()}
             rows[decoding] = {name: cell(run, question) for name, run in together.items()}
             rows[decoding].update({f"{c} - {TODAY}": cell(together[c], together[TODAY]) for c in candidates})
-        table["pooled"] = {"name": f"held-out StackExchange ({' + '.join(map(short_name, stackexchange))})",
-                           "datasets": stackexchange, "queries": len(question.per_query),
-                           "question": question.summary["ndcg_cut_10"], "rows": rows}
+        table["pooled"] = {
+            "name": f"held-out StackExchange ({' + '.join(map(short_name, stackexchange))})",
+            "datasets": stackexchange,
+            "queries": len(question.per_query),
+            "question": question.summary["ndcg_cut_10"],
+            "rows": rows,
+        }
     dataset_rows = {d: found["rows"] for d, found in table["datasets"].items()}
     table["verdicts"] = {c: ship_verdict(c, dataset_rows, table.get("pooled", {}).get("rows")) for c in candidates}
     stem.with_suffix(".json").write_text(json.dumps(table, indent=1))
@@ -204,30 +244,39 @@ def markdown(table: dict) -> str:
     setup, dtype = table["setup"], table["setup"]["dtype"]
     names = list(setup["reasoners"])
     candidates = [n for n in names if n != TODAY]
-    described = "; ".join(f"{n} = {r['spec']} (mode {r['mode']}, at most {r['max_new_tokens']} new tokens)"
-                          for n, r in setup["reasoners"].items())
-    lines = [f"Reasoners: {described}.", "",
-             f"dtype {dtype['dtype']}, backend {dtype['backend']} (asked: {dtype['asked']}; this CPU computes bf16 natively: "
-             f"{'yes' if dtype['cpu_native_bf16'] else 'no'}). BM25 (bm25s) over each collection; sampled = mean of "
-             f"seeds {','.join(map(str, setup['seeds']))}. nDCG@10 (mean per-query difference from the question "
-             "alone, paired bootstrap 95% interval; * = it excludes 0); candidate - today likewise.", ""]
+    described = "; ".join(
+        f"{n} = {r['spec']} (mode {r['mode']}, at most {r['max_new_tokens']} new tokens)" for n, r in setup["reasoners"].items()
+    )
+    lines = [
+        f"Reasoners: {described}.",
+        "",
+        f"dtype {dtype['dtype']}, backend {dtype['backend']} (asked: {dtype['asked']}; this CPU computes bf16 natively: "
+        f"{'yes' if dtype['cpu_native_bf16'] else 'no'}). BM25 (bm25s) over each collection; sampled = mean of "
+        f"seeds {','.join(map(str, setup['seeds']))}. nDCG@10 (mean per-query difference from the question "
+        "alone, paired bootstrap 95% interval; * = it excludes 0); candidate - today likewise.",
+        "",
+    ]
     sections = [(f"{d}: {found['queries']} queries", found) for d, found in table["datasets"].items()]
     if "pooled" in table:
         sections.append((f"{table['pooled']['name']}: {table['pooled']['queries']} queries", table["pooled"]))
     header = names + [f"{c} - {TODAY}" for c in candidates]
     for title, found in sections:
-        lines += [f"### {title}, question alone {found['question']:.4f}", "",
-                  "| decoding | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        lines += [
+            f"### {title}, question alone {found['question']:.4f}",
+            "",
+            "| decoding | " + " | ".join(header) + " |",
+            "|---" * (len(header) + 1) + "|",
+        ]
         for decoding, row in found["rows"].items():
-            lines.append(f"| {decoding} | " + " | ".join(_format(row[k], difference_only=" - " in k) for k in header)
-                         + " |")
+            lines.append(f"| {decoding} | " + " | ".join(_format(row[k], difference_only=" - " in k) for k in header) + " |")
         lines.append("")
     if candidates:
         lines += [f"### Ship rule ({dtype['dtype']}; the other CPU path needs its own run)", ""]
         for name, found in table["verdicts"].items():
             lines.append(f"- **{name}: {found['verdict']}**")
-            lines += [f"  {i}. {c['condition']}: {_passed(c['passed'])} ({c['detail']})"
-                      for i, c in enumerate(found["conditions"], 1)]
+            lines += [
+                f"  {i}. {c['condition']}: {_passed(c['passed'])} ({c['detail']})" for i, c in enumerate(found["conditions"], 1)
+            ]
         lines.append("")
     return "\n".join(lines)
 

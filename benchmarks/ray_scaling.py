@@ -87,21 +87,27 @@ def main() -> None:
     ray.shutdown()
     reference = texts["one process, 1 thread(s)"]
     best = {name: min(runs) for name, runs in seconds.items()}
-    lines = [f"{n} SciFact queries, {args.max_new_tokens} new tokens, seeded, float32, batches of {args.rows_per_task}, "
-             f"embedded model, this machine's 2 cores (shared); fastest of {args.repeats} interleaved runs",
-             f"ray.init (local instance, 2 CPUs): {started:.1f} s"]
+    lines = [
+        f"{n} SciFact queries, {args.max_new_tokens} new tokens, seeded, float32, batches of {args.rows_per_task}, "
+        f"embedded model, this machine's 2 cores (shared); fastest of {args.repeats} interleaved runs",
+        f"ray.init (local instance, 2 CPUs): {started:.1f} s",
+    ]
     for name, took in best.items():
         extra = ""
         if name in fixed:
             probe, pool_start = min(fixed[name], key=sum)
             extra = f"  fixed: probe {probe:.1f} s, pool start {pool_start:.1f} s"
-        lines.append(f"{name + ':':30} {took:7.1f} s {n / took:6.2f} queries/s  same texts: {texts[name] == reference}"
-                     f"  runs: {', '.join(f'{t:.0f}' for t in seconds[name])} s{extra}")
+        lines.append(
+            f"{name + ':':30} {took:7.1f} s {n / took:6.2f} queries/s  same texts: {texts[name] == reference}"
+            f"  runs: {', '.join(f'{t:.0f}' for t in seconds[name])} s{extra}"
+        )
     one_actor, two_actors = best["Ray, 1 actor(s) x 1 CPU"], best["Ray, 2 actor(s) x 1 CPU"]
     lines.append(f"scaling 1 -> 2 actors: {one_actor / two_actors:.2f}x (generation, the pool's start apart)")
-    lines.append(f"Ray's overhead per query, 1 actor against one process on 1 thread: "
-                 f"{(one_actor - best['one process, 1 thread(s)']) / n * 1000:+.0f} ms (generation), plus "
-                 f"{sum(min(fixed['Ray, 1 actor(s) x 1 CPU'], key=sum)):.1f} s fixed per job")
+    lines.append(
+        f"Ray's overhead per query, 1 actor against one process on 1 thread: "
+        f"{(one_actor - best['one process, 1 thread(s)']) / n * 1000:+.0f} ms (generation), plus "
+        f"{sum(min(fixed['Ray, 1 actor(s) x 1 CPU'], key=sum)):.1f} s fixed per job"
+    )
     text = "\n".join(lines)
     print(text)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

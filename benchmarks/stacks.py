@@ -129,12 +129,10 @@ def haystack_stack(algorithm: str | None) -> Callable[[list[tuple[str, str]]], R
             if reasoner is None:
                 return [[(d.id, d.score) for d in retriever.run(query=q)["documents"]] for q in queries]
             pipeline = Pipeline()
-            pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(
-                reasoner, query_format="text" if text else "words"))
+            pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(reasoner, query_format="text" if text else "words"))
             pipeline.add_component("bm25", retriever)
             pipeline.connect("reasoner.query", "bm25.query")
-            return [[(d.id, d.score) for d in pipeline.run({"reasoner": {"query": q}})["bm25"]["documents"]]
-                    for q in queries]
+            return [[(d.id, d.score) for d in pipeline.run({"reasoner": {"query": q}})["bm25"]["documents"]] for q in queries]
 
         return rank
 
@@ -179,8 +177,9 @@ def collection(name: str, limit: int | None) -> Collection:
         if not limit:
             return full
         kept = list(full.queries)[:limit]
-        return Collection(full.name, {q: full.queries[q] for q in kept}, {q: full.qrels[q] for q in kept},
-                          full.documents, full.excluded)
+        return Collection(
+            full.name, {q: full.queries[q] for q in kept}, {q: full.qrels[q] for q in kept}, full.documents, full.excluded
+        )
     return load_collection(name, limit)
 
 
@@ -199,8 +198,11 @@ def reasoners(args: argparse.Namespace) -> dict[str, QRReasoner]:
     for name in args.reasoners:
         if name == "default":
             shipped = QRReasoner(dtype=args.dtype, cache=args.cache, threads=args.threads)
-            decoding = GenerationParams.greedy(shipped.generation.max_new_tokens) if args.decoding == "greedy" \
+            decoding = (
+                GenerationParams.greedy(shipped.generation.max_new_tokens)
+                if args.decoding == "greedy"
                 else shipped.generation.with_(seed=args.seed)
+            )
             built[name] = shipped.with_(generation=decoding)
         elif name == "question-terms":
             built[name] = QRReasoner(backend=PrecomputedBackend({}, source="no reasoning"), mode="original")
@@ -208,8 +210,10 @@ def reasoners(args: argparse.Namespace) -> dict[str, QRReasoner]:
             path = SHARED_DATA / "tongsearch-qr" / PUBLISHED[name.removesuffix(TEXT)]
             built[name] = QRReasoner.from_file(path, mode="replace")
         else:
-            raise SystemExit(f"unknown reasoner {name!r}: default, question-terms, {', '.join(PUBLISHED)} (a "
-                             f"published one with {TEXT}: sent as text)")
+            raise SystemExit(
+                f"unknown reasoner {name!r}: default, question-terms, {', '.join(PUBLISHED)} (a "
+                f"published one with {TEXT}: sent as text)"
+            )
     return built
 
 
@@ -219,8 +223,11 @@ def measure(args: argparse.Namespace, chosen: dict[str, QRReasoner]) -> list[dic
         c = collection(name, args.limit)
         qids = list(c.queries)
         texts = [c.queries[q] for q in qids]
-        usable = {r: reasoner for r, reasoner in chosen.items()
-                  if r.removesuffix(TEXT) not in PUBLISHED or c.name.startswith("bright-answers:")}
+        usable = {
+            r: reasoner
+            for r, reasoner in chosen.items()
+            if r.removesuffix(TEXT) not in PUBLISHED or c.name.startswith("bright-answers:")
+        }
         if "default" in usable:  # reason once, in one batch; every stack then reads the cache
             usable["default"].reason(texts, progress=True)
         docs = list(c.iter_documents())
@@ -231,10 +238,20 @@ def measure(args: argparse.Namespace, chosen: dict[str, QRReasoner]) -> list[dic
             for reasoner_name, reasoner in usable.items():
                 ranked = rank(reasoner, texts, reasoner_name.endswith(TEXT))
                 diff = paired_difference({"reasoning": run_result(c, qids, ranked), "baseline": question})
-                rows.append({"collection": c.name, "retriever": retriever, "reasoner": reasoner_name,
-                             "question": question.summary["ndcg_cut_10"], "difference": diff["mean_difference"],
-                             "low": diff["ci_low"], "high": diff["ci_high"], "queries": diff["queries"],
-                             "wins": diff["wins"], "losses": diff["losses"]})
+                rows.append(
+                    {
+                        "collection": c.name,
+                        "retriever": retriever,
+                        "reasoner": reasoner_name,
+                        "question": question.summary["ndcg_cut_10"],
+                        "difference": diff["mean_difference"],
+                        "low": diff["ci_low"],
+                        "high": diff["ci_high"],
+                        "queries": diff["queries"],
+                        "wins": diff["wins"],
+                        "losses": diff["losses"],
+                    }
+                )
             print(f"{c.name} {retriever}: {time.time() - start:.0f} s", flush=True)
     return rows
 
@@ -298,8 +315,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collections", type=lambda s: s.split(","), default=COLLECTIONS)
     parser.add_argument("--retrievers", type=lambda s: s.split(","), default=RETRIEVERS)
-    parser.add_argument("--reasoners", type=lambda s: s.split(","),
-                        default=["default", "question-terms", "7b", "1.5b", "7b" + TEXT])
+    parser.add_argument(
+        "--reasoners", type=lambda s: s.split(","), default=["default", "question-terms", "7b", "1.5b", "7b" + TEXT]
+    )
     parser.add_argument("--dtype", default="auto", help="the shipped reasoner's engine precision (default: auto)")
     parser.add_argument("--decoding", choices=("greedy", "sampled"), default="greedy")
     parser.add_argument("--seed", type=int, default=1, help="--decoding sampled: the seed (default: %(default)s)")
@@ -327,10 +345,13 @@ def main() -> None:
     lines = verdict(rows)
     given = {k: v for k, v in vars(args).items() if k not in ("cache", "output") and v is not None}
     command = "python benchmarks/stacks.py " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in given.items())
-    header = (f"# Rewrite - question, nDCG@10, through each stack's own retriever\n\n`{command}`\n\n"
-              f"Shipped reasoner's engine: {engine}. Each cell: mean per-query difference from the question alone "
-              f"through the same retriever; `*`: the paired bootstrap 95% interval excludes 0.\n\n")
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in given.items()
+    )
+    header = (
+        f"# Rewrite - question, nDCG@10, through each stack's own retriever\n\n`{command}`\n\n"
+        f"Shipped reasoner's engine: {engine}. Each cell: mean per-query difference from the question alone "
+        f"through the same retriever; `*`: the paired bootstrap 95% interval excludes 0.\n\n"
+    )
     stem.with_suffix(".md").write_text(header + text + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "engine": engine, "rows": rows}, indent=1))
     heatmap(rows, args.retrievers, stem.with_suffix(".png"), f"rewrite - question, nDCG@10 ({args.dtype}, {args.decoding})")

@@ -67,13 +67,21 @@ def sequential_fp32(queries: list[str], params: GenerationParams, repeats: int) 
     def one_at_a_time() -> list[str]:
         texts = []
         for query in queries:
-            enc = tokenizer.apply_chat_template(template.messages(query), add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)
+            enc = tokenizer.apply_chat_template(
+                template.messages(query), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=params.max_new_tokens, do_sample=True,
-                                     temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                     repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.eos_token_id)
-            texts.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=True,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    repetition_penalty=params.repetition_penalty,
+                    pad_token_id=tokenizer.eos_token_id,
+                )
+            texts.append(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
         return texts
 
     return fastest(one_at_a_time, repeats)
@@ -98,13 +106,23 @@ def vllm_worker(spec_file: str, out_file: str) -> None:
     """Runs inside the vLLM environment: one engine with the spec's ``max_num_seqs``."""
     spec = json.loads(Path(spec_file).read_text())
     start = time.perf_counter()
-    reasoner = QRReasoner(MODEL, backend="vllm", generation=GenerationParams(**spec["params"]), dtype="bfloat16",
-                          gpu_memory_utilization=0.3, max_model_len=2048, max_num_seqs=spec["max_num_seqs"],
-                          enforce_eager=spec["eager"])
+    reasoner = QRReasoner(
+        MODEL,
+        backend="vllm",
+        generation=GenerationParams(**spec["params"]),
+        dtype="bfloat16",
+        gpu_memory_utilization=0.3,
+        max_model_len=2048,
+        max_num_seqs=spec["max_num_seqs"],
+        enforce_eager=spec["eager"],
+    )
     load = time.perf_counter() - start
     texts, seconds = timed_reason(reasoner, spec["queries"], spec["repeats"])
-    Path(out_file).write_text(json.dumps({"label": f"vllm engine, max_num_seqs={spec['max_num_seqs']}",
-                                          "texts": texts, "seconds": seconds, "load": load}))
+    Path(out_file).write_text(
+        json.dumps(
+            {"label": f"vllm engine, max_num_seqs={spec['max_num_seqs']}", "texts": texts, "seconds": seconds, "load": load}
+        )
+    )
 
 
 def run_vllm_engine(python: str, queries: list[str], eager: bool, repeats: int) -> list[dict]:
@@ -114,46 +132,80 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool, repeats: int) 
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         for max_num_seqs in (8, 256):
-            spec.write_text(json.dumps({"queries": queries, "params": PARAMS, "max_num_seqs": max_num_seqs,
-                                        "eager": eager, "repeats": repeats}))
+            spec.write_text(
+                json.dumps(
+                    {"queries": queries, "params": PARAMS, "max_num_seqs": max_num_seqs, "eager": eager, "repeats": repeats}
+                )
+            )
             log = Path(tempfile.gettempdir()) / f"tongsearch-qr-throughput-vllm-{max_num_seqs}.log"
             with log.open("w") as handle:
-                done = subprocess.run([python, __file__, "--vllm-worker", str(spec), str(out)], text=True,
-                                      env={**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
-                                      stdout=subprocess.DEVNULL, stderr=handle)
+                done = subprocess.run(
+                    [python, __file__, "--vllm-worker", str(spec), str(out)],
+                    text=True,
+                    env={**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=handle,
+                )
             if done.returncode:
                 errors = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
-                raise SystemExit(f"vLLM worker (max_num_seqs={max_num_seqs}) failed; its log: {log}\n"
-                                 + "\n".join(errors[-20:]))
+                raise SystemExit(f"vLLM worker (max_num_seqs={max_num_seqs}) failed; its log: {log}\n" + "\n".join(errors[-20:]))
             rows.append(json.loads(out.read_text()))
     return rows
 
 
-def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool,
-             repeats: int) -> list[dict]:
+def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool, repeats: int) -> list[dict]:
     from tongsearch_qr.serving import LocalServer
 
     # whole-prompt prefill: vLLM-CPU's engine dies on seeded requests whose prefill is split (see cpu_engine_defaults)
-    extra = ["--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--dtype", "bfloat16",
-             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+    extra = [
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-model-len",
+        "2048",
+        "--dtype",
+        "bfloat16",
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        "4096",
+    ]
     extra += ["--enforce-eager"] if eager else []
     rows = []
     start = time.perf_counter()
-    with LocalServer("vllm", MODEL, port=8791, python=python, extra=extra, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
-                     log=Path(tempfile.gettempdir()) / "tongsearch-qr-throughput-server.log") as server:
+    with LocalServer(
+        "vllm",
+        MODEL,
+        port=8791,
+        python=python,
+        extra=extra,
+        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+        log=Path(tempfile.gettempdir()) / "tongsearch-qr-throughput-server.log",
+    ) as server:
         load = time.perf_counter() - start
         for concurrency in concurrencies:
-            reasoner = QRReasoner(server.model_name, backend="openai", base_url=server.base_url,
-                                  concurrency=concurrency, generation=GenerationParams(**PARAMS))
+            reasoner = QRReasoner(
+                server.model_name,
+                backend="openai",
+                base_url=server.base_url,
+                concurrency=concurrency,
+                generation=GenerationParams(**PARAMS),
+            )
             subset = queries[:baseline] if concurrency == 1 else queries
             texts, seconds = timed_reason(reasoner, subset, repeats)
-            rows.append({"label": f"openai -> vllm serve, concurrency {concurrency}", "texts": texts,
-                         "seconds": seconds, "load": load})
+            rows.append(
+                {"label": f"openai -> vllm serve, concurrency {concurrency}", "texts": texts, "seconds": seconds, "load": load}
+            )
     return rows
 
 
-def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weights_types: list[str],
-                 params: GenerationParams, threads: int | None, repeats: int) -> list[dict]:
+def run_llamacpp(
+    queries: list[str],
+    baseline: int,
+    parallels: list[int],
+    weights_types: list[str],
+    params: GenerationParams,
+    threads: int | None,
+    repeats: int,
+) -> list[dict]:
     """The llamacpp backend (this CPU's weight type) one sequence at a time and at each of ``parallels``; at the
     most sequences without prefix sharing and in each of ``weights_types``; and on the shipped Q4_1 file."""
     from tongsearch_qr.backends.cpu import native_bf16
@@ -163,16 +215,25 @@ def run_llamacpp(queries: list[str], baseline: int, parallels: list[int], weight
     most = max(parallels)
     settings = [({"parallel": parallel}, f"parallel {parallel}") for parallel in [1, *parallels]]
     settings.append(({"parallel": most, "share_prefix": False}, f"parallel {most}, prefix not shared"))
-    settings += [({"parallel": most, "weights_type": kind}, f"parallel {most}") for kind in weights_types
-                 if kind != weights_type_for(cpu_features(), native_bf16())]  # that one ran above
+    settings += [
+        ({"parallel": most, "weights_type": kind}, f"parallel {most}")
+        for kind in weights_types
+        if kind != weights_type_for(cpu_features(), native_bf16())
+    ]  # that one ran above
     rows = []
     for options, label in settings:
         start = time.perf_counter()
         reasoner = QRReasoner(MODEL, backend="llamacpp", generation=params, threads=threads, **options)
         load = time.perf_counter() - start
         texts, seconds = timed_reason(reasoner, queries[:baseline] if options["parallel"] == 1 else queries, repeats)
-        rows.append({"label": f"llamacpp backend, {label} ({reasoner.backend.weights_type})", "texts": texts,
-                     "seconds": seconds, "load": load})
+        rows.append(
+            {
+                "label": f"llamacpp backend, {label} ({reasoner.backend.weights_type})",
+                "texts": texts,
+                "seconds": seconds,
+                "load": load,
+            }
+        )
         reasoner.backend.close()
     shipped = QRReasoner(embedded_gguf_path(), backend="llamacpp", generation=params, parallel=most, threads=threads)
     texts, seconds = timed_reason(shipped, queries, repeats)
@@ -189,13 +250,20 @@ def cpu_kind() -> str:
     from tongsearch_qr.backends.auto import machine_report
 
     report = machine_report("cpu")
-    llama = "not installed" if report.llamacpp_features is None else \
-        ("native bf16" if report.native_bf16 else "no native bf16") + f" ({' '.join(sorted(report.llamacpp_features))})"
+    llama = (
+        "not installed"
+        if report.llamacpp_features is None
+        else ("native bf16" if report.native_bf16 else "no native bf16") + f" ({' '.join(sorted(report.llamacpp_features))})"
+    )
     torch_bf16 = "native bf16" if report.cpu_bf16 else "no native bf16"
-    limits = [name if name == "LLAMA_CPP_LIB_PATH" else f"{name}={os.environ[name]}"  # a path: this machine's own
-              for name in ISA_LIMITS if name in os.environ]
-    return (f"CPU: llama.cpp reports {llama}; torch ({torch.backends.cpu.get_cpu_capability()}) {torch_bf16}"
-            + (f"; emulated with {' '.join(limits)}" if limits else ""))
+    limits = [
+        name if name == "LLAMA_CPP_LIB_PATH" else f"{name}={os.environ[name]}"  # a path: this machine's own
+        for name in ISA_LIMITS
+        if name in os.environ
+    ]
+    return f"CPU: llama.cpp reports {llama}; torch ({torch.backends.cpu.get_cpu_capability()}) {torch_bf16}" + (
+        f"; emulated with {' '.join(limits)}" if limits else ""
+    )
 
 
 def matmul_flops(path: str, tokenizer, queries: list[str], texts: list[str]) -> float:
@@ -206,8 +274,10 @@ def matmul_flops(path: str, tokenizer, queries: list[str], texts: list[str]) -> 
     kv = hidden * config["num_key_value_heads"] // config["num_attention_heads"]
     per_token = 2 * layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
     template = PromptTemplate.paper()
-    prompt_tokens = sum(len(tokenizer.apply_chat_template(template.messages(q), add_generation_prompt=True,
-                                                          return_dict=True)["input_ids"]) for q in queries)
+    prompt_tokens = sum(
+        len(tokenizer.apply_chat_template(template.messages(q), add_generation_prompt=True, return_dict=True)["input_ids"])
+        for q in queries
+    )
     generated = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     return per_token * prompt_tokens + (per_token + 2 * hidden * config["vocab_size"]) * generated
 
@@ -240,22 +310,40 @@ def weights_type_argument(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
-    parser.add_argument("--baseline-queries", type=int, default=6,
-                        help="first N queries for the one-at-a-time paths (seed baseline, HTTP concurrency 1)")
+    parser.add_argument(
+        "--baseline-queries",
+        type=int,
+        default=6,
+        help="first N queries for the one-at-a-time paths (seed baseline, HTTP concurrency 1)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--parallel", type=int, nargs="+", default=[8, 32, 64],
-                        help="llamacpp: sequences decoding together (besides 1)")
-    parser.add_argument("--weights-types", nargs="+", type=weights_type_argument, default=[], metavar="TYPE",
-                        help="llamacpp: GGUF weight types (e.g. BF16 F16 Q8_0 Q4_0) to run at the most sequences "
-                             "besides this CPU's (default: none)")
+    parser.add_argument(
+        "--parallel", type=int, nargs="+", default=[8, 32, 64], help="llamacpp: sequences decoding together (besides 1)"
+    )
+    parser.add_argument(
+        "--weights-types",
+        nargs="+",
+        type=weights_type_argument,
+        default=[],
+        metavar="TYPE",
+        help="llamacpp: GGUF weight types (e.g. BF16 F16 Q8_0 Q4_0) to run at the most sequences "
+        "besides this CPU's (default: none)",
+    )
     parser.add_argument("--task", default="biology", help="BRIGHT task whose queries are used")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, the fastest counted (default: 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads of torch and llama.cpp (default: theirs, all cores); on a machine shared with "
-                             "other work, fewer threads than cores keep OpenMP from waiting on preempted threads")
-    parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"),
-                        help="interpreter of the environment with vLLM (make setup-vllm builds .venv-vllm)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch and llama.cpp (default: theirs, all cores); on a machine shared with "
+        "other work, fewer threads than cores keep OpenMP from waiting on preempted threads",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        default=str(REPO / ".venv-vllm" / "bin" / "python"),
+        help="interpreter of the environment with vLLM (make setup-vllm builds .venv-vllm)",
+    )
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (faster start, slower run)")
     parser.add_argument("--skip-vllm", action="store_true", help="transformers rows only")
     parser.add_argument("--vllm-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -283,17 +371,21 @@ def main() -> None:
     for batch_size, label in ((8, "transformers backend, batch 8"), (64, "transformers backend, default batching")):
         reasoner = QRReasoner(MODEL, backend="transformers", generation=params, batch_size=batch_size)
         texts, seconds = timed_reason(reasoner, queries, args.repeats)
-        rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts,
-                     "seconds": seconds})
+        rows.append({"label": f"{label} ({reasoner.backend.cache_id.rsplit(':', 1)[-1]})", "texts": texts, "seconds": seconds})
     start = time.perf_counter()
     default = QRReasoner(MODEL, generation=params, threads=args.threads)  # backend="auto"
     load = time.perf_counter() - start
     texts, seconds = timed_reason(default, queries, args.repeats)
     choice = default.backend.choice
-    rows.append({"label": f"auto (default) -> {choice.engine} {choice.weights_type or ''}".rstrip(), "texts": texts,
-                 "seconds": seconds, "load": load})
-    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, args.weights_types, params, args.threads,
-                         args.repeats)
+    rows.append(
+        {
+            "label": f"auto (default) -> {choice.engine} {choice.weights_type or ''}".rstrip(),
+            "texts": texts,
+            "seconds": seconds,
+            "load": load,
+        }
+    )
+    rows += run_llamacpp(queries, args.baseline_queries, args.parallel, args.weights_types, params, args.threads, args.repeats)
     if not args.skip_vllm:
         if not Path(args.vllm_python).exists():
             raise SystemExit(f"{args.vllm_python} not found: run `make setup-vllm` or pass --vllm-python / --skip-vllm")
@@ -308,28 +400,37 @@ def main() -> None:
     base = rows[0]["tps"]
     by_label = {row["label"]: row for row in rows}
     print(cpu_kind())
-    print(f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
-          f"paper sampling (seeded); fastest of {args.repeats} run(s) per row")
-    print(f"{'path':<56}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}"
-          f"{'GFLOP/s':>9}")
+    print(
+        f"torch threads: {torch.get_num_threads()}; BRIGHT {args.task} queries; max_new_tokens={args.max_new_tokens}; "
+        f"paper sampling (seeded); fastest of {args.repeats} run(s) per row"
+    )
+    print(f"{'path':<56}{'queries':>8}{'seconds':>9}{'tokens/s':>10}{'queries/s':>11}{'vs seed':>9}{'load s':>8}{'GFLOP/s':>9}")
     for row in rows:
         load = f"{row['load']:.0f}" if "load" in row else "-"
-        print(f"{row['label']:<56}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
-              f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}{row['gflops']:>9.1f}")
+        print(
+            f"{row['label']:<56}{len(row['texts']):>8}{row['seconds']:>9.1f}{row['tps']:>10.1f}"
+            f"{len(row['texts']) / row['seconds']:>11.3f}{row['tps'] / base:>8.1f}x{load:>8}{row['gflops']:>9.1f}"
+        )
     best = max((row for row in rows if row["label"].startswith("llamacpp")), key=lambda row: row["tps"])
     batched = next(row for row in rows if row["label"].startswith("transformers backend, default"))
     auto = next(row for row in rows if row["label"].startswith("auto"))
-    print(f"best llamacpp ({best['label']}) vs seed batch-1: {best['tps'] / base:.1f}x; "
-          f"vs transformers default batching: {best['tps'] / batched['tps']:.2f}x")
-    print(f"default path ({auto['label']}) vs --backend transformers (default batching): "
-          f"{auto['tps'] / batched['tps']:.2f}x tokens/s, {batched['seconds'] / auto['seconds']:.2f}x faster over "
-          f"the {len(auto['texts'])} queries")
+    print(
+        f"best llamacpp ({best['label']}) vs seed batch-1: {best['tps'] / base:.1f}x; "
+        f"vs transformers default batching: {best['tps'] / batched['tps']:.2f}x"
+    )
+    print(
+        f"default path ({auto['label']}) vs --backend transformers (default batching): "
+        f"{auto['tps'] / batched['tps']:.2f}x tokens/s, {batched['seconds'] / auto['seconds']:.2f}x faster over "
+        f"the {len(auto['texts'])} queries"
+    )
     fastest = max(rows, key=lambda row: row["tps"])
     work_per_token = fastest["gflops"] / fastest["tps"]  # GFLOP per generated token, prompt included
-    print(f"limit: {work_per_token:.2f} GFLOP of matrix products per generated token (prompt included); 30x the "
-          f"seed ({30 * base:.0f} tokens/s) needs {30 * base * work_per_token:.0f} GFLOP/s; the fastest row "
-          f"({fastest['label']}) does {fastest['gflops']:.0f}; torch's bfloat16 matrix product at the layer shapes "
-          f"(256 tokens at a time) does {bf16_matmul_rate(path) / 1e9:.0f} GFLOP/s here")
+    print(
+        f"limit: {work_per_token:.2f} GFLOP of matrix products per generated token (prompt included); 30x the "
+        f"seed ({30 * base:.0f} tokens/s) needs {30 * base * work_per_token:.0f} GFLOP/s; the fastest row "
+        f"({fastest['label']}) does {fastest['gflops']:.0f}; torch's bfloat16 matrix product at the layer shapes "
+        f"(256 tokens at a time) does {bf16_matmul_rate(path) / 1e9:.0f} GFLOP/s here"
+    )
     if not args.skip_vllm:
         vllm8 = by_label["vllm engine, max_num_seqs=8"]["tps"]
         tf8 = next(row["tps"] for row in rows if row["label"].startswith("transformers backend, batch 8"))

@@ -24,7 +24,7 @@ def write_config(folder: Path, steps: int, tokens: int) -> Path:
     path = folder / "speed.yaml"
     path.write_text(f"""
 model: default
-output_dir: {folder / 'run'}
+output_dir: {folder / "run"}
 data:
   qa_jsonl: ["{SHARED_DATA}/stackexchange-qa/*/qa_pairs.jsonl"]
   negatives: 30
@@ -76,10 +76,14 @@ def reward_rates(n: int) -> dict[str, float]:
     tdata.mine_negatives(examples, 30)
     group = 8
     picked = [examples[i // group % len(examples)] for i in range(n)]  # groups of 8 completions per question
-    completions = [[{"role": "assistant", "content": " ".join(ex.positives[0].split()[: 60 + i % 40])}]
-                   for i, ex in enumerate(picked)]
-    columns = {"question": [ex.question for ex in picked], "positives": [ex.positives for ex in picked],
-               "negatives": [ex.negatives for ex in picked]}
+    completions = [
+        [{"role": "assistant", "content": " ".join(ex.positives[0].split()[: 60 + i % 40])}] for i, ex in enumerate(picked)
+    ]
+    columns = {
+        "question": [ex.question for ex in picked],
+        "positives": [ex.positives for ex in picked],
+        "negatives": [ex.negatives for ex in picked],
+    }
     rates = {}
     for name in ("embedding_advantage", "bm25_rank", "length_penalty", "think_format"):
         reward = make_reward(name)

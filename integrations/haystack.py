@@ -95,16 +95,27 @@ class QRQueryRewriter:
     fails or is late, and the seconds a run may wait (see the module docstring).
     """
 
-    def __init__(self, model: str | None = None, *, mode: str | None = None, think: bool = False,
-                 generation: dict[str, Any] | None = None, reasoning_file: str | None = None,
-                 cache: str | None = None, include_original: bool = False, backend_options: dict[str, Any] | None = None,
-                 method: str | None = None, query_format: str = "words", terms: int | None = None,
-                 on_error: str = ADAPTER_ON_ERROR, timeout: float | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        mode: str | None = None,
+        think: bool = False,
+        generation: dict[str, Any] | None = None,
+        reasoning_file: str | None = None,
+        cache: str | None = None,
+        include_original: bool = False,
+        backend_options: dict[str, Any] | None = None,
+        method: str | None = None,
+        query_format: str = "words",
+        terms: int | None = None,
+        on_error: str = ADAPTER_ON_ERROR,
+        timeout: float | None = None,
+    ):
         if mode is not None:
             get_mode(mode)  # fail early on a bad mode
         if method is not None and get_method(method).template is not None and get_method(method).template.passages:
-            raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core or "
-                             "PyTerrier")
+            raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core or PyTerrier")
         if query_format not in QUERY_FORMATS:
             raise ValueError(f"query_format must be one of {', '.join(QUERY_FORMATS)}, got {query_format!r}")
         if terms is not None and (isinstance(terms, bool) or not isinstance(terms, int) or terms < 1):
@@ -120,14 +131,27 @@ class QRQueryRewriter:
         self._reasoner: QRReasoner | None = None
 
     @classmethod
-    def from_reasoner(cls, reasoner: QRReasoner, *, mode: str | None = None, include_original: bool = False,
-                      query_format: str = "words", terms: int | None = None, on_error: str | None = None,
-                      timeout: float | None | EllipsisType = ...) -> QRQueryRewriter:
+    def from_reasoner(
+        cls,
+        reasoner: QRReasoner,
+        *,
+        mode: str | None = None,
+        include_original: bool = False,
+        query_format: str = "words",
+        terms: int | None = None,
+        on_error: str | None = None,
+        timeout: float | None | EllipsisType = ...,
+    ) -> QRQueryRewriter:
         """A rewriter around a ready :class:`tongsearch_qr.QRReasoner` (for programmatic use; not serialisable),
         with the reasoner's ``on_error`` and ``timeout`` unless given."""
-        rewriter = cls(mode=mode, include_original=include_original, query_format=query_format, terms=terms,
-                       on_error=on_error or reasoner.on_error,
-                       timeout=reasoner.timeout if isinstance(timeout, EllipsisType) else timeout)
+        rewriter = cls(
+            mode=mode,
+            include_original=include_original,
+            query_format=query_format,
+            terms=terms,
+            on_error=on_error or reasoner.on_error,
+            timeout=reasoner.timeout if isinstance(timeout, EllipsisType) else timeout,
+        )
         changes: dict[str, Any] = {} if terms is None else {"terms": terms}
         if rewriter.on_error != reasoner.on_error:
             changes["on_error"] = rewriter.on_error
@@ -140,16 +164,22 @@ class QRQueryRewriter:
         """Load the model (or the reasoning file)."""
         if self._reasoner is not None:
             return
-        common: dict[str, Any] = dict(think=self.think, cache=self.cache, on_error=self.on_error, timeout=self.timeout,
-                                      generation=GenerationParams(**self.generation) if self.generation else None)
+        common: dict[str, Any] = dict(
+            think=self.think,
+            cache=self.cache,
+            on_error=self.on_error,
+            timeout=self.timeout,
+            generation=GenerationParams(**self.generation) if self.generation else None,
+        )
         if self.reasoning_file:
             reasoner = QRReasoner.from_file(self.reasoning_file, **common)
         else:
             reasoner = QRReasoner(self.model, method=self.method, **common, **self.backend_options)
         self._reasoner = reasoner if self.terms is None else reasoner.with_(terms=self.terms)
 
-    @component.output_types(query=str, text=str, term_weights=dict[str, float], queries=list[str], original_query=str,
-                            reasoning=str)
+    @component.output_types(
+        query=str, text=str, term_weights=dict[str, float], queries=list[str], original_query=str, reasoning=str
+    )
     def run(self, query: str) -> dict[str, Any]:
         """Rewrite one query."""
         if self._reasoner is None:
@@ -162,15 +192,22 @@ class QRQueryRewriter:
     def _output(self, rewrite: Rewrite) -> dict[str, Any]:
         query = query_for(rewrite, self.query_format)
         variants = [rewrite.question, query] if self.include_original else [query]
-        return {"query": query, "text": rewrite.text, "term_weights": dict(rewrite.terms.weights), "queries": variants,
-                "original_query": rewrite.question, "reasoning": rewrite.reasoning or ""}
+        return {
+            "query": query,
+            "text": rewrite.text,
+            "term_weights": dict(rewrite.terms.weights),
+            "queries": variants,
+            "original_query": rewrite.question,
+            "reasoning": rewrite.reasoning or "",
+        }
 
     async def warm_up_async(self) -> None:
         """:meth:`warm_up` off the event loop (the model loads in a thread)."""
         await asyncio.to_thread(self.warm_up)
 
-    @component.output_types(query=str, text=str, term_weights=dict[str, float], queries=list[str], original_query=str,
-                            reasoning=str)
+    @component.output_types(
+        query=str, text=str, term_weights=dict[str, float], queries=list[str], original_query=str, reasoning=str
+    )
     async def run_async(self, query: str) -> dict[str, Any]:
         """Rewrite one query, awaiting the reasoner (its engine shared with every other run) without blocking the
         event loop."""
@@ -186,12 +223,22 @@ class QRQueryRewriter:
         return [self._output(rewrite) for rewrite in self._reasoner.rewrites(list(queries), self._mode())]
 
     def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, model=self.model, method=self.method, mode=self.mode, think=self.think,
-                               generation=self.generation,
-                               reasoning_file=self.reasoning_file, cache=self.cache,
-                               include_original=self.include_original, backend_options=self.backend_options,
-                               query_format=self.query_format, terms=self.terms, on_error=self.on_error,
-                               timeout=self.timeout)
+        return default_to_dict(
+            self,
+            model=self.model,
+            method=self.method,
+            mode=self.mode,
+            think=self.think,
+            generation=self.generation,
+            reasoning_file=self.reasoning_file,
+            cache=self.cache,
+            include_original=self.include_original,
+            backend_options=self.backend_options,
+            query_format=self.query_format,
+            terms=self.terms,
+            on_error=self.on_error,
+            timeout=self.timeout,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QRQueryRewriter:
@@ -204,8 +251,7 @@ class CoreRetrieverComponent:
     ``pyserini``): ``query`` (or, for the BM25 ones, ``term_weights``: words and weights, which win) in, ``documents``
     (with ``score``) out. Documents are indexed in ``warm_up``."""
 
-    def __init__(self, documents: list[Document], kind: str = "bm25", top_k: int = 10,
-                 options: dict[str, Any] | None = None):
+    def __init__(self, documents: list[Document], kind: str = "bm25", top_k: int = 10, options: dict[str, Any] | None = None):
         self.kind, self.top_k, self.options = kind, top_k, dict(options or {})
         self._documents = {doc.id: doc for doc in documents}
         self._retriever = None
@@ -216,8 +262,9 @@ class CoreRetrieverComponent:
             self._retriever = make_retriever(self.kind, **self.options).index(pairs)
 
     @component.output_types(documents=list[Document])
-    def run(self, query: str, term_weights: dict[str, float] | None = None, top_k: int | None = None,
-            exclude: list[str] | None = None) -> dict[str, Any]:
+    def run(
+        self, query: str, term_weights: dict[str, float] | None = None, top_k: int | None = None, exclude: list[str] | None = None
+    ) -> dict[str, Any]:
         """The best ``top_k`` documents for ``term_weights`` (when given and the retriever takes them) or ``query``,
         without the ``exclude`` ids (BRIGHT's excluded ids)."""
         if self._retriever is None:
@@ -227,10 +274,18 @@ class CoreRetrieverComponent:
         return {"documents": [replace(self._documents[doc_id], score=score) for doc_id, score in ranking]}
 
 
-def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+def rank_queries(
+    docs: Iterable[tuple[str, str]],
+    queries: Mapping[str, str],
+    reasoner: QRReasoner,
+    mode: str,
+    k: int,
+    kind: str = "bm25",
+    fusion: Fusion | None = None,
+    exclude: Mapping[str, Collection[str]] | None = None,
+    query_form: str = "terms",
+    **options: Any,
+) -> dict[str, list[tuple[str, float]]]:
     """Run a Pipeline ``QRQueryRewriter -> CoreRetrieverComponent`` per query (``eval --via haystack``), the
     rewriter's ``term_weights`` going to the retriever (``query_form="text"``: its ``text``); ``kind="native"``:
     ``QRQueryRewriter -> InMemoryBM25Retriever`` over a default ``InMemoryDocumentStore`` (Haystack's own BM25,
@@ -250,12 +305,19 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
         store.write_documents(documents)
 
     def retriever() -> Any:
-        return InMemoryBM25Retriever(document_store=store, top_k=k) if native else \
-            CoreRetrieverComponent(documents, kind, k, options)
+        return (
+            InMemoryBM25Retriever(document_store=store, top_k=k)
+            if native
+            else CoreRetrieverComponent(documents, kind, k, options)
+        )
 
     pipeline = Pipeline()
-    pipeline.add_component("reasoner", QRQueryRewriter.from_reasoner(
-        reasoner, mode=mode, query_format="text" if query_form == "text" or kind == "dense" else "words"))
+    pipeline.add_component(
+        "reasoner",
+        QRQueryRewriter.from_reasoner(
+            reasoner, mode=mode, query_format="text" if query_form == "text" or kind == "dense" else "words"
+        ),
+    )
     pipeline.add_component("retriever", retriever())
     pipeline.connect("reasoner.query", "retriever.query")
     if query_form == "terms" and not native:
@@ -263,12 +325,18 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
     last = "retriever"
     if fusion is not None:
         if not fusion.with_query or reasoner.samples > 1 or fusion.method != "rrf" or fusion.k != 60:
-            raise ValueError(f"Haystack's DocumentJoiner fuses the question's ranking with one reasoning ranking by "
-                             f"RRF with k=60 (weights allowed), not {fusion.name}"
-                             f"{' over samples' if reasoner.samples > 1 else ''}; use the core for other fusions")
+            raise ValueError(
+                f"Haystack's DocumentJoiner fuses the question's ranking with one reasoning ranking by "
+                f"RRF with k=60 (weights allowed), not {fusion.name}"
+                f"{' over samples' if reasoner.samples > 1 else ''}; use the core for other fusions"
+            )
         pipeline.add_component("question_retriever", retriever())
-        pipeline.add_component("joiner", DocumentJoiner(join_mode="reciprocal_rank_fusion", top_k=k,
-                                                        weights=fusion.weights_for(2, " (the question, then the reasoning)")))
+        pipeline.add_component(
+            "joiner",
+            DocumentJoiner(
+                join_mode="reciprocal_rank_fusion", top_k=k, weights=fusion.weights_for(2, " (the question, then the reasoning)")
+            ),
+        )
         pipeline.connect("reasoner.original_query", "question_retriever.query")
         pipeline.connect("question_retriever.documents", "joiner.documents")
         pipeline.connect("retriever.documents", "joiner.documents")
@@ -277,8 +345,11 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
     rankings = {}
     for qid, query in queries.items():
         excluded = sorted((exclude or {}).get(qid, ()))
-        leave_out = ({"filters": {"field": "id", "operator": "not in", "value": excluded}} if excluded else {}) \
-            if native else {"exclude": excluded}
+        leave_out = (
+            ({"filters": {"field": "id", "operator": "not in", "value": excluded}} if excluded else {})
+            if native
+            else {"exclude": excluded}
+        )
         inputs = {"reasoner": {"query": query}, **{name: leave_out for name in retrievers}}
         rankings[qid] = [(d.id, float(d.score or 0.0)) for d in pipeline.run(inputs)[last]["documents"]]
     return rankings

@@ -60,9 +60,17 @@ class QRQueryTransform(BaseQueryTransform):
     ``timeout`` (reasoner options; they also change a ready reasoner, for this transform only): see the module
     docstring. :meth:`arun` is the async path."""
 
-    def __init__(self, model: str | None = None, *, reasoner: QRReasoner | None = None,
-                 mode: str | RewriteMode | None = None, target: Literal["query_str", "embedding"] = "query_str",
-                 include_original: bool = False, query_format: str = "repeated", **reasoner_options: Any):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        reasoner: QRReasoner | None = None,
+        mode: str | RewriteMode | None = None,
+        target: Literal["query_str", "embedding"] = "query_str",
+        include_original: bool = False,
+        query_format: str = "repeated",
+        **reasoner_options: Any,
+    ):
         super().__init__()
         if target not in ("query_str", "embedding"):
             raise ValueError(f"target must be 'query_str' or 'embedding', got {target!r}")
@@ -73,8 +81,10 @@ class QRQueryTransform(BaseQueryTransform):
         self._reasoner = core_reasoner(reasoner, model, reasoner_options)
         self._query_format = query_format
         if self._reasoner.template.passages:
-            raise ValueError("corpus-feedback methods (lamer) need a first-stage ranking: run them with the core "
-                             "or PyTerrier (bm25 >> QRReasoner(method='lamer') >> bm25)")
+            raise ValueError(
+                "corpus-feedback methods (lamer) need a first-stage ranking: run them with the core "
+                "or PyTerrier (bm25 >> QRReasoner(method='lamer') >> bm25)"
+            )
         self._mode = self._reasoner.mode if mode is None else get_mode(mode)
         self._target = target
         self._include_original = include_original
@@ -107,20 +117,23 @@ class QRQueryTransform(BaseQueryTransform):
     async def arun_many(self, queries: Sequence[str | QueryBundle]) -> list[QueryBundle]:
         """:meth:`run_many` for a coroutine."""
         bundles = _bundles(queries)
-        return self._transformed(bundles, await self._reasoner.arewrites([b.query_str for b in bundles],
-                                                                         mode=self._mode))
+        return self._transformed(bundles, await self._reasoner.arewrites([b.query_str for b in bundles], mode=self._mode))
 
     def _transformed(self, bundles: list[QueryBundle], rewrites: list[Rewrite]) -> list[QueryBundle]:
         out = []
         for bundle, rewrite in zip(bundles, rewrites):
             if self._target == "query_str":
-                out.append(QueryBundle(query_str=_query_str(rewrite, self._query_format),
-                                       custom_embedding_strs=bundle.custom_embedding_strs,
-                                       image_path=bundle.image_path, embedding=bundle.embedding))
+                out.append(
+                    QueryBundle(
+                        query_str=_query_str(rewrite, self._query_format),
+                        custom_embedding_strs=bundle.custom_embedding_strs,
+                        image_path=bundle.image_path,
+                        embedding=bundle.embedding,
+                    )
+                )
             else:
                 strings = [rewrite.text, *(bundle.embedding_strs if self._include_original else [])]
-                out.append(QueryBundle(query_str=bundle.query_str, custom_embedding_strs=strings,
-                                       image_path=bundle.image_path))
+                out.append(QueryBundle(query_str=bundle.query_str, custom_embedding_strs=strings, image_path=bundle.image_path))
         return out
 
 
@@ -153,15 +166,21 @@ class CoreLlamaRetriever(BaseRetriever):
     retriever over ``TextNode``s (node ids are the document ids); it searches ``query_str``, leaving out the
     ``exclude`` ids (see :meth:`excluding`)."""
 
-    def __init__(self, retriever: Retriever, nodes: Sequence[BaseNode] | Mapping[str, BaseNode],
-                 similarity_top_k: int = 10, exclude: Collection[str] = ()):
+    def __init__(
+        self,
+        retriever: Retriever,
+        nodes: Sequence[BaseNode] | Mapping[str, BaseNode],
+        similarity_top_k: int = 10,
+        exclude: Collection[str] = (),
+    ):
         super().__init__()
         self._retriever, self._top_k, self._exclude = retriever, similarity_top_k, exclude
         self._nodes = nodes if isinstance(nodes, Mapping) else {node.node_id: node for node in nodes}
 
     @classmethod
-    def from_nodes(cls, nodes: Sequence[BaseNode], kind: str = "bm25", *, similarity_top_k: int = 10,
-                   **options: Any) -> CoreLlamaRetriever:
+    def from_nodes(
+        cls, nodes: Sequence[BaseNode], kind: str = "bm25", *, similarity_top_k: int = 10, **options: Any
+    ) -> CoreLlamaRetriever:
         """Index the nodes' text with the core retriever ``kind``."""
         nodes = list(nodes)
         retriever = make_retriever(kind, **options).index((n.node_id, n.get_content()) for n in nodes)
@@ -177,8 +196,9 @@ class CoreLlamaRetriever(BaseRetriever):
         return [NodeWithScore(node=self._nodes[doc_id], score=score) for doc_id, score in ranking]
 
 
-def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, fusion: Fusion, *,
-                        similarity_top_k: int = 10) -> BaseRetriever:
+def fused_with_question(
+    retriever: BaseRetriever, transform: QRQueryTransform, fusion: Fusion, *, similarity_top_k: int = 10
+) -> BaseRetriever:
     """A ``QueryFusionRetriever`` over ``retriever`` (the question) and ``TransformRetriever(retriever,
     transform)`` (the reasoning), with no generated queries. Its ``reciprocal_rerank`` mode is RRF with
     k=60 on ranks counted from 0, i.e. ``Fusion("rrf", k=59)``, unweighted; its ``relative_score`` mode is
@@ -190,22 +210,40 @@ def fused_with_question(retriever: BaseRetriever, transform: QRQueryTransform, f
     if not fusion.with_query:
         raise ValueError("fused_with_question fuses the question's ranking: fusion.with_query must be on")
     if transform.reasoner.samples > 1:
-        raise ValueError("in LlamaIndex the samples of a reasoner are joined as text; fuse per-sample rankings "
-                         "with the core (tongsearch_qr.fusion.fused_search)")
+        raise ValueError(
+            "in LlamaIndex the samples of a reasoner are joined as text; fuse per-sample rankings "
+            "with the core (tongsearch_qr.fusion.fused_search)"
+        )
     weights = fusion.weights_for(2, " (the question, then the reasoning)")
     if fusion.method == "rrf" and (fusion.k != 59 or fusion.weights is not None):
-        raise ValueError(f"LlamaIndex's reciprocal_rerank fusion is unweighted RRF with k=60 from rank 0 "
-                         f"(tongsearch-qr's rrf:59), not {fusion.name}; use rrf:59 or score through LlamaIndex, or use the core")
+        raise ValueError(
+            f"LlamaIndex's reciprocal_rerank fusion is unweighted RRF with k=60 from rank 0 "
+            f"(tongsearch-qr's rrf:59), not {fusion.name}; use rrf:59 or score through LlamaIndex, or use the core"
+        )
     mode = FUSION_MODES.RECIPROCAL_RANK if fusion.method == "rrf" else FUSION_MODES.RELATIVE_SCORE
-    return QueryFusionRetriever([retriever, QRTransformRetriever(retriever, transform)], llm=MockLLM(), mode=mode,
-                                similarity_top_k=similarity_top_k, num_queries=1, use_async=False,
-                                retriever_weights=weights)
+    return QueryFusionRetriever(
+        [retriever, QRTransformRetriever(retriever, transform)],
+        llm=MockLLM(),
+        mode=mode,
+        similarity_top_k=similarity_top_k,
+        num_queries=1,
+        use_async=False,
+        retriever_weights=weights,
+    )
 
 
-def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: QRReasoner, mode: str,
-                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+def rank_queries(
+    docs: Iterable[tuple[str, str]],
+    queries: Mapping[str, str],
+    reasoner: QRReasoner,
+    mode: str,
+    k: int,
+    kind: str = "bm25",
+    fusion: Fusion | None = None,
+    exclude: Mapping[str, Collection[str]] | None = None,
+    query_form: str = "terms",
+    **options: Any,
+) -> dict[str, list[tuple[str, float]]]:
     """Run ``TransformRetriever(CoreLlamaRetriever, QRQueryTransform)`` (``kind="native"``: LlamaIndex's own
     ``BM25Retriever.from_defaults``; with ``fusion``: :func:`fused_with_question`) per query (``eval --via
     llama-index``); each query's ``exclude`` ids are left out of every ranking, before any fusion."""
@@ -221,13 +259,17 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
         own = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=depth, **options)
     else:
         index = CoreLlamaRetriever.from_nodes(nodes, kind, similarity_top_k=k, **options)
-    transform = QRQueryTransform(reasoner=reasoner, mode=mode,
-                                 query_format="text" if query_form == "text" or kind == "dense" else "repeated")
+    transform = QRQueryTransform(
+        reasoner=reasoner, mode=mode, query_format="text" if query_form == "text" or kind == "dense" else "repeated"
+    )
     rankings = {}
     for qid, query in queries.items():
         base = _Leaving(own, exclude.get(qid, ()), k) if kind == "native" else index.excluding(exclude.get(qid, ()))
-        retriever = TransformRetriever(base, transform) if fusion is None else \
-            fused_with_question(base, transform, fusion, similarity_top_k=k)
+        retriever = (
+            TransformRetriever(base, transform)
+            if fusion is None
+            else fused_with_question(base, transform, fusion, similarity_top_k=k)
+        )
         rankings[qid] = [(n.node.node_id, float(n.score or 0.0)) for n in retriever.retrieve(query)]
     return rankings
 
@@ -241,4 +283,4 @@ class _Leaving(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         found = self._inner.retrieve(query_bundle)
-        return [n for n in found if n.node.node_id not in self._exclude][:self._top_k]
+        return [n for n in found if n.node.node_id not in self._exclude][: self._top_k]

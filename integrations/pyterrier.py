@@ -64,9 +64,17 @@ class QRReasoner(pt.Transformer):
     ``bm25 >> pt.text.get_text(bm25) >> QRReasoner(method="lamer") >> bm25`` (the results need a ``text`` column).
     """
 
-    def __init__(self, model: str | None = None, *, mode: str | RewriteMode | None = None,
-                 reasoner: CoreReasoner | None = None, weights: bool = True, clean: bool = False,
-                 terms: int | None | EllipsisType = ..., **reasoner_options: Any):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        mode: str | RewriteMode | None = None,
+        reasoner: CoreReasoner | None = None,
+        weights: bool = True,
+        clean: bool = False,
+        terms: int | None | EllipsisType = ...,
+        **reasoner_options: Any,
+    ):
         if reasoner is None and not isinstance(terms, EllipsisType):
             reasoner_options["terms"] = terms
         self.reasoner = core_reasoner(reasoner, model, reasoner_options)
@@ -76,8 +84,16 @@ class QRReasoner(pt.Transformer):
         self.weights, self.clean = weights, clean
 
     @classmethod
-    def from_file(cls, path: str, *, mode: str | RewriteMode | None = None, weights: bool = True, clean: bool = False,
-                  terms: int | None | EllipsisType = ..., **options: Any) -> QRReasoner:
+    def from_file(
+        cls,
+        path: str,
+        *,
+        mode: str | RewriteMode | None = None,
+        weights: bool = True,
+        clean: bool = False,
+        terms: int | None | EllipsisType = ...,
+        **options: Any,
+    ) -> QRReasoner:
         """A transformer over precomputed reasoning (e.g. the paper's published JSON)."""
         reasoner = CoreReasoner.from_file(path, **{"on_error": ADAPTER_ON_ERROR, **options})
         return cls(mode=mode, weights=weights, clean=clean, terms=terms, reasoner=reasoner)
@@ -105,11 +121,17 @@ class QRReasoner(pt.Transformer):
             key = (repr(right.scorer), self.mode.name)
             if key not in _WARNED:
                 _WARNED.add(key)
-                emphasis = (f" and the question's weight in mode {self.mode.name!r}"
-                            if self.mode.with_reasoning and self.mode.query_repeats > 1 else "")
-                warnings.warn(f"PISA's retriever without query_weighted scores the rewrite as a set of words: it uses "
-                              f"the {self.reasoner.terms or 'all'} strongest words but not their weights{emphasis}; "
-                              f"build it with index.bm25(query_weighted=True) to use them", stacklevel=2)
+                emphasis = (
+                    f" and the question's weight in mode {self.mode.name!r}"
+                    if self.mode.with_reasoning and self.mode.query_repeats > 1
+                    else ""
+                )
+                warnings.warn(
+                    f"PISA's retriever without query_weighted scores the rewrite as a set of words: it uses "
+                    f"the {self.reasoner.terms or 'all'} strongest words but not their weights{emphasis}; "
+                    f"build it with index.bm25(query_weighted=True) to use them",
+                    stacklevel=2,
+                )
         return super().__rshift__(right)
 
     def _with_feedback(self, res: pd.DataFrame) -> tuple[pd.DataFrame, CoreReasoner]:
@@ -131,15 +153,27 @@ class CoreRetriever(pt.Transformer):
     documents' text for ``pt.text.get_text(retriever)``. ``exclude`` maps a qid to document ids its results
     leave out (BRIGHT's excluded ids), as the core retriever's ``search(exclude=...)`` does."""
 
-    def __init__(self, retriever: Retriever, num_results: int = 1000, texts: Mapping[str, str] | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None):
+    def __init__(
+        self,
+        retriever: Retriever,
+        num_results: int = 1000,
+        texts: Mapping[str, str] | None = None,
+        exclude: Mapping[str, Collection[str]] | None = None,
+    ):
         self.retriever, self.num_results, self.texts = retriever, num_results, texts
         self.exclude = exclude or {}
 
     @classmethod
-    def from_corpus(cls, corpus: Iterable[Mapping[str, Any]], kind: str = "bm25", *, num_results: int = 1000,
-                    text_field: str = "text", exclude: Mapping[str, Collection[str]] | None = None,
-                    **options: Any) -> CoreRetriever:
+    def from_corpus(
+        cls,
+        corpus: Iterable[Mapping[str, Any]],
+        kind: str = "bm25",
+        *,
+        num_results: int = 1000,
+        text_field: str = "text",
+        exclude: Mapping[str, Collection[str]] | None = None,
+        **options: Any,
+    ) -> CoreRetriever:
         """Index an iterable of dicts with ``docno`` and ``text_field`` using the core retriever ``kind``."""
         texts: dict[str, str] = {}
 
@@ -178,8 +212,9 @@ class CoreRetriever(pt.Transformer):
         return pd.DataFrame(rows, columns=columns)
 
 
-def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion: Fusion,
-                        num_results: int = 1000) -> pt.Transformer:
+def fused_with_question(
+    retriever: pt.Transformer, reasoner: QRReasoner, fusion: Fusion, num_results: int = 1000
+) -> pt.Transformer:
     """``retriever`` on the question fused with ``reasoner >> retriever`` (whose results get the question back,
     ``pt.model.pop_queries``, without ``query_toks``, so both rankings describe the same query), built from PyTerrier's own parts:
     unweighted RRF is ``pyterrier_alpha``'s ``RRFusion`` (it scores ``1 / (k + rank)`` with ranks from 0, so it is
@@ -191,8 +226,10 @@ def fused_with_question(retriever: pt.Transformer, reasoner: QRReasoner, fusion:
     if not fusion.with_query:
         raise ValueError("fused_with_question fuses the question's ranking: fusion.with_query must be on")
     if reasoner.reasoner.samples > 1:
-        raise ValueError("in PyTerrier the samples of a reasoner are joined as text; fuse per-sample rankings "
-                         "with the core (tongsearch_qr.fusion.fused_search)")
+        raise ValueError(
+            "in PyTerrier the samples of a reasoner are joined as text; fuse per-sample rankings "
+            "with the core (tongsearch_qr.fusion.fused_search)"
+        )
     runs = [retriever, reasoner >> retriever >> pt.apply.generic(_question_back)]
     weights = fusion.weights_for(len(runs), " (the question, then the reasoning)")
     if fusion.method == "rrf" and fusion.weights is None:
@@ -228,10 +265,18 @@ def _min_max(res: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
-def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], reasoner: CoreReasoner, mode: str,
-                 k: int, kind: str = "bm25", fusion: Fusion | None = None,
-                 exclude: Mapping[str, Collection[str]] | None = None, query_form: str = "terms",
-                 **options: Any) -> dict[str, list[tuple[str, float]]]:
+def rank_queries(
+    docs: Iterable[tuple[str, str]],
+    queries: Mapping[str, str],
+    reasoner: CoreReasoner,
+    mode: str,
+    k: int,
+    kind: str = "bm25",
+    fusion: Fusion | None = None,
+    exclude: Mapping[str, Collection[str]] | None = None,
+    query_form: str = "terms",
+    **options: Any,
+) -> dict[str, list[tuple[str, float]]]:
     """Run ``QRReasoner >> CoreRetriever`` (``kind="native"``: ``>> PisaIndex(...).bm25()``, PISA at its defaults;
     with ``fusion``: :func:`fused_with_question`) over a topics frame (what ``tongsearch-qr eval --via pyterrier``
     does), with ``query_toks`` unless ``query_form="text"``; each query's ``exclude`` ids are left out of every
@@ -248,8 +293,9 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
             stage = index.bm25(num_results=search_depth(k, list(exclude.values())))
             stage = stage >> pt.apply.generic(_leaving_out(exclude))
         else:
-            stage = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in docs), kind, num_results=k,
-                                              exclude=exclude, **options)
+            stage = CoreRetriever.from_corpus(
+                ({"docno": d, "text": t} for d, t in docs), kind, num_results=k, exclude=exclude, **options
+            )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="PISA's retriever without query_weighted")
             pipeline = rewriter >> stage if fusion is None else fused_with_question(stage, rewriter, fusion, k)
@@ -260,6 +306,7 @@ def rank_queries(docs: Iterable[tuple[str, str]], queries: Mapping[str, str], re
 
 def _leaving_out(exclude: Mapping[str, Collection[str]]):
     """Results without each query's ``exclude`` ids, ranks renumbered."""
+
     def drop(res: pd.DataFrame) -> pd.DataFrame:
         keep = [docno not in exclude.get(qid, ()) for qid, docno in zip(res["qid"], res["docno"])]
         return pt.model.add_ranks(res[keep].drop(columns="rank"))

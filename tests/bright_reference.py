@@ -20,8 +20,9 @@ def bright_index(documents):
     dictionary = Dictionary(corpus)
     model = LuceneBM25Model(dictionary=dictionary, k1=0.9, b=0.4)
     bm25_corpus = model[list(map(dictionary.doc2bow, corpus))]
-    bm25_index = SparseMatrixSimilarity(bm25_corpus, num_docs=len(corpus), num_terms=len(dictionary),
-                                        normalize_queries=False, normalize_documents=False)
+    bm25_index = SparseMatrixSimilarity(
+        bm25_corpus, num_docs=len(corpus), num_terms=len(dictionary), normalize_queries=False, normalize_documents=False
+    )
     return analyzer, dictionary, model, bm25_index
 
 

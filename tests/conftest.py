@@ -34,6 +34,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -120,8 +122,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     source = embedded_model_dir()
     config = AutoConfig.from_pretrained(source)
-    config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "head_dim": 8})
+    config.update(
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+        }
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-model")
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)

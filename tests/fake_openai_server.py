@@ -25,10 +25,10 @@ def echo_completion(body: dict) -> Reply:
     """A chat completion echoing the end of the question; like vLLM, choice j of a seeded request is drawn with
     seed + j (so the text names that seed)."""
     question = body["messages"][-1]["content"]
-    texts = [f"re: {question[-20:]}" + (f" #{body['seed'] + j}" if "seed" in body else "")
-             for j in range(body.get("n", 1))]
-    reply = {"choices": [{"index": j, "message": {"role": "assistant", "content": t}}
-                         for j, t in reversed(list(enumerate(texts)))]}
+    texts = [f"re: {question[-20:]}" + (f" #{body['seed'] + j}" if "seed" in body else "") for j in range(body.get("n", 1))]
+    reply = {
+        "choices": [{"index": j, "message": {"role": "assistant", "content": t}} for j, t in reversed(list(enumerate(texts)))]
+    }
     return 200, {}, json.dumps(reply)
 
 
@@ -38,8 +38,14 @@ class ScriptedServer:
     (entries such as ``{"id": "m", "max_model_len": 512}``). ``port``: where to listen (default: a free one; give a
     closed server's port to bring it back at the same URL)."""
 
-    def __init__(self, script: list | None = None, *, models: list[dict] | None = None,
-                 rule: Callable[[dict], Reply | None] | None = None, port: int = 0):
+    def __init__(
+        self,
+        script: list | None = None,
+        *,
+        models: list[dict] | None = None,
+        rule: Callable[[dict], Reply | None] | None = None,
+        port: int = 0,
+    ):
         self.script = list(script or [])
         self.models = list(models or [])
         self.rule = rule

@@ -24,8 +24,11 @@ def test_dtype_is_bf16_only_where_the_requested_gpu_computes_it_natively(monkeyp
 
     majors = {0: 9, 1: 7}  # an H100 as cuda:0, a V100 as cuda:1 (bf16 there is emulated)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device=None: SimpleNamespace(major=majors[getattr(device, "index", None) or 0]))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device=None: SimpleNamespace(major=majors[getattr(device, "index", None) or 0]),
+    )
     monkeypatch.setattr(torch.version, "hip", None)
     assert pick_dtype("auto", "cuda:0") == torch.bfloat16 and pick_dtype("auto", "cuda") == torch.bfloat16
     assert pick_dtype("auto", "cuda:1") == torch.float16
@@ -77,21 +80,24 @@ def test_an_avx512_cpu_without_bf16_instructions_computes_in_float32(monkeypatch
 
 
 @X86
-@pytest.mark.parametrize("name, value, native", [
-    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE", False),
-    ("ONEDNN_MAX_CPU_ISA", "avx2", False),
-    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI", False),
-    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
-    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True),
-    ("ONEDNN_MAX_CPU_ISA", "ALL", True),
-    ("DNNL_MAX_CPU_ISA", "AVX512_CORE", False),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX2", False),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX512", False),
-    ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E3", True),
-    ("ATEN_CPU_CAPABILITY", "avx2", False),
-    ("ATEN_CPU_CAPABILITY", "default", False),
-    ("ATEN_CPU_CAPABILITY", "avx512", True),
-])
+@pytest.mark.parametrize(
+    "name, value, native",
+    [
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE", False),
+        ("ONEDNN_MAX_CPU_ISA", "avx2", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True),
+        ("ONEDNN_MAX_CPU_ISA", "ALL", True),
+        ("DNNL_MAX_CPU_ISA", "AVX512_CORE", False),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX2", False),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX512", False),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX512_E3", True),
+        ("ATEN_CPU_CAPABILITY", "avx2", False),
+        ("ATEN_CPU_CAPABILITY", "default", False),
+        ("ATEN_CPU_CAPABILITY", "avx512", True),
+    ],
+)
 def test_an_isa_limit_in_the_environment_is_honoured(monkeypatch, no_isa_limit, name, value, native):
     """On a CPU with bf16 instructions (probes monkeypatched: a Sapphire Rapids), a limit below them means none."""
     import torch
@@ -109,10 +115,17 @@ def test_an_isa_limit_in_the_environment_is_honoured(monkeypatch, no_isa_limit, 
 @X86
 def test_an_isa_limit_set_before_the_process_starts_gives_float32(no_isa_limit):
     """As a user would set it: in the environment of a new process, where oneDNN itself reads it."""
-    code = ("import torch; from tongsearch_qr.backends.transformers_backend import pick_dtype; "
-            "print(torch.ops.mkldnn._is_mkldnn_bf16_supported(), pick_dtype('auto', 'cpu'))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    code = (
+        "import torch; from tongsearch_qr.backends.transformers_backend import pick_dtype; "
+        "print(torch.ops.mkldnn._is_mkldnn_bf16_supported(), pick_dtype('auto', 'cpu'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     onednn_says, dtype = done.stdout.split()
     assert dtype == "torch.float32"
@@ -124,8 +137,7 @@ def test_cuda_batches_are_sized_from_free_memory():
     from tongsearch_qr.backends.transformers_backend import CUDA_MAX_BATCH_SIZE, cuda_batching, kv_bytes_per_token
 
     smollm = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, num_hidden_layers=30)
-    qwen = SimpleNamespace(num_attention_heads=12, num_key_value_heads=2, hidden_size=1536, num_hidden_layers=28,
-                           head_dim=128)
+    qwen = SimpleNamespace(num_attention_heads=12, num_key_value_heads=2, hidden_size=1536, num_hidden_layers=28, head_dim=128)
     assert kv_bytes_per_token(smollm, 2) == 2 * 30 * 3 * 64 * 2 == 23040
     assert kv_bytes_per_token(qwen, 2) == 2 * 28 * 2 * 128 * 2
     gib = 2**30
@@ -145,8 +157,14 @@ def test_a_backend_given_no_batch_size_sizes_its_batches_for_its_device(smol_bac
 
     on_cpu = TransformersBackend.from_loaded(smol_backend.model, smol_backend.tokenizer, "smol")
     assert (on_cpu.batch_size, on_cpu.max_batch_tokens) == (64, 65536)
-    qwen = SimpleNamespace(num_attention_heads=12, num_key_value_heads=2, hidden_size=1536, num_hidden_layers=28,
-                           head_dim=128, max_position_embeddings=32768)
+    qwen = SimpleNamespace(
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        hidden_size=1536,
+        num_hidden_layers=28,
+        head_dim=128,
+        max_position_embeddings=32768,
+    )
     on_gpu = SimpleNamespace(device=torch.device("cuda:0"), dtype=torch.bfloat16, config=qwen, eval=lambda: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     sized = TransformersBackend.from_loaded(on_gpu, smol_backend.tokenizer, "qwen")
@@ -171,9 +189,9 @@ def test_bm25_never_imports_jax_and_so_never_initialises_an_accelerator(tmp_path
         assert index.search(["why can't we drink sea water"], k=1)[0][0][0] == "a"
         KeyTerms(["sea water", "moon"])
         import os
-        print("bm25s" in sys.modules, os.path.exists({str(tmp_path / 'imported')!r}))
+        print("bm25s" in sys.modules, os.path.exists({str(tmp_path / "imported")!r}))
         import jax  # the program's own import still works afterwards
-        print(os.path.exists({str(tmp_path / 'imported')!r}))
+        print(os.path.exists({str(tmp_path / "imported")!r}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -187,9 +205,27 @@ def test_the_gpu_check_runs_its_cpu_path_at_toy_sizes(tiny_model_dir, tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    done = subprocess.run([sys.executable, str(script), "--cpu", "--tiny", "--queries", "4", "--new-tokens", "4",
-                           "--grpo-steps", "1", "--tokenizer", str(tiny_model_dir), "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--cpu",
+            "--tiny",
+            "--queries",
+            "4",
+            "--new-tokens",
+            "4",
+            "--grpo-steps",
+            "1",
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["choices"]["jax_imported_by_bm25"] is False

@@ -45,21 +45,27 @@ def no_isa_limit(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize("report, options, expected", [
-    (MachineReport("cpu", ZEN4, True), {}, ("llamacpp", "BF16", "CPU with native bf16")),
-    (MachineReport("cpu", ZEN4, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # an ISA limit set
-    (MachineReport("cpu", ZEN3, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # llama.cpp for AVX2
-    (MachineReport("cpu", ZEN3, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),
-    (MachineReport("cpu", ARM, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),
-    (MachineReport("cpu", ZEN3, False), {"dtype": "float32"}, ("llamacpp", "F32", "CPU, dtype float32 pinned")),
-    (MachineReport("cpu", ZEN4, True), {"dtype": "q4_0"}, ("llamacpp", "Q4_0", "CPU, dtype q4_0 pinned")),
-    (MachineReport("cuda", ZEN4, True), {}, ("transformers", None, "device cuda")),
-    (MachineReport("cuda:1", ZEN3, False), {"dtype": "float16"}, ("transformers", None, "device cuda:1")),
-    (MachineReport("cpu", None, True), {}, ("transformers", None, "llama-cpp-python is not installed")),
-    (MachineReport("cpu", ZEN4, True), {"model_problem": "not the embedded architecture"},
-     ("transformers", None, "not the embedded architecture")),
-    (MachineReport("cuda", None, False), {"gguf_file": True}, ("llamacpp", None, "a GGUF file runs on llama.cpp")),
-])
+@pytest.mark.parametrize(
+    "report, options, expected",
+    [
+        (MachineReport("cpu", ZEN4, True), {}, ("llamacpp", "BF16", "CPU with native bf16")),
+        (MachineReport("cpu", ZEN4, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # an ISA limit set
+        (MachineReport("cpu", ZEN3, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),  # llama.cpp for AVX2
+        (MachineReport("cpu", ZEN3, False), {}, ("llamacpp", "F16", "CPU with no native bf16")),
+        (MachineReport("cpu", ARM, True), {}, ("llamacpp", "F16", "CPU with no native bf16")),
+        (MachineReport("cpu", ZEN3, False), {"dtype": "float32"}, ("llamacpp", "F32", "CPU, dtype float32 pinned")),
+        (MachineReport("cpu", ZEN4, True), {"dtype": "q4_0"}, ("llamacpp", "Q4_0", "CPU, dtype q4_0 pinned")),
+        (MachineReport("cuda", ZEN4, True), {}, ("transformers", None, "device cuda")),
+        (MachineReport("cuda:1", ZEN3, False), {"dtype": "float16"}, ("transformers", None, "device cuda:1")),
+        (MachineReport("cpu", None, True), {}, ("transformers", None, "llama-cpp-python is not installed")),
+        (
+            MachineReport("cpu", ZEN4, True),
+            {"model_problem": "not the embedded architecture"},
+            ("transformers", None, "not the embedded architecture"),
+        ),
+        (MachineReport("cuda", None, False), {"gguf_file": True}, ("llamacpp", None, "a GGUF file runs on llama.cpp")),
+    ],
+)
 def test_the_choice_is_a_function_of_what_the_machine_reports(report, options, expected):
     choice = choose_engine(report, **options)
     assert (choice.engine, choice.weights_type) == expected[:2] and choice.reason.startswith(expected[2])
@@ -120,8 +126,7 @@ def test_the_default_backend_on_this_cpu_is_llamacpp_in_the_weight_type_of_its_c
     assert flipped.generate(["Why is the sea salty?"], default.template, GenerationParams.greedy(8))[0].strip()
 
 
-def test_without_llamacpp_or_on_cuda_or_for_models_it_cannot_run_auto_is_transformers(monkeypatch, tiny_model_dir,
-                                                                                        caplog):
+def test_without_llamacpp_or_on_cuda_or_for_models_it_cannot_run_auto_is_transformers(monkeypatch, tiny_model_dir, caplog):
     monkeypatch.setattr(auto, "_llamacpp_features", lambda: None)
     plain = make_backend("auto", "base", batch_size=4, parallel=8)  # the other engine's options are left out
     assert type(plain).__name__ == "TransformersBackend" and plain.batch_size == 4
@@ -176,8 +181,28 @@ def test_eval_writes_which_engine_reasoned(tmp_path):
 
     make_bright_fixture(tmp_path / "b")
     out = tmp_path / "out"
-    assert main(["eval", "--dataset", "bright:biology", "--bright-dir", str(tmp_path / "b"), "--output", str(out),
-                 "--retriever", "bm25", "--greedy", "--max-new-tokens", "4", "--no-cache", "--parallel", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                "bright:biology",
+                "--bright-dir",
+                str(tmp_path / "b"),
+                "--output",
+                str(out),
+                "--retriever",
+                "bm25",
+                "--greedy",
+                "--max-new-tokens",
+                "4",
+                "--no-cache",
+                "--parallel",
+                "2",
+            ]
+        )
+        == 0
+    )
     backend = json.loads((out / "reasoning.json").read_text())["backend"]
     assert backend["auto"]["engine"] == "llamacpp" and backend["cache_id"].startswith("llamacpp:")
     assert backend["cache_id"].endswith(":" + backend["auto"]["weights_type"].lower())

@@ -4,8 +4,10 @@ from tongsearch_qr.backends.batching import plan_batches
 
 
 def _plan(lengths, new=100, size=64, tokens=65536, overhead=32):
-    return [(r.start, r.stop) for r in plan_batches(lengths, new, max_batch_size=size, max_batch_tokens=tokens,
-                                                     step_overhead_tokens=overhead)]
+    return [
+        (r.start, r.stop)
+        for r in plan_batches(lengths, new, max_batch_size=size, max_batch_tokens=tokens, step_overhead_tokens=overhead)
+    ]
 
 
 def test_uniform_lengths_fill_batches():

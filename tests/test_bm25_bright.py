@@ -18,16 +18,23 @@ def scifact(shared_data):
     root = shared_data / "scifact"
     docs = [json.loads(line) for line in (root / "corpus.jsonl").open(encoding="utf-8")]
     queries = [json.loads(line) for line in (root / "queries.jsonl").open(encoding="utf-8")]
-    return ([d["_id"] for d in docs], [f"{d['title']} {d['text']}" for d in docs],
-            [q["_id"] for q in queries], [q["text"] for q in queries])
+    return (
+        [d["_id"] for d in docs],
+        [f"{d['title']} {d['text']}" for d in docs],
+        [q["_id"] for q in queries],
+        [q["text"] for q in queries],
+    )
 
 
 def test_identical_to_brights_reference_on_every_scifact_query(scifact):
     ids, texts, qids, qtexts = scifact
     excluded = {qids[0]: [ids[0], ids[3], "N/A"], qids[7]: [ids[10]]}
     reference = bright_bm25(qtexts, qids, texts, ids, excluded, k=100)
-    ours = make_retriever("bm25-bright").index(zip(ids, texts)).search(
-        qtexts, k=100, exclude=[set(excluded.get(q, [])) - {"N/A"} for q in qids])
+    ours = (
+        make_retriever("bm25-bright")
+        .index(zip(ids, texts))
+        .search(qtexts, k=100, exclude=[set(excluded.get(q, [])) - {"N/A"} for q in qids])
+    )
     assert len(qids) == 1109
     for qid, ranking in zip(qids, ours):
         expected = reference[qid]
@@ -57,12 +64,16 @@ def every_shared_text(shared_data) -> dict[str, list[str]]:
     from tongsearch_qr.data.qa import read_qa_pairs
 
     scifact = shared_data / "scifact"
-    texts = {"scifact corpus": [f"{d['title']} {d['text']}" for d in map(json.loads, (scifact / "corpus.jsonl").open())],
-             "scifact queries": [q["text"] for q in map(json.loads, (scifact / "queries.jsonl").open())]}
-    texts["bright queries"] = [q for task in BRIGHT_TASKS
-                               for q in load_bright(task, source=shared_data / "bright").queries.values()]
-    texts["bright gold answers"] = [a for task in STACKEXCHANGE_TASKS
-                                    for _, a in bright_answers(task, source=shared_data / "bright")]
+    texts = {
+        "scifact corpus": [f"{d['title']} {d['text']}" for d in map(json.loads, (scifact / "corpus.jsonl").open())],
+        "scifact queries": [q["text"] for q in map(json.loads, (scifact / "queries.jsonl").open())],
+    }
+    texts["bright queries"] = [
+        q for task in BRIGHT_TASKS for q in load_bright(task, source=shared_data / "bright").queries.values()
+    ]
+    texts["bright gold answers"] = [
+        a for task in STACKEXCHANGE_TASKS for _, a in bright_answers(task, source=shared_data / "bright")
+    ]
     for path in sorted((shared_data / "tongsearch-qr").glob("*.json")):
         texts[path.stem] = list(json.loads(path.read_text(encoding="utf-8")).values())
     pairs = [p for path in sorted((shared_data / "stackexchange-qa").glob("*/qa_pairs.jsonl")) for p in read_qa_pairs(path)]
@@ -89,8 +100,22 @@ def test_fast_analysis_is_token_identical_to_the_jvm_on_random_text():
     from tongsearch_qr.retrieval.lucene import analyze, jvm_analyze
 
     rng = random.Random(7)
-    alphabet = [*"aZbY09_:.,;'\" -\t\n\r/@#", "s", "S", "'s", "é", "\u0301", "\u00a0", "α", "\u200d", "日本", "😀",
-                "\u00ad", "’", "x" * 120]
+    alphabet = [
+        *"aZbY09_:.,;'\" -\t\n\r/@#",
+        "s",
+        "S",
+        "'s",
+        "é",
+        "\u0301",
+        "\u00a0",
+        "α",
+        "\u200d",
+        "日本",
+        "😀",
+        "\u00ad",
+        "’",
+        "x" * 120,
+    ]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20000)]
     assert analyze(texts) == jvm_analyze(texts)
 
@@ -144,7 +169,7 @@ def test_kernels_stay_in_bounds_on_adversarial_texts_and_match_the_jvm(tmp_path)
     subprocess (an unchecked write can crash the process): single letters, separators only, very long tokens,
     empty strings, mixed scripts, many distinct tokens and random short texts are analysed as the JVM does and
     indexed by bm25-bright without error."""
-    code = r'''
+    code = r"""
 import random
 import numpy as np
 from numba import config, njit
@@ -186,8 +211,11 @@ for name, texts in cases.items():
     except Exception as exc:
         failed.append(f"{name}: {type(exc).__name__}: {exc}")
 print("\n".join(failed) or "OK")
-'''
+"""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), (done.returncode, done.stdout[-3000:],
-                                                                         done.stderr[-3000:])
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), (
+        done.returncode,
+        done.stdout[-3000:],
+        done.stderr[-3000:],
+    )

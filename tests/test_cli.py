@@ -23,11 +23,13 @@ def _write_jsonl(path, rows):
 
 
 def test_reason_writes_every_field(tmp_path):
-    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we dream?"},
-                                              {"id": "b", "query": "How do magnets work?"}])
+    src = _write_jsonl(
+        tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we dream?"}, {"id": "b", "query": "How do magnets work?"}]
+    )
     out = tmp_path / "out.jsonl"
-    rc = main(["reason", "--input", str(src), "--output", str(out), "--mode", "concat",
-               "--cache", str(tmp_path / "c.sqlite"), *FAST])
+    rc = main(
+        ["reason", "--input", str(src), "--output", str(out), "--mode", "concat", "--cache", str(tmp_path / "c.sqlite"), *FAST]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"]
@@ -37,8 +39,9 @@ def test_reason_writes_every_field(tmp_path):
 
 
 def test_reason_from_precomputed_file_and_tsv(tmp_path, shared_data):
-    published = json.loads((shared_data / "tongsearch-qr" / "TongSearch-QR-1.5B_reasoned_BRIGHT_queries.json")
-                           .read_text(encoding="utf-8"))
+    published = json.loads(
+        (shared_data / "tongsearch-qr" / "TongSearch-QR-1.5B_reasoned_BRIGHT_queries.json").read_text(encoding="utf-8")
+    )
     single_line = [q for q in published if "\n" not in q and "\t" not in q][:3]
     src = tmp_path / "q.tsv"
     src.write_text("".join(f"t{i}\t{q}\n" for i, q in enumerate(single_line)), encoding="utf-8")
@@ -50,12 +53,15 @@ def test_reason_from_precomputed_file_and_tsv(tmp_path, shared_data):
     assert all(r["rewritten"] == r["reasoning"] for r in rows)
 
 
-@pytest.mark.parametrize("argv_tail, message", [
-    (["--mode", "sideways"], "unknown rewrite mode 'sideways'"),
-    (["--backend", "warp"], "unknown backend 'warp'"),
-    (["--model", "./missing-model-dir"], "does not exist"),
-    (["--model", "file:/no/such.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--mode", "sideways"], "unknown rewrite mode 'sideways'"),
+        (["--backend", "warp"], "unknown backend 'warp'"),
+        (["--model", "./missing-model-dir"], "does not exist"),
+        (["--model", "file:/no/such.json"], "does not exist"),
+    ],
+)
 def test_reason_bad_options_exit_nonzero(tmp_path, capsys, argv_tail, message):
     src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why?"}])
     rc = main(["reason", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--no-cache", *argv_tail])
@@ -65,8 +71,9 @@ def test_reason_bad_options_exit_nonzero(tmp_path, capsys, argv_tail, message):
 
 
 def test_reason_invalid_queries_error_or_skip(tmp_path, capsys):
-    src = _write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we yawn?"}, {"id": "b", "query": "  "},
-                                              {"id": "c", "query": None}])
+    src = _write_jsonl(
+        tmp_path / "q.jsonl", [{"id": "a", "query": "Why do we yawn?"}, {"id": "b", "query": "  "}, {"id": "c", "query": None}]
+    )
     out = tmp_path / "o.jsonl"
     args = ["reason", "--input", str(src), "--output", str(out), "--no-cache", *FAST]
     assert main(args) == 2
@@ -93,12 +100,34 @@ def _cache_rows(path):
 @pytest.mark.parametrize("samples", [1, 3])
 def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path, samples):
     """Killed mid-run, a rerun generates only what the cache lacks: with samples, each (query, sample)."""
-    queries = [f"Question {i}: why does {topic} happen?" for i, topic in enumerate(
-        ["rain", "rust", "thunder", "fog", "tides", "frost", "wind", "hail", "snow", "dew", "lightning", "drought"])]
+    queries = [
+        f"Question {i}: why does {topic} happen?"
+        for i, topic in enumerate(
+            ["rain", "rust", "thunder", "fog", "tides", "frost", "wind", "hail", "snow", "dew", "lightning", "drought"]
+        )
+    ]
     src = _write_jsonl(tmp_path / "q.jsonl", [{"id": str(i), "query": q} for i, q in enumerate(queries)])
     out, cache = tmp_path / "o.jsonl", tmp_path / "c.sqlite"
-    cmd = [sys.executable, "-m", "tongsearch_qr.cli", "reason", "--input", str(src), "--output", str(out),
-           "--cache", str(cache), "--batch-size", "1", "--max-new-tokens", "24", "--seed", "0", "--samples", str(samples)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tongsearch_qr.cli",
+        "reason",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--cache",
+        str(cache),
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "24",
+        "--seed",
+        "0",
+        "--samples",
+        str(samples),
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -115,8 +144,7 @@ def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path, sam
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     times = f" x {samples} samples" if samples > 1 else ""
-    assert f"{len(queries)} queries ({len(queries)} unique){times}, {len(before)} already in the reasoning cache" \
-        in result.stderr
+    assert f"{len(queries)} queries ({len(queries)} unique){times}, {len(before)} already in the reasoning cache" in result.stderr
     assert f"{len(queries) * samples - len(before)} generated" in result.stderr
     after = _cache_rows(cache)
     assert len(after) == len(queries) * samples
@@ -125,8 +153,9 @@ def test_sigkill_mid_run_then_restart_loses_and_recomputes_nothing(tmp_path, sam
     assert [r["id"] for r in rows] == [str(i) for i in range(len(queries))]
     assert all(len(r.get("samples", [r["reasoning"]])) == samples for r in rows)
     shipped = PromptTemplate(**reasoner_settings(None)["template"])  # keywords: keeps each completion term once
-    assert sorted(text for r in rows for text in r.get("samples", [r["reasoning"]])) == \
-        sorted(shipped.extract(c) for c, _ in after.values())
+    assert sorted(text for r in rows for text in r.get("samples", [r["reasoning"]])) == sorted(
+        shipped.extract(c) for c, _ in after.values()
+    )
 
 
 def test_demo_collection_is_consistent():
@@ -145,8 +174,7 @@ def test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_questi
     from tongsearch_qr.models import reasoner_settings
 
     mode = reasoner_settings("default")["mode"]
-    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32",
-                 "--no-bright"]) == 0
+    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "16", "--batch-size", "32", "--no-bright"]) == 0
     out = capsys.readouterr().out
     assert "pydoc_data" in out and "[q01]" in out and "untrained reasoning:" in out
     rows = _demo_table(out)
@@ -156,8 +184,29 @@ def test_demo_shows_the_trained_reasoner_beside_the_untrained_one_and_the_questi
 
 
 def test_demo_of_another_model_compares_the_modes_asked_for(capsys):
-    assert main(["demo", "--model", "base", "--no-cache", "--greedy", "--max-new-tokens", "8", "--batch-size", "32",
-                 "--modes", "original", "replace", "concat", "--show", "1", "--no-bright"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                "base",
+                "--no-cache",
+                "--greedy",
+                "--max-new-tokens",
+                "8",
+                "--batch-size",
+                "32",
+                "--modes",
+                "original",
+                "replace",
+                "concat",
+                "--show",
+                "1",
+                "--no-bright",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert set(_demo_table(out)) == {"original", "replace", "concat"} and "untrained" not in out
 
@@ -174,8 +223,22 @@ def test_every_error_is_one_line_that_says_what_to_do(tmp_path, capsys, shared_d
     out = str(tmp_path / "o.jsonl")
     corrupt = tmp_path / "cache.sqlite"
     corrupt.write_bytes(b"not a database" * 200)
-    assert main(["reason", "--input", str(src), "--output", out, "--cache", str(corrupt), "--model", "file:" +
-                 str(shared_data / "tongsearch-qr" / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json")]) == 2
+    assert (
+        main(
+            [
+                "reason",
+                "--input",
+                str(src),
+                "--output",
+                out,
+                "--cache",
+                str(corrupt),
+                "--model",
+                "file:" + str(shared_data / "tongsearch-qr" / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json"),
+            ]
+        )
+        == 2
+    )
     assert "--no-cache" in _one_line_error(capsys)
 
     reasoning = tmp_path / "r.json"
@@ -185,9 +248,11 @@ def test_every_error_is_one_line_that_says_what_to_do(tmp_path, capsys, shared_d
     assert "--fallback" in line and "fallback=" not in line
 
     # the pyserini extra is not installed (a fresh process: this one may have started the JVM already)
-    code = ("import sys; sys.modules['jnius_config'] = None; from tongsearch_qr.cli import main; "
-            f"sys.exit(main(['eval', '--dataset', 'beir:{shared_data / 'scifact'}', '--retriever', 'bm25-bright', "
-            f"'--reasoner', 'none', '--output', '{tmp_path / 'e'}']))")
+    code = (
+        "import sys; sys.modules['jnius_config'] = None; from tongsearch_qr.cli import main; "
+        f"sys.exit(main(['eval', '--dataset', 'beir:{shared_data / 'scifact'}', '--retriever', 'bm25-bright', "
+        f"'--reasoner', 'none', '--output', '{tmp_path / 'e'}']))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("tongsearch-qr: error: ")]
@@ -224,9 +289,13 @@ def test_every_command_line_option_is_documented_in_the_readme():
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    missing = {f"{name} {option}" for name, parser in commands.items() for action in parser._actions
-               for option in action.option_strings if option.startswith("--") and option != "--help"
-               and not re.search(re.escape(option) + r"(?![\w-])", readme)}
+    missing = {
+        f"{name} {option}"
+        for name, parser in commands.items()
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help" and not re.search(re.escape(option) + r"(?![\w-])", readme)
+    }
     assert not missing, sorted(missing)
 
 
@@ -252,8 +321,9 @@ def test_sampling_options_typed_beside_a_method_win_over_its_defaults(tmp_path, 
         return g.temperature, g.top_p, g.top_k, g.repetition_penalty, g.max_new_tokens, g.do_sample
 
     assert generation("--method", "hyde") == (0.7, 1.0, 0, 1.0, 512, True)
-    assert generation("--method", "hyde", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5",
-                      "--repetition-penalty", "1.2") == (0.3, 0.9, 5, 1.2, 512, True)
+    assert generation(
+        "--method", "hyde", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5", "--repetition-penalty", "1.2"
+    ) == (0.3, 0.9, 5, 1.2, 512, True)
     assert generation("--method", "bright-reasoning", "--temperature", "0.2") == (0.2, 0.8, 0, 1.0, 2048, True)
     assert generation("--method", "hyde", "--greedy", "--repetition-penalty", "1.3")[3:] == (1.3, 512, False)
     assert generation("--top-k", "7") == (0.7, 0.8, 7, 1.05, 500, True)  # no method: the paper's settings
@@ -276,6 +346,7 @@ def test_no_batch_size_is_passed_unless_given_so_the_backend_sizes_its_batches(m
     for backend in ("auto", "transformers"):
         assert "batch_size" not in options("--backend", backend)
         assert options("--backend", backend, "--batch-size", "16")["batch_size"] == 16
+
     class Built(Exception):
         """What the backend was given: raised before any model loads."""
 

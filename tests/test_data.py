@@ -19,25 +19,43 @@ from tongsearch_qr.data import (
     write_run,
 )
 
-FIXTURE_DOCS = {"d1": "salt water kidneys", "d2": "salt water kidneys salt water kidneys", "d3": "kidneys filter blood",
-                "d4": "salt mines", "d5": "volcano lava eruption", "d6": "deep ocean"}
+FIXTURE_DOCS = {
+    "d1": "salt water kidneys",
+    "d2": "salt water kidneys salt water kidneys",
+    "d3": "kidneys filter blood",
+    "d4": "salt mines",
+    "d5": "volcano lava eruption",
+    "d6": "deep ocean",
+}
 
 
 def make_bright_fixture(root, task="biology", docs=FIXTURE_DOCS, long_docs=None):
     """A BRIGHT task in the hub's parquet layout: examples (with excluded ids) and documents."""
     (root / "examples").mkdir(parents=True, exist_ok=True)
     (root / "documents").mkdir(exist_ok=True)
-    pq.write_table(pa.table({"id": list(docs), "content": list(docs.values())}),
-                   root / "documents" / f"{task}-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"id": list(docs), "content": list(docs.values())}), root / "documents" / f"{task}-00000-of-00001.parquet"
+    )
     if long_docs:
         (root / "long_documents").mkdir(exist_ok=True)
-        pq.write_table(pa.table({"id": list(long_docs), "content": list(long_docs.values())}),
-                       root / "long_documents" / f"{task}-00000-of-00001.parquet")
-    pq.write_table(pa.table({
-        "id": ["0", "1"], "query": ["salt water kidneys", "volcano eruption"], "reasoning": ["", ""],
-        "gold_ids": [["d1", "d3"], ["d5"]], "gold_ids_long": [["L1"], ["L2"]],
-        "excluded_ids": [["d2"], ["N/A"]], "gold_answer": ["", ""],
-    }), root / "examples" / f"{task}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"id": list(long_docs), "content": list(long_docs.values())}),
+            root / "long_documents" / f"{task}-00000-of-00001.parquet",
+        )
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["0", "1"],
+                "query": ["salt water kidneys", "volcano eruption"],
+                "reasoning": ["", ""],
+                "gold_ids": [["d1", "d3"], ["d5"]],
+                "gold_ids_long": [["L1"], ["L2"]],
+                "excluded_ids": [["d2"], ["N/A"]],
+                "gold_answer": ["", ""],
+            }
+        ),
+        root / "examples" / f"{task}-00000-of-00001.parquet",
+    )
     return root
 
 
@@ -70,8 +88,10 @@ def test_bright_gold_answers_of_the_stackexchange_tasks(shared_data, tmp_path):
         with pytest.raises(InputFormatError, match=f"BRIGHT {task} has no gold answers"):
             bright_answers(task, source=source)
     root = make_bright_fixture(tmp_path / "b")
-    pq.write_table(pa.table({"id": ["0", "1"], "query": ["q one", "q two"], "gold_answer": ["answer one", "N/A"]}),
-                   root / "examples" / "biology-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"id": ["0", "1"], "query": ["q one", "q two"], "gold_answer": ["answer one", "N/A"]}),
+        root / "examples" / "biology-00000-of-00001.parquet",
+    )
     assert bright_answers("biology", source=root) == [("q one", "answer one")]
     pq.write_table(pa.table({"id": ["0"], "query": ["q one"]}), root / "examples" / "biology-00000-of-00001.parquet")
     with pytest.raises(InputFormatError, match=r"missing columns \['gold_answer'\]"):

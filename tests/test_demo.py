@@ -16,18 +16,26 @@ from tongsearch_qr.demo import bright_demo_data, run_bright_demo
 #: (question, its accepted answer, the "published" reasoning): each question shares no word with its own answer,
 #: its reasoning shares the answer's rare words, so the published row ranks every answer first and the question can't
 TASK = [
-    ("Is it greener to wash dishes by hand or to run a machine?",
-     "Modern dishwashers heat less water than a sink full; eco programmes save energy.",
-     "dishwashers heat less water eco programmes energy"),
-    ("Do cotton tote bags beat plastic carrier bags?",
-     "A reusable tote needs hundreds of trips before its footprint drops below polyethylene.",
-     "reusable tote hundreds trips footprint polyethylene"),
-    ("Should I leave my laptop charger plugged in overnight?",
-     "Idle adapters draw standby current, phantom load, roughly a watt or less.",
-     "idle adapters standby current phantom load watt"),
-    ("Which is better for the climate, a paper book or an e-reader?",
-     "Tablet manufacturing emissions amortise after about forty volumes read.",
-     "tablet manufacturing emissions amortise forty volumes"),
+    (
+        "Is it greener to wash dishes by hand or to run a machine?",
+        "Modern dishwashers heat less water than a sink full; eco programmes save energy.",
+        "dishwashers heat less water eco programmes energy",
+    ),
+    (
+        "Do cotton tote bags beat plastic carrier bags?",
+        "A reusable tote needs hundreds of trips before its footprint drops below polyethylene.",
+        "reusable tote hundreds trips footprint polyethylene",
+    ),
+    (
+        "Should I leave my laptop charger plugged in overnight?",
+        "Idle adapters draw standby current, phantom load, roughly a watt or less.",
+        "idle adapters standby current phantom load watt",
+    ),
+    (
+        "Which is better for the climate, a paper book or an e-reader?",
+        "Tablet manufacturing emissions amortise after about forty volumes read.",
+        "tablet manufacturing emissions amortise forty volumes",
+    ),
 ]
 ROWS = ["bm25: question", "bm25: published 7B", "bm25: shipped reasoner", "haystack: question", "haystack: published 7B"]
 TASKS = ["--bright-tasks", "sustainable_living"]
@@ -38,8 +46,18 @@ def _shared_layout(root: Path, published: bool = True) -> Path:
     ``root/repo``, the folder to run from."""
     examples = root / "shared" / "data" / "bright" / "examples"
     examples.mkdir(parents=True)
-    rows = [{"id": str(i), "query": q, "reasoning": "", "gold_ids": [f"doc{i}"], "gold_ids_long": [f"doc{i}"],
-             "excluded_ids": ["N/A"], "gold_answer": answer} for i, (q, answer, _) in enumerate(TASK)]
+    rows = [
+        {
+            "id": str(i),
+            "query": q,
+            "reasoning": "",
+            "gold_ids": [f"doc{i}"],
+            "gold_ids_long": [f"doc{i}"],
+            "excluded_ids": ["N/A"],
+            "gold_answer": answer,
+        }
+        for i, (q, answer, _) in enumerate(TASK)
+    ]
     with gzip.open(examples / "sustainable_living.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     if published:
@@ -64,8 +82,25 @@ def _echo_reasoner(mode: str = "replace") -> QRReasoner:
 @pytest.mark.slow
 def test_the_bright_table_reads_the_shared_layout_beside_the_repository(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(_shared_layout(tmp_path))
-    assert main(["demo", "--no-cache", "--greedy", "--max-new-tokens", "4", "--batch-size", "32",
-                 "--backend", "transformers", "--dtype", "float32", *TASKS]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--no-cache",
+                "--greedy",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "32",
+                "--backend",
+                "transformers",
+                "--dtype",
+                "float32",
+                *TASKS,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "pydoc_data" in out  # the first table is still there
     heading = out.split("BRIGHT gold-answer pools:")[1].splitlines()[0]
@@ -97,15 +132,20 @@ def test_without_the_published_file_its_rows_are_left_out_with_a_note(tmp_path, 
     assert summary["bm25: reasoner"]["sustainable_living"] == 1.0  # the echo reasoner writes the answers' words
 
 
-@pytest.mark.parametrize("make_args, wording", [
-    (lambda root: ["--bright-dir", str(root / "nowhere")], "does not exist"),
-    (lambda root: ["--published", str(root / "missing.json")], "missing.json does not exist"),
-    (lambda root: ["--published", str(root / "partial.json")], "no reasoning for 1 of the 4 BRIGHT questions of "
-                                                               "sustainable_living"),
-    (lambda root: ["--bright-tasks", "leetcode"], "no examples/leetcode"),
-], ids=["bright-dir", "published-missing", "published-partial", "task-missing"])
-def test_paths_given_that_do_not_work_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys,
-                                                                              make_args, wording):
+@pytest.mark.parametrize(
+    "make_args, wording",
+    [
+        (lambda root: ["--bright-dir", str(root / "nowhere")], "does not exist"),
+        (lambda root: ["--published", str(root / "missing.json")], "missing.json does not exist"),
+        (
+            lambda root: ["--published", str(root / "partial.json")],
+            "no reasoning for 1 of the 4 BRIGHT questions of sustainable_living",
+        ),
+        (lambda root: ["--bright-tasks", "leetcode"], "no examples/leetcode"),
+    ],
+    ids=["bright-dir", "published-missing", "published-partial", "task-missing"],
+)
+def test_paths_given_that_do_not_work_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, make_args, wording):
     monkeypatch.chdir(_shared_layout(tmp_path))
     (tmp_path / "partial.json").write_text(json.dumps({q: r for q, _, r in TASK[1:]}))
     monkeypatch.setattr("tongsearch_qr.cli.reasoner_from_args", lambda args: pytest.fail("a model was loaded"))

@@ -28,8 +28,9 @@ def test_the_pooled_interval_pairs_every_query_of_both_collections_even_where_th
     grpo = {"earth": _result({"0": 0.3, "1": 0.5, "2": 0.4}), "math": _result({"0": 0.4, "1": 0.2})}
     found = cell(pooled(grpo), pooled(today))
     diffs = np.array([0.1, 0.0, 0.3, 0.0, -0.1])
-    expected = bootstrap((diffs,), np.mean, confidence_level=0.95, n_resamples=10000, method="percentile",
-                         random_state=np.random.default_rng(0)).confidence_interval
+    expected = bootstrap(
+        (diffs,), np.mean, confidence_level=0.95, n_resamples=10000, method="percentile", random_state=np.random.default_rng(0)
+    ).confidence_interval
     assert found["queries"] == 5 and (found["wins"], found["losses"]) == (2, 1)
     assert found["diff"] == pytest.approx(diffs.mean())  # per query, not the mean of the two collections' means
     assert (found["low"], found["high"]) == pytest.approx((expected.low, expected.high))
@@ -43,13 +44,14 @@ def _cell(diff: float, low: float | None = None, high: float | None = None) -> d
 
 def _rows(grpo: dict[str, float]) -> dict:
     """dataset -> decoding -> reasoner -> cell against the question; today +0.01 everywhere."""
-    return {d: {decoding: {"today": _cell(0.01), "grpo": _cell(diff)} for decoding in ("greedy", "sampled")}
-            for d, diff in grpo.items()}
+    return {
+        d: {decoding: {"today": _cell(0.01), "grpo": _cell(diff)} for decoding in ("greedy", "sampled")}
+        for d, diff in grpo.items()
+    }
 
 
 def _pooled(greedy_low: float, sampled_low: float) -> dict:
-    return {"greedy": {"grpo - today": _cell(0.02, low=greedy_low)},
-            "sampled": {"grpo - today": _cell(0.02, low=sampled_low)}}
+    return {"greedy": {"grpo - today": _cell(0.02, low=greedy_low)}, "sampled": {"grpo - today": _cell(0.02, low=sampled_low)}}
 
 
 GOOD = {"bright-answers:earth_science": 0.02, "matheducators": 0.03, "scifact": -0.004}
@@ -62,19 +64,21 @@ def test_a_candidate_that_meets_every_measured_condition_is_left_to_make_demo():
     assert found["conditions"][3]["detail"] == "check make demo"
 
 
-@pytest.mark.parametrize("change, failed", [
-    ({"pooled": (0.004, -0.001)}, 0),  # the sampled interval reaches 0: not a win over today
-    ({"pooled": (0.0, 0.003)}, 0),  # an interval that only touches 0 is no win either
-    ({"matheducators": -0.0051}, 1),  # a held-out collection drops more than 0.005 below the question
-    ({"scifact": -0.006}, 2),  # SciFact too (and so condition 2 as well)
-])
+@pytest.mark.parametrize(
+    "change, failed",
+    [
+        ({"pooled": (0.004, -0.001)}, 0),  # the sampled interval reaches 0: not a win over today
+        ({"pooled": (0.0, 0.003)}, 0),  # an interval that only touches 0 is no win either
+        ({"matheducators": -0.0051}, 1),  # a held-out collection drops more than 0.005 below the question
+        ({"scifact": -0.006}, 2),  # SciFact too (and so condition 2 as well)
+    ],
+)
 def test_each_broken_condition_fails_the_candidate(change, failed):
     rows = _rows({**GOOD, **{k: v for k, v in change.items() if k != "pooled"}})
     found = ship_verdict("grpo", rows, _pooled(*change.get("pooled", (0.004, 0.001))))
     assert found["verdict"] == "fails"
     assert found["conditions"][failed]["passed"] is False
-    assert [i for i, c in enumerate(found["conditions"]) if c["passed"] is False] == \
-        ([1, 2] if failed == 2 else [failed])
+    assert [i for i, c in enumerate(found["conditions"]) if c["passed"] is False] == ([1, 2] if failed == 2 else [failed])
 
 
 def test_conditions_a_run_could_not_measure_leave_the_verdict_incomplete():
@@ -86,28 +90,38 @@ def test_conditions_a_run_could_not_measure_leave_the_verdict_incomplete():
 
 def test_reasoner_names_need_today_and_one_spec_each():
     assert parse_reasoners("today=default,grpo=runs/x/final") == {"today": "default", "grpo": "runs/x/final"}
-    for bad, wording in [("grpo=runs/x", "today"), ("today=default,today=base", "twice"), ("today", "NAME=SPEC"),
-                         ("today=default,=x", "NAME=SPEC")]:
+    for bad, wording in [
+        ("grpo=runs/x", "today"),
+        ("today=default,today=base", "twice"),
+        ("today", "NAME=SPEC"),
+        ("today=default,=x", "NAME=SPEC"),
+    ]:
         with pytest.raises(argparse.ArgumentTypeError, match=wording):
             parse_reasoners(bad)
 
 
 def test_the_markdown_names_the_dtype_the_pooled_row_and_each_verdict():
     rows = _rows(GOOD)
-    table = {"setup": {"reasoners": {n: {"spec": n, "mode": "weighted:3", "max_new_tokens": 48} for n in ("today", "grpo")},
-                       "dtype": {"asked": "auto", "dtype": "bfloat16", "backend": "transformers (cpu, bfloat16)",
-                                 "cpu_native_bf16": True},
-                       "seeds": [1, 2, 3]},
-             "datasets": {d: {"queries": 2, "question": 0.3, "rows": {k: {**v, "grpo - today": _cell(0.01)}
-                                                                       for k, v in r.items()}}
-                          for d, r in rows.items()},
-             "pooled": {"name": "held-out StackExchange (earth_science + matheducators)", "queries": 4,
-                        "question": 0.3, "rows": {k: {"today": _cell(0.01), "grpo": _cell(0.03), **v}
-                                                  for k, v in _pooled(0.004, 0.001).items()}},
-             "verdicts": {"grpo": ship_verdict("grpo", rows, _pooled(0.004, 0.001))}}
+    table = {
+        "setup": {
+            "reasoners": {n: {"spec": n, "mode": "weighted:3", "max_new_tokens": 48} for n in ("today", "grpo")},
+            "dtype": {"asked": "auto", "dtype": "bfloat16", "backend": "transformers (cpu, bfloat16)", "cpu_native_bf16": True},
+            "seeds": [1, 2, 3],
+        },
+        "datasets": {
+            d: {"queries": 2, "question": 0.3, "rows": {k: {**v, "grpo - today": _cell(0.01)} for k, v in r.items()}}
+            for d, r in rows.items()
+        },
+        "pooled": {
+            "name": "held-out StackExchange (earth_science + matheducators)",
+            "queries": 4,
+            "question": 0.3,
+            "rows": {k: {"today": _cell(0.01), "grpo": _cell(0.03), **v} for k, v in _pooled(0.004, 0.001).items()},
+        },
+        "verdicts": {"grpo": ship_verdict("grpo", rows, _pooled(0.004, 0.001))},
+    }
     text = markdown(table)
-    assert "dtype bfloat16, backend transformers (cpu, bfloat16) (asked: auto; this CPU computes bf16 natively: yes)" \
-        in text
+    assert "dtype bfloat16, backend transformers (cpu, bfloat16) (asked: auto; this CPU computes bf16 natively: yes)" in text
     assert "### held-out StackExchange (earth_science + matheducators): 4 queries" in text
     assert "| decoding | today | grpo | grpo - today |" in text
     assert "- **grpo: passes 1-3; check make demo**" in text and "check make demo)" in text

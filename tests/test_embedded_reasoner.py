@@ -58,11 +58,9 @@ def test_the_default_reasoner_is_the_trained_adapter_with_its_mode_and_the_base_
     assert QRReasoner("base").mode.name == "replace"  # the untrained model keeps the paper's defaults
     base = make_backend("transformers", "base", batch_size=8)
     assert base.cache_id != smol_backend.cache_id
-    questions = ["How do I teach fractions to ten-year-olds?", "Why does espresso taste sour?",
-                 "What is a qubit?"]
+    questions = ["How do I teach fractions to ten-year-olds?", "Why does espresso taste sour?", "What is a qubit?"]
     greedy = GenerationParams.greedy(24)
-    assert trained.backend.generate(questions, trained.template, greedy) != base.generate(questions, trained.template,
-                                                                                         greedy)
+    assert trained.backend.generate(questions, trained.template, greedy) != base.generate(questions, trained.template, greedy)
 
 
 def test_the_shipping_config_reproduces_the_adapter_settings_and_passes_a_dry_run(tmp_path, shared_data):
@@ -74,7 +72,8 @@ def test_the_shipping_config_reproduces_the_adapter_settings_and_passes_a_dry_ru
     assert config.model == "base" and config.lora and config.data.qa_jsonl
     assert not any("matheducators" in path for path in config.data.qa_jsonl)  # the held-out site stays out
     save_reasoner_settings(tmp_path, config)  # what training writes beside the adapter
-    assert json.loads((tmp_path / "tongsearch_qr.json").read_text()) == \
-        json.loads((EMBEDDED_ADAPTER / "tongsearch_qr.json").read_text())
+    assert json.loads((tmp_path / "tongsearch_qr.json").read_text()) == json.loads(
+        (EMBEDDED_ADAPTER / "tongsearch_qr.json").read_text()
+    )
     report = dry_run(config)
     assert report["stages"] == config.stages and report["lora"] and report["tokenizer_checked"]

@@ -13,8 +13,20 @@ NDCG10_Q0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
 
 def _eval(tmp_path, *extra):
     out = tmp_path / "out"
-    rc = main(["eval", "--dataset", "bright:biology", "--bright-dir", str(tmp_path / "b"), "--output", str(out),
-               "--retriever", "bm25", *extra])
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "bright:biology",
+            "--bright-dir",
+            str(tmp_path / "b"),
+            "--output",
+            str(out),
+            "--retriever",
+            "bm25",
+            *extra,
+        ]
+    )
     return rc, out
 
 
@@ -68,8 +80,22 @@ def test_fusion_modes_through_eval_with_the_embedded_reasoner(tmp_path, shared_d
     summaries = {}
     for mode in ("replace", "concat", "weighted:3", "original"):
         out = tmp_path / mode.replace(":", "_")
-        rc = main(["eval", "--dataset", f"beir:{beir}", "--output", str(out), "--mode", mode, "--greedy",
-                   "--max-new-tokens", "16", "--cache", str(tmp_path / "cache.sqlite")])
+        rc = main(
+            [
+                "eval",
+                "--dataset",
+                f"beir:{beir}",
+                "--output",
+                str(out),
+                "--mode",
+                mode,
+                "--greedy",
+                "--max-new-tokens",
+                "16",
+                "--cache",
+                str(tmp_path / "cache.sqlite"),
+            ]
+        )
         assert rc == 0
         summaries[mode] = json.loads((out / "metrics.json").read_text())["beir:scifact-small"]["ndcg_cut_10"]
     assert all(0 <= v <= 1 for v in summaries.values())
@@ -77,27 +103,34 @@ def test_fusion_modes_through_eval_with_the_embedded_reasoner(tmp_path, shared_d
     assert len(set(summaries.values())) > 1  # the modes really send different queries
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset", "msmarco:dev"], "unknown dataset 'msmarco:dev'"),
-    (["--dataset", "bright:biology", "--retriever", "bm99"], "unknown retriever 'bm99'"),
-    (["--dataset", "bright:chemistry"], "unknown BRIGHT task 'chemistry'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "msmarco:dev"], "unknown dataset 'msmarco:dev'"),
+        (["--dataset", "bright:biology", "--retriever", "bm99"], "unknown retriever 'bm99'"),
+        (["--dataset", "bright:chemistry"], "unknown BRIGHT task 'chemistry'"),
+    ],
+)
 def test_eval_bad_arguments(tmp_path, capsys, argv, message):
     assert main(["eval", *argv, "--output", str(tmp_path / "o"), "--reasoner", "none"]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_eval_without_documents_fails_before_any_work(tmp_path, capsys, shared_data):
-    rc = main(["eval", "--dataset", "bright:all", "--bright-dir", str(shared_data / "bright"),
-               "--output", str(tmp_path / "o")])
+    rc = main(["eval", "--dataset", "bright:all", "--bright-dir", str(shared_data / "bright"), "--output", str(tmp_path / "o")])
     assert rc == 2
     assert "documents are not available; pass --documents DIR" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_bright_names():
-    assert bright_names({"ndcg_cut_10": 0.5, "recall_100": 0.9, "map_cut_5": 0.1, "P_1": 1.0, "recip_rank": 0.7,
-                         "map": 0.3}) == {"NDCG@10": 0.5, "Recall@100": 0.9, "MAP@5": 0.1, "P@1": 1.0, "MRR": 0.7}
+    assert bright_names({"ndcg_cut_10": 0.5, "recall_100": 0.9, "map_cut_5": 0.1, "P_1": 1.0, "recip_rank": 0.7, "map": 0.3}) == {
+        "NDCG@10": 0.5,
+        "Recall@100": 0.9,
+        "MAP@5": 0.1,
+        "P@1": 1.0,
+        "MRR": 0.7,
+    }
 
 
 def test_a_run_where_no_query_retrieves_anything_still_writes_every_metric_and_the_chart(tmp_path):
@@ -149,8 +182,12 @@ def test_seeds_average_each_querys_metrics_over_the_samples(tmp_path):
     make_bright_fixture(tmp_path / "b")
     c = load_bright("biology", source=tmp_path / "b", documents=tmp_path / "b")
     reasoner = QRReasoner(backend=_SeedDependentBackend())
-    one = {s: run_collection(c, "bm25", reasoner=reasoner.with_(generation=reasoner.generation.with_(seed=s)),
-                             mode="concat")["reasoning"].per_query["0"]["ndcg_cut_10"] for s in (1, 2)}
+    one = {
+        s: run_collection(c, "bm25", reasoner=reasoner.with_(generation=reasoner.generation.with_(seed=s)), mode="concat")[
+            "reasoning"
+        ].per_query["0"]["ndcg_cut_10"]
+        for s in (1, 2)
+    }
     assert one[1] != one[2]
     both = run_collection(c, "bm25", reasoner=reasoner, mode="concat", seeds=[1, 2])["reasoning"]
     assert both.per_query["0"]["ndcg_cut_10"] == pytest.approx((one[1] + one[2]) / 2)
@@ -181,7 +218,8 @@ def test_metrics_and_run_files_score_the_returned_order_of_tied_documents(tmp_pa
     with (tmp_path / "run.trec").open() as handle:
         as_trec_eval_reads = pytrec_eval.parse_run(handle)
     assert pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "ndcg_cut.10"}).evaluate(as_trec_eval_reads) == {
-        q: {m: metrics[q][m] for m in ("recip_rank", "ndcg_cut_10")} for q in qrels}
+        q: {m: metrics[q][m] for m in ("recip_rank", "ndcg_cut_10")} for q in qrels
+    }
     assert evaluate(read_run(tmp_path / "run.trec"), qrels, MEASURES) == metrics
     written = read_run(tmp_path / "run.trec")
     assert written["q"]["a"] == run["q"]["a"] and written["q"]["c"] == pytest.approx(run["q"]["c"], rel=1e-6)
@@ -194,10 +232,14 @@ def _beir_with_queries_in_the_corpus(root):
     for it; its relevant document comes next."""
     (root / "qrels").mkdir(parents=True)
     queries = {"q1": "why does the sea taste of salt", "q2": "how do magnets pull iron"}
-    corpus = {**queries, "d1": "salt from rocks makes the sea taste salty", "d2": "magnets pull iron with fields",
-              "x1": "bread goes stale as starch dries", "x2": "cats purr when content"}
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
-                                               for i, t in corpus.items()))
+    corpus = {
+        **queries,
+        "d1": "salt from rocks makes the sea taste salty",
+        "d2": "magnets pull iron with fields",
+        "x1": "bread goes stale as starch dries",
+        "x2": "cats purr when content",
+    }
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in corpus.items()))
     (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()))
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
     return root
@@ -224,8 +266,23 @@ def test_beir_evaluation_leaves_out_a_document_whose_id_is_the_querys_as_beir_do
     for name, extra in (("beir", []), ("kept", ["--keep-identical-ids"])):
         outputs[name] = tmp_path / name
         with caplog.at_level(logging.INFO, logger="tongsearch_qr"):
-            assert main(["eval", "--dataset", f"beir:{beir}", "--output", str(outputs[name]), "--retriever", "bm25",
-                         "--reasoner", "none", *extra]) == 0
+            assert (
+                main(
+                    [
+                        "eval",
+                        "--dataset",
+                        f"beir:{beir}",
+                        "--output",
+                        str(outputs[name]),
+                        "--retriever",
+                        "bm25",
+                        "--reasoner",
+                        "none",
+                        *extra,
+                    ]
+                )
+                == 0
+            )
     assert "as in BEIR's evaluation, a document whose id is the query's id is left out" in caplog.text
     kept = _trec_run(outputs["kept"] / "run.trec")
     assert [max(docs, key=docs.get) for docs in kept.values()] == ["q1", "q2"]  # each query finds itself first
@@ -240,9 +297,14 @@ def test_beir_evaluation_leaves_out_a_document_whose_id_is_the_querys_as_beir_do
     assert kept_metrics["recip_rank"] == pytest.approx(0.5)  # the relevant document second, behind the query
 
 
-@pytest.mark.parametrize("via", [pytest.param("llama-index", marks=pytest.mark.llama_index),
-                                 pytest.param("haystack", marks=pytest.mark.haystack),
-                                 pytest.param("pyterrier", marks=pytest.mark.pyterrier)])
+@pytest.mark.parametrize(
+    "via",
+    [
+        pytest.param("llama-index", marks=pytest.mark.llama_index),
+        pytest.param("haystack", marks=pytest.mark.haystack),
+        pytest.param("pyterrier", marks=pytest.mark.pyterrier),
+    ],
+)
 def test_every_stack_follows_beirs_identical_id_rule(tmp_path, via):
     from tongsearch_qr.data import load_beir
     from tongsearch_qr.evaluation import run_collection

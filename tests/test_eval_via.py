@@ -17,20 +17,44 @@ def core_metrics(tmp_path_factory):
 
     def run(via):
         out = root / f"out-{via}"
-        assert main(["eval", "--dataset", "bright:biology", "--bright-dir", str(root / "b"), "--output", str(out),
-                     "--reasoner", f"file:{reasoning}", "--mode", "concat", "--baseline", "--no-cache",
-                     "--via", via]) == 0
-        return {name: json.loads((out / f"metrics{suffix}.json").read_text())
-                for name, suffix in (("reasoning", ""), ("baseline", ".baseline"))}
+        assert (
+            main(
+                [
+                    "eval",
+                    "--dataset",
+                    "bright:biology",
+                    "--bright-dir",
+                    str(root / "b"),
+                    "--output",
+                    str(out),
+                    "--reasoner",
+                    f"file:{reasoning}",
+                    "--mode",
+                    "concat",
+                    "--baseline",
+                    "--no-cache",
+                    "--via",
+                    via,
+                ]
+            )
+            == 0
+        )
+        return {
+            name: json.loads((out / f"metrics{suffix}.json").read_text())
+            for name, suffix in (("reasoning", ""), ("baseline", ".baseline"))
+        }
 
     return run, run("core")
 
 
-@pytest.mark.parametrize("via", [
-    pytest.param("pyterrier", marks=pytest.mark.pyterrier),
-    pytest.param("llama-index", marks=pytest.mark.llama_index),
-    pytest.param("haystack", marks=pytest.mark.haystack),
-])
+@pytest.mark.parametrize(
+    "via",
+    [
+        pytest.param("pyterrier", marks=pytest.mark.pyterrier),
+        pytest.param("llama-index", marks=pytest.mark.llama_index),
+        pytest.param("haystack", marks=pytest.mark.haystack),
+    ],
+)
 def test_eval_via_a_stack_equals_the_core(core_metrics, via):
     run, core = core_metrics
     got = run(via)

@@ -33,8 +33,9 @@ def tie_free_metrics(run: dict[str, dict[str, float]], qrels) -> dict[str, float
     """Mean metrics of ``run`` with equal scores ordered by doc id: stacks break ties their own way (LlamaIndex
     and Haystack by first appearance, the core and PyTerrier by doc id), which the metrics of a returned ranking
     follow; the fusion's maths is what must agree."""
-    per_query = evaluate({q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))) for q, docs in run.items()},
-                         qrels, MEASURES)
+    per_query = evaluate(
+        {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))) for q, docs in run.items()}, qrels, MEASURES
+    )
     names = ("ndcg_cut_10", "recall_100", "map", "recip_rank")
     return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
 
@@ -56,12 +57,23 @@ def collection(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("excluded")
     (root / "examples").mkdir()
     (root / "documents").mkdir()
-    pq.write_table(pa.table({"id": list(docs), "content": list(docs.values())}),
-                   root / "documents" / "biology-00000-of-00001.parquet")
-    pq.write_table(pa.table({"id": qids, "query": questions, "reasoning": [""] * len(qids),
-                             "gold_ids": [list(scifact.qrels[q]) for q in qids], "gold_ids_long": [[] for _ in qids],
-                             "excluded_ids": excluded, "gold_answer": [""] * len(qids)}),
-                   root / "examples" / "biology-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"id": list(docs), "content": list(docs.values())}), root / "documents" / "biology-00000-of-00001.parquet"
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "id": qids,
+                "query": questions,
+                "reasoning": [""] * len(qids),
+                "gold_ids": [list(scifact.qrels[q]) for q in qids],
+                "gold_ids_long": [[] for _ in qids],
+                "excluded_ids": excluded,
+                "gold_answer": [""] * len(qids),
+            }
+        ),
+        root / "examples" / "biology-00000-of-00001.parquet",
+    )
     loaded = load_bright("biology", source=root, documents=root)
     assert sum(map(len, loaded.excluded.values())) >= 3 * QUERIES
     return loaded, QRReasoner(backend=PrecomputedBackend(reasoning))
@@ -69,8 +81,9 @@ def collection(shared_data, tmp_path_factory):
 
 def fused(collection, via: str, fusion: str, weights: str | None) -> dict[str, dict[str, float]]:
     c, reasoner = collection
-    return run_collection(c, "bm25", reasoner=reasoner, mode="replace", k=DEPTH, via=via,
-                          fusion=Fusion.parse(fusion, weights))["reasoning"].run
+    return run_collection(c, "bm25", reasoner=reasoner, mode="replace", k=DEPTH, via=via, fusion=Fusion.parse(fusion, weights))[
+        "reasoning"
+    ].run
 
 
 @pytest.mark.parametrize("via,fusion,weights", CASES)
@@ -79,8 +92,9 @@ def test_a_stack_removes_excluded_ids_before_fusing_as_the_core_does(collection,
     core, got = fused(collection, "core", fusion, weights), fused(collection, via, fusion, weights)
     assert all(len(got[q]) == DEPTH and not c.excluded[q] & set(got[q]) for q in got)
     # removing the excluded ids after fusing (the old way) gives other metrics, so this collection tells the two apart
-    unexcluded = run_collection(replace(c, excluded={}), "bm25", reasoner=reasoner, mode="replace",
-                                k=DEPTH + 4, fusion=Fusion.parse(fusion, weights))["reasoning"].run
+    unexcluded = run_collection(
+        replace(c, excluded={}), "bm25", reasoner=reasoner, mode="replace", k=DEPTH + 4, fusion=Fusion.parse(fusion, weights)
+    )["reasoning"].run
     afterwards = {q: dict(drop_excluded(docs.items(), c.excluded[q], DEPTH)) for q, docs in unexcluded.items()}
     assert tie_free_metrics(afterwards, c.qrels) != pytest.approx(tie_free_metrics(core, c.qrels), abs=1e-4)
     assert tie_free_metrics(got, c.qrels) == pytest.approx(tie_free_metrics(core, c.qrels), abs=1e-4)
@@ -121,6 +135,7 @@ def test_pyterriers_rrf_scores_are_the_cores(fusion):
     spec = Fusion.parse(name, weights.rstrip("]") or None)
     stage = CoreRetriever(make_retriever("bm25").index(docs.items()), num_results=10)
     got = fused_with_question(stage, PtReasoner(reasoner=reasoner, mode="replace"), spec, 10).transform(
-        pd.DataFrame({"qid": ["1"], "query": ["salt water"]}))
+        pd.DataFrame({"qid": ["1"], "query": ["salt water"]})
+    )
     runs = [stage.retriever.search(["salt water"], k=10), stage.retriever.search(["kidneys blood"], k=10)]
     assert dict(zip(got.docno, got.score)) == pytest.approx(dict(spec.fuse(runs, 10)[0]), rel=1e-12)

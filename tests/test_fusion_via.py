@@ -29,8 +29,22 @@ def scifact_eval(shared_data, reasoning_file):
 
     def run(via, fusion, weights):
         out = root / f"{via}-{fusion}-{weights}"
-        args = ["eval", "--dataset", f"beir:{shared_data / 'scifact'}", "--output", str(out), "--reasoner",
-                f"file:{root / 'r.json'}", "--no-cache", "--via", via, "--fusion", fusion, "--k", "100"]
+        args = [
+            "eval",
+            "--dataset",
+            f"beir:{shared_data / 'scifact'}",
+            "--output",
+            str(out),
+            "--reasoner",
+            f"file:{root / 'r.json'}",
+            "--no-cache",
+            "--via",
+            via,
+            "--fusion",
+            fusion,
+            "--k",
+            "100",
+        ]
         if main(args + (["--fusion-weights", weights] if weights else [])) != 0:
             return None
         return json.loads((out / "metrics.json").read_text())["beir:scifact"]
@@ -44,17 +58,26 @@ def test_a_stacks_fusion_equals_the_cores(shared_data, reasoning_file, via, fusi
     of its ranking as returned differ a little: rrf:59 nDCG@10 0.6096, the core's 0.6086)."""
     collection = load_beir(shared_data / "scifact")
     reasoner = QRReasoner.from_file(reasoning_file)
-    core, got = (tie_free_metrics(run_collection(collection, "bm25", reasoner=reasoner, k=100, via=name,
-                                                 fusion=Fusion.parse(fusion, weights))["reasoning"].run, collection.qrels)
-                 for name in ("core", via))
+    core, got = (
+        tie_free_metrics(
+            run_collection(collection, "bm25", reasoner=reasoner, k=100, via=name, fusion=Fusion.parse(fusion, weights))[
+                "reasoning"
+            ].run,
+            collection.qrels,
+        )
+        for name in ("core", via)
+    )
     assert core["ndcg_cut_10"] > 0.5
     assert got == pytest.approx(core, abs=1e-4)
 
 
-@pytest.mark.parametrize("via,fusion", [
-    pytest.param("llama-index", "rrf", marks=pytest.mark.llama_index),
-    pytest.param("haystack", "score", marks=pytest.mark.haystack),
-])
+@pytest.mark.parametrize(
+    "via,fusion",
+    [
+        pytest.param("llama-index", "rrf", marks=pytest.mark.llama_index),
+        pytest.param("haystack", "score", marks=pytest.mark.haystack),
+    ],
+)
 def test_a_fusion_a_stack_cannot_do_is_a_clear_error(scifact_eval, via, fusion, capsys):
     assert scifact_eval(via, fusion, None) is None
     assert "use the core" in capsys.readouterr().err

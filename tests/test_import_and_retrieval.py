@@ -9,9 +9,11 @@ from tongsearch_qr.retrieval import BM25Retriever
 
 
 def test_importing_the_core_loads_no_stack():
-    code = ("import sys, tongsearch_qr, tongsearch_qr.cli, tongsearch_qr.reasoner;"
-            "print([m for m in ('pyterrier', 'llama_index', 'haystack', 'trl', 'vllm', 'torch', 'transformers') "
-            "if m in sys.modules])")
+    code = (
+        "import sys, tongsearch_qr, tongsearch_qr.cli, tongsearch_qr.reasoner;"
+        "print([m for m in ('pyterrier', 'llama_index', 'haystack', 'trl', 'vllm', 'torch', 'transformers') "
+        "if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -48,9 +50,13 @@ def test_the_core_never_imports_the_adapters():
     """The arrow points from integrations/ to the core only: `eval --via` finds stacks through entry points."""
     from conftest import REPO
 
-    offenders = [str(path.relative_to(REPO)) for path in (REPO / "tongsearch_qr").rglob("*.py")
-                 if re.search(r"tongsearch_qr\.integrations|from \.+integrations|import_module\(.*integrations",
-                              path.read_text(encoding="utf-8"))]
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "tongsearch_qr").rglob("*.py")
+        if re.search(
+            r"tongsearch_qr\.integrations|from \.+integrations|import_module\(.*integrations", path.read_text(encoding="utf-8")
+        )
+    ]
     assert not offenders, offenders
     from tongsearch_qr.evaluation import stacks
 

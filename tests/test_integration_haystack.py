@@ -82,13 +82,20 @@ def test_yaml_round_trip_async_and_batch(cache_file, tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"q quartz": "kelp quartz", "q slate": "kelp slate"}))
     p = Pipeline()
-    p.add_component("reasoner", QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True,
-                                                query_format="repeated", terms=3))
+    p.add_component(
+        "reasoner",
+        QRQueryRewriter(reasoning_file=str(path), mode="concat", include_original=True, query_format="repeated", terms=3),
+    )
     loaded = Pipeline.loads(p.dumps())
     out = loaded.run({"reasoner": {"query": "q quartz"}})["reasoner"]
-    assert out == {"query": "quartz quartz kelp", "text": "q quartz\nkelp quartz",
-                   "term_weights": {"quartz": 2.0, "kelp": 1.0}, "queries": ["q quartz", "quartz quartz kelp"],
-                   "original_query": "q quartz", "reasoning": "kelp quartz"}
+    assert out == {
+        "query": "quartz quartz kelp",
+        "text": "q quartz\nkelp quartz",
+        "term_weights": {"quartz": 2.0, "kelp": 1.0},
+        "queries": ["q quartz", "quartz quartz kelp"],
+        "original_query": "q quartz",
+        "reasoning": "kelp quartz",
+    }
     component = loaded.get_component("reasoner")
     assert component.to_dict()["init_parameters"]["reasoning_file"] == str(path)
     assert asyncio.run(component.run_async(query="q slate"))["text"] == "q slate\nkelp slate"
@@ -135,8 +142,9 @@ def test_run_async_in_an_async_pipeline_run_awaits_the_reasoner(tmp_path, monkey
 
     async def both():
         await p.warm_up_async()
-        return await asyncio.gather(*(p.run_async({"reasoner": {"query": q}}) for q in ["why is kelp green?",
-                                                                                          "why is the sea blue?"]))
+        return await asyncio.gather(
+            *(p.run_async({"reasoner": {"query": q}}) for q in ["why is kelp green?", "why is the sea blue?"])
+        )
 
     answers = asyncio.run(both())
     assert [a["bm25"]["documents"][0].id for a in answers] == ["1", "2"]

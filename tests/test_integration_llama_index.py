@@ -70,8 +70,7 @@ def test_embedding_target_and_include_original(reasoner):
     assert only.query_str == q and len(only.embedding_strs) == 1 and only.embedding_strs[0] != q
     both = QRQueryTransform(reasoner=reasoner, target="embedding", include_original=True, mode="concat").run(q)
     assert both.embedding_strs[1] == q and both.embedding_strs[0].startswith(q + "\n")
-    many = QRQueryTransform(reasoner=reasoner, query_format="text").run_many(
-        [q, QueryBundle(query_str="Why do cats purr?")])
+    many = QRQueryTransform(reasoner=reasoner, query_format="text").run_many([q, QueryBundle(query_str="Why do cats purr?")])
     assert len(many) == 2 and many[0].query_str == only.embedding_strs[0]
 
 
@@ -121,15 +120,15 @@ def test_aretrieve_awaits_the_reasoner_and_ranks_as_retrieve(scifact, reasoner, 
     async def together():
         return await asyncio.gather(*(retriever.aretrieve(q) for q in queries[:3]))
 
-    assert [[n.node.node_id for n in r] for r in asyncio.run(together())] == \
-        [[n.node.node_id for n in retriever.retrieve(q)] for q in queries[:3]]
+    assert [[n.node.node_id for n in r] for r in asyncio.run(together())] == [
+        [n.node.node_id for n in retriever.retrieve(q)] for q in queries[:3]
+    ]
     assert sorted(awaited) == sorted([q] for q in queries[:3])
 
 
 def test_a_reasoner_the_transform_builds_falls_back_to_the_question():
     from conftest import free_port
 
-    transform = QRQueryTransform("served", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
-                                 query_format="text")
+    transform = QRQueryTransform("served", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", query_format="text")
     assert transform.run("Why do cats purr?").query_str == "Why do cats purr?"
     assert transform.reasoner.on_error == "question" and transform.reasoner.stats["fallback_unavailable"] == 1

@@ -56,8 +56,13 @@ def test_experiment_and_pisa(scifact, reasoner, bm25, tmp_path):
     pisa = PisaIndex(str(tmp_path / "pisa"), text_field="text")
     pisa.index({"docno": d, "text": t} for d, t in c.iter_documents())
     with_reasoning = QRReasoner(reasoner=reasoner, mode="weighted:3") >> pisa.bm25(num_results=100, query_weighted=True)
-    table = pt.Experiment([bm25, pisa.bm25(num_results=100), with_reasoning], topics, qrels, ["ndcg_cut_10"],
-                          names=["bm25s", "pisa", "reasoning>>pisa"])
+    table = pt.Experiment(
+        [bm25, pisa.bm25(num_results=100), with_reasoning],
+        topics,
+        qrels,
+        ["ndcg_cut_10"],
+        names=["bm25s", "pisa", "reasoning>>pisa"],
+    )
     assert table.ndcg_cut_10.between(0, 1).all() and table.ndcg_cut_10.iloc[0] > 0.4
     assert len(with_reasoning.transform(topics)) > 0
 
@@ -72,8 +77,11 @@ def test_pisa_scores_the_weights_only_when_asked_and_says_so_once(scifact, reaso
     pisa.index({"docno": d, "text": t} for d, t in c.iter_documents())
     adapter._WARNED.clear()
     rewriter = QRReasoner(reasoner=reasoner, mode="weighted:3")
-    with pytest.warns(UserWarning, match=r"set of words: it uses the 20 strongest words but not their weights and the "
-                                         r"question's weight in mode 'weighted:3'; .*query_weighted=True"):
+    with pytest.warns(
+        UserWarning,
+        match=r"set of words: it uses the 20 strongest words but not their weights and the "
+        r"question's weight in mode 'weighted:3'; .*query_weighted=True",
+    ):
         unweighted = rewriter >> pisa.bm25(num_results=20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -85,10 +93,12 @@ def test_pisa_scores_the_weights_only_when_asked_and_says_so_once(scifact, reaso
     question_words = set(adapter.TermQuery(toks).weights) & set(words(topics["query"].iloc[0]))
     assert question_words and all(toks[w] >= 3 for w in question_words)
     # PISA's own retriever reads query_toks: the same words as a set (unweighted) or with their weights
-    as_set = pisa.bm25(num_results=20).transform(rewritten.assign(query_toks=[dict.fromkeys(t, 1.0)
-                                                                             for t in rewritten.query_toks]))
-    pd.testing.assert_frame_equal(unweighted.transform(topics)[["qid", "docno"]].reset_index(drop=True),
-                                  as_set[["qid", "docno"]].reset_index(drop=True))
+    as_set = pisa.bm25(num_results=20).transform(
+        rewritten.assign(query_toks=[dict.fromkeys(t, 1.0) for t in rewritten.query_toks])
+    )
+    pd.testing.assert_frame_equal(
+        unweighted.transform(topics)[["qid", "docno"]].reset_index(drop=True), as_set[["qid", "docno"]].reset_index(drop=True)
+    )
     assert not weighted.transform(topics)[["qid", "docno"]].equals(unweighted.transform(topics)[["qid", "docno"]])
     text_only = QRReasoner(reasoner=reasoner, mode="weighted:3", weights=False).transform(topics)
     assert "query_toks" not in text_only.columns and text_only["query"].iloc[0].startswith(topics["query"].iloc[0])
@@ -96,7 +106,7 @@ def test_pisa_scores_the_weights_only_when_asked_and_says_so_once(scifact, reaso
 
 def test_clean_removes_parser_unsafe_characters(tmp_path):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"q?": "it's (really) a \"quoted\": thing!"}))
+    path.write_text(json.dumps({"q?": 'it\'s (really) a "quoted": thing!'}))
     out = QRReasoner.from_file(str(path), mode="concat", clean=True).transform(pd.DataFrame({"qid": ["1"], "query": ["q?"]}))
     assert out["query"].iloc[0] == "q it s really a quoted thing" and out["query_0"].iloc[0] == "q?"
 

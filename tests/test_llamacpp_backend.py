@@ -182,8 +182,8 @@ def test_the_shared_prompt_prefix_is_decoded_once_per_run_and_changes_little(lla
 
     prefix = template_prefix(llama.tokenizer, PAPER)
     prompts = [render(llama.tokenizer, PAPER, q) for q in QUESTIONS[:6]]
-    assert len(prefix) >= 40 and all(p[:len(prefix)] == prefix for p in prompts)
-    assert render(llama.tokenizer, PAPER, "a")[:len(prefix)] == prefix
+    assert len(prefix) >= 40 and all(p[: len(prefix)] == prefix for p in prompts)
+    assert render(llama.tokenizer, PAPER, "a")[: len(prefix)] == prefix
     whole = make_backend("llamacpp", None, parallel=4, share_prefix=False)
     decoded = []
     real_decode = llama_cpp.llama_decode
@@ -267,15 +267,17 @@ def loads(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("device, torch_sees_a_gpu, ran_on, layers", [
-    ("cpu", True, "cpu", 0),
-    ("auto", False, "cpu", 0),
-    ("auto", True, "cuda", "all"),
-    ("cuda", False, "cuda", "all"),
-    ("cuda:1", False, "cuda:1", "all on GPU 1"),
-])
-def test_a_gpu_build_offloads_layers_only_when_a_gpu_is_asked_for(monkeypatch, loads, device, torch_sees_a_gpu, ran_on,
-                                                                    layers):
+@pytest.mark.parametrize(
+    "device, torch_sees_a_gpu, ran_on, layers",
+    [
+        ("cpu", True, "cpu", 0),
+        ("auto", False, "cpu", 0),
+        ("auto", True, "cuda", "all"),
+        ("cuda", False, "cuda", "all"),
+        ("cuda:1", False, "cuda:1", "all on GPU 1"),
+    ],
+)
+def test_a_gpu_build_offloads_layers_only_when_a_gpu_is_asked_for(monkeypatch, loads, device, torch_sees_a_gpu, ran_on, layers):
     """llama.cpp's default n_gpu_layers (-1 in llama-cpp-python 0.3) offloads every layer in a GPU build: the
     backend must give 0 for the CPU, and say where it ran."""
     import llama_cpp
@@ -285,8 +287,11 @@ def test_a_gpu_build_offloads_layers_only_when_a_gpu_is_asked_for(monkeypatch, l
     monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_sees_a_gpu)
     backend = make_backend("llamacpp", None, parallel=1, device=device)
     every_layer = 0x7FFFFFFF
-    expected = {0: (0, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0), "all": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0),
-                "all on GPU 1": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_NONE, 1)}[layers]
+    expected = {
+        0: (0, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0),
+        "all": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_LAYER, 0),
+        "all on GPU 1": (every_layer, llama_cpp.LLAMA_SPLIT_MODE_NONE, 1),
+    }[layers]
     assert loads == [expected] and backend.device == ran_on
 
 

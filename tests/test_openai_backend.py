@@ -34,14 +34,24 @@ def test_request_body_carries_the_papers_sampling_and_greedy_as_temperature_zero
     b = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1")
     params = GenerationParams(seed=3)
     body = b.request_body("why?", PromptTemplate.paper(), params)
-    assert body["messages"] == [{"role": "system", "content": ""},
-                                {"role": "user", "content": PromptTemplate.paper().messages("why?")[1]["content"]}]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"]) == \
-        (500, 0.7, 0.8, 20, 1.05)
+    assert body["messages"] == [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": PromptTemplate.paper().messages("why?")[1]["content"]},
+    ]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"]) == (
+        500,
+        0.7,
+        0.8,
+        20,
+        1.05,
+    )
     # the seed of each (seed, sample index) is derived as every backend derives a row's seed
     assert body["seed"] == row_seed(3, body["messages"], params.key(), 0)
-    assert b.request_body("why?", PromptTemplate.paper(), params, sample=1)["seed"] == \
-        row_seed(3, body["messages"], params.key(), 1) != body["seed"]
+    assert (
+        b.request_body("why?", PromptTemplate.paper(), params, sample=1)["seed"]
+        == row_seed(3, body["messages"], params.key(), 1)
+        != body["seed"]
+    )
     greedy = b.request_body("why?", PromptTemplate.paper(), GenerationParams.greedy(32))
     assert greedy["temperature"] == 0.0 and "top_p" not in greedy and greedy["max_tokens"] == 32
     strict = OpenAIBackend("m", base_url="http://127.0.0.1:1/v1", sampling_extras=False)
@@ -69,8 +79,9 @@ def test_429_and_5xx_are_retried_and_results_come_back_in_input_order(scripted):
     server = scripted([(429, {"Retry-After": "0"}, '{"error": "slow down"}'), (503, {}, "busy"), (500, {}, "oops")])
     questions = [f"question number {i}" for i in range(7)]
     seen: list[int] = []
-    out = backend(server.url, concurrency=3).generate(questions, PromptTemplate.paper(), GenerationParams(),
-                                                      lambda i, text: seen.append(i))
+    out = backend(server.url, concurrency=3).generate(
+        questions, PromptTemplate.paper(), GenerationParams(), lambda i, text: seen.append(i)
+    )
     assert out == [f"re: {PromptTemplate.paper().messages(q)[1]['content'][-20:]}" for q in questions]
     assert sorted(seen) == list(range(7))
     assert len(server.requests) == 7 + 3  # three answers were retried
@@ -80,16 +91,19 @@ def test_each_seed_and_sample_index_draws_with_a_seed_of_its_own(scripted, tmp_p
     # like vLLM, the fake server draws choice j of a seeded request with seed + j: one seed sent with n would make
     # seed 1's sample 1 seed 2's sample 0
     server = scripted()
-    reasoner = QRReasoner("m", backend="openai", base_url=server.url, samples=2, generation=GenerationParams(seed=1),
-                          cache=tmp_path / "c.sqlite")
-    by_seed = {seed: reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(["why?", "how?"])
-               for seed in (1, 2)}  # as eval --seeds 1,2 --samples 2 does
+    reasoner = QRReasoner(
+        "m", backend="openai", base_url=server.url, samples=2, generation=GenerationParams(seed=1), cache=tmp_path / "c.sqlite"
+    )
+    by_seed = {
+        seed: reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(["why?", "how?"]) for seed in (1, 2)
+    }  # as eval --seeds 1,2 --samples 2 does
     for i in range(2):
         assert len(set(by_seed[1][i] + by_seed[2][i])) == 4, "four distinct draws"
     assert [r["n"] for r in server.requests] == [1] * 8 and len({r["seed"] for r in server.requests}) == 8
     # a later run that asks for a third sample gets the first two from the cache and draws only the third
-    more = QRReasoner("m", backend="openai", base_url=server.url, samples=3, generation=GenerationParams(seed=1),
-                      cache=tmp_path / "c.sqlite").reason_samples(["why?"])
+    more = QRReasoner(
+        "m", backend="openai", base_url=server.url, samples=3, generation=GenerationParams(seed=1), cache=tmp_path / "c.sqlite"
+    ).reason_samples(["why?"])
     assert more[0][:2] == by_seed[1][0] and len(server.requests) == 9 and more[0][2] not in by_seed[1][0]
     # unseeded, a question's samples are one request with n
     backend(server.url).generate(["q", "q"], PromptTemplate.paper(), GenerationParams(), samples=[0, 1])
@@ -127,17 +141,20 @@ def test_the_cache_keys_by_the_id_the_server_lists_so_new_weights_get_new_keys(s
 
 def test_the_cache_identity_is_the_served_model_not_the_url(scripted):
     here, there = scripted(models=[{"id": "qr-7b"}]), scripted(models=[{"id": "qr-7b"}, {"id": "qr-1.5b"}])
-    assert OpenAIBackend("qr-7b", base_url=here.url).cache_id == OpenAIBackend("qr-7b", base_url=there.url).cache_id \
+    assert (
+        OpenAIBackend("qr-7b", base_url=here.url).cache_id
+        == OpenAIBackend("qr-7b", base_url=there.url).cache_id
         != OpenAIBackend("qr-1.5b", base_url=there.url).cache_id
+    )
 
 
 def test_retries_run_out_with_a_clear_error_after_finished_items_were_reported(scripted):
-    server = scripted([(200, {}, json.dumps({"choices": [{"message": {"content": "first"}}]}))]
-                      + [(503, {}, "down")] * 20)
+    server = scripted([(200, {}, json.dumps({"choices": [{"message": {"content": "first"}}]}))] + [(503, {}, "down")] * 20)
     seen: dict[int, str] = {}
     with pytest.raises(BackendUnavailableError, match=r"failed 3 times in a row \(last: http:\S+: HTTP 503"):
         backend(server.url, concurrency=1, max_retries=2).generate(
-            ["a", "b", "c"], PromptTemplate.paper(), GenerationParams(), lambda i, text: seen.__setitem__(i, text))
+            ["a", "b", "c"], PromptTemplate.paper(), GenerationParams(), lambda i, text: seen.__setitem__(i, text)
+        )
     assert seen == {0: "first"}
 
 
@@ -212,7 +229,6 @@ def test_a_server_that_dies_mid_run_hands_its_questions_to_the_others(scripted):
 # --- a real OpenAI-compatible server (transformers serve) with the embedded model ---------------------------
 
 
-
 @pytest.fixture(scope="module")
 def served_model_dir(smol_backend):
     return smol_backend.source.path  # converted once by the session fixture
@@ -235,8 +251,14 @@ def test_reasoner_through_a_real_local_server_keeps_input_order(served_model_dir
         params = GenerationParams.greedy(16)
 
         def reasoner(concurrency):
-            return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, concurrency=concurrency,
-                              sampling_extras=False, generation=params)
+            return QRReasoner(
+                server.model_name,
+                backend="openai",
+                base_url=server.base_url,
+                concurrency=concurrency,
+                sampling_extras=False,
+                generation=params,
+            )
 
         parallel = reasoner(4).reason(QUESTIONS[:6])
         one_by_one = reasoner(1).reason(QUESTIONS[:6])
@@ -253,9 +275,17 @@ def test_server_killed_mid_run_then_restarted_loses_and_recomputes_nothing(serve
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
     def reasoner():
-        return QRReasoner(served_model_dir, backend="openai", base_url=f"http://127.0.0.1:{port}/v1", concurrency=2,
-                          max_retries=2, backoff=0.2, sampling_extras=False, cache=cache,
-                          generation=GenerationParams(max_new_tokens=24, seed=7))
+        return QRReasoner(
+            served_model_dir,
+            backend="openai",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            concurrency=2,
+            max_retries=2,
+            backoff=0.2,
+            sampling_extras=False,
+            cache=cache,
+            generation=GenerationParams(max_new_tokens=24, seed=7),
+        )
 
     server = start_transformers_server(served_model_dir, port, first_log)
     errors: list[BaseException] = []
@@ -311,9 +341,17 @@ def test_two_real_servers_one_killed_mid_run_lose_and_duplicate_nothing(served_m
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     servers = [start_transformers_server(served_model_dir, port, log) for port, log in zip(ports, logs)]
     cache = ReasoningCache(tmp_path / "cache.sqlite")
-    reasoner = QRReasoner(served_model_dir, backend="openai", base_url=[s.base_url for s in servers], concurrency=1,
-                          max_retries=2, backoff=0.2, sampling_extras=False, cache=cache,
-                          generation=GenerationParams(max_new_tokens=24, seed=7))
+    reasoner = QRReasoner(
+        served_model_dir,
+        backend="openai",
+        base_url=[s.base_url for s in servers],
+        concurrency=1,
+        max_retries=2,
+        backoff=0.2,
+        sampling_extras=False,
+        cache=cache,
+        generation=GenerationParams(max_new_tokens=24, seed=7),
+    )
     outcome: dict[str, object] = {}
     worker = threading.Thread(target=lambda: outcome.update(out=reasoner.reason(QUESTIONS)))
     worker.start()

@@ -44,11 +44,14 @@ def context_limited(tokenizer, context: int):
     """A server rule that rejects, as vLLM does, a prompt that does not fit ``context`` tokens with its max_tokens."""
 
     def rule(body):
-        ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         if len(ids) + body["max_tokens"] > context:
-            message = (f"This model's maximum context length is {context} tokens. However, you requested "
-                       f"{len(ids) + body['max_tokens']} tokens. Please reduce the length of the messages.")
+            message = (
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{len(ids) + body['max_tokens']} tokens. Please reduce the length of the messages."
+            )
             return 400, {}, json.dumps({"object": "error", "message": message, "type": "BadRequestError"})
         return None
 
@@ -56,8 +59,9 @@ def context_limited(tokenizer, context: int):
 
 
 def prompt_tokens(tokenizer, body) -> int:
-    return len(tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"])
+    return len(
+        tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
 
 
 def test_a_question_too_long_for_the_servers_context_is_cut_to_fit(scripted, embedded_tokenizer, caplog):
@@ -66,7 +70,8 @@ def test_a_question_too_long_for_the_servers_context_is_cut_to_fit(scripted, emb
     server = scripted(models=[{"id": f"{folder}@0123abcd", "max_model_len": 512}], rule=context_limited(tokenizer, 512))
     with caplog.at_level(logging.WARNING):
         out = OpenAIBackend(folder, base_url=server.url, backoff=0.01).generate(
-            [LONG, "Why do cats purr?"], TEMPLATE, GenerationParams.greedy(100))
+            [LONG, "Why do cats purr?"], TEMPLATE, GenerationParams.greedy(100)
+        )
     assert all(out) and "truncated" in caplog.text
     long_body = next(body for body in server.requests if "ocean" in body["messages"][-1]["content"])
     assert 412 - 8 < prompt_tokens(tokenizer, long_body) <= 412  # cut to the budget, not far below it
@@ -78,7 +83,8 @@ def test_max_prompt_tokens_is_the_budget_when_the_server_lists_no_context(script
     folder, tokenizer = embedded_tokenizer
     server = scripted()
     OpenAIBackend("served-model", base_url=server.url, max_prompt_tokens=300, tokenizer=folder).generate(
-        [LONG], TEMPLATE, GenerationParams.greedy(100))
+        [LONG], TEMPLATE, GenerationParams.greedy(100)
+    )
     assert 300 - 8 < prompt_tokens(tokenizer, server.requests[0]) <= 300
     with pytest.raises(ValueError, match="max_prompt_tokens must be >= 1"):
         OpenAIBackend("m", base_url=server.url, max_prompt_tokens=0)
@@ -88,12 +94,14 @@ def test_without_a_tokenizer_a_too_long_question_fails_alone(scripted, embedded_
     _, tokenizer = embedded_tokenizer
     server = scripted(models=[{"id": "hosted-model", "max_model_len": 512}], rule=context_limited(tokenizer, 512))
     with caplog.at_level(logging.WARNING), pytest.raises(RequestRejectedError, match="maximum context length") as info:
-        OpenAIBackend("hosted-model", base_url=server.url).generate([LONG, "Why do cats purr?"], TEMPLATE,
-                                                                    GenerationParams.greedy(100))
+        OpenAIBackend("hosted-model", base_url=server.url).generate(
+            [LONG, "Why do cats purr?"], TEMPLATE, GenerationParams.greedy(100)
+        )
     assert list(info.value.rejected) == [LONG] and "not fitted to the server's context" in caplog.text
     with pytest.raises(ValueError, match="cannot measure prompts"):  # a tokenizer named but not found is an error
         OpenAIBackend("hosted-model", base_url=server.url, tokenizer=tmp_path / "no-model").generate(
-            [LONG], TEMPLATE, GenerationParams.greedy(100))
+            [LONG], TEMPLATE, GenerationParams.greedy(100)
+        )
 
 
 def test_a_request_the_server_rejects_fails_alone_and_the_rest_are_cached(scripted, tmp_path, capsys):
@@ -108,10 +116,14 @@ def test_a_request_the_server_rejects_fails_alone_and_the_rest_are_cached(script
     server = scripted(rule=rule)
     questions = [bad] + QUESTIONS[:5]
     cache = tmp_path / "c.sqlite"
-    reasoner = QRReasoner("m", backend="openai", base_url=server.url, concurrency=2, cache=cache,
-                          generation=GenerationParams.greedy(16))
-    with pytest.raises(RequestRejectedError, match=r"rejected the requests of 1 of 6 questions.*forbidden topic.*"
-                                                   r"HTTP 400.*not allowed") as info:
+    reasoner = QRReasoner(
+        "m", backend="openai", base_url=server.url, concurrency=2, cache=cache, generation=GenerationParams.greedy(16)
+    )
+    with pytest.raises(
+        RequestRejectedError,
+        match=r"rejected the requests of 1 of 6 questions.*forbidden topic.*"
+        r"HTTP 400.*not allowed",
+    ) as info:
         reasoner.reason(questions)
     assert list(info.value.rejected) == [bad]
     assert len(reasoner.cache) == 5, "every other question finished and is cached"
@@ -119,8 +131,26 @@ def test_a_request_the_server_rejects_fails_alone_and_the_rest_are_cached(script
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps({"id": str(i), "query": q}) + "\n" for i, q in enumerate(questions)))
     asked = len(server.requests)
-    code = main(["reason", "--input", str(queries), "--output", str(tmp_path / "out.jsonl"), "--backend", "openai",
-                 "--base-url", server.url, "--model", "m", "--greedy", "--max-new-tokens", "16", "--cache", str(cache)])
+    code = main(
+        [
+            "reason",
+            "--input",
+            str(queries),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--model",
+            "m",
+            "--greedy",
+            "--max-new-tokens",
+            "16",
+            "--cache",
+            str(cache),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "forbidden topic" in err and "not allowed" in err
     assert len(server.requests) == asked + 1, "only the rejected question was asked again"
@@ -158,8 +188,9 @@ def test_sampling_extras_are_dropped_for_a_server_that_rejects_them(scripted, ca
 
 def test_the_cli_passes_the_openai_options():
     def options(*flags):
-        return backend_options(build_parser().parse_args(["reason", "--input", "q", "--output", "o", "--backend",
-                                                          "openai", *flags]))
+        return backend_options(
+            build_parser().parse_args(["reason", "--input", "q", "--output", "o", "--backend", "openai", *flags])
+        )
 
     assert (options()["sampling_extras"], options()["max_prompt_tokens"]) == (None, None)
     assert options("--no-sampling-extras")["sampling_extras"] is False
@@ -175,8 +206,9 @@ def test_a_busy_server_whose_requests_time_out_stays_in_the_run(scripted):
         return echo_completion(body)
 
     steady = scripted(rule=slow)
-    spread = OpenAIBackend("m", base_url=[busy.url, steady.url], concurrency=1, request_timeout=0.5, backoff=0.01,
-                           max_server_failures=2)
+    spread = OpenAIBackend(
+        "m", base_url=[busy.url, steady.url], concurrency=1, request_timeout=0.5, backoff=0.01, max_server_failures=2
+    )
     out = spread.generate(QUESTIONS[:10], TEMPLATE, GenerationParams.greedy(8))
     assert all(out) and len(busy.requests) >= 3
     assert spread.server_counts[busy.url] >= 1, "two timeouts in a row did not take the busy server out"

@@ -83,8 +83,9 @@ def test_every_imported_module_is_declared():
         for module in _imports(path) - DATA_PACKAGES:
             owners = {_normalise(d) for d in distributions.get(module, [NOT_INSTALLED.get(module, module)])}
             if not owners & allowed:
-                missing.append(f"{relative}: {module} ({', '.join(sorted(owners))}) not in "
-                               f"{'core' if not extra else f'core or [{extra}]'}")
+                missing.append(
+                    f"{relative}: {module} ({', '.join(sorted(owners))}) not in {'core' if not extra else f'core or [{extra}]'}"
+                )
     assert not missing, "undeclared imports:\n" + "\n".join(missing)
 
 
@@ -98,16 +99,18 @@ def wheel_build(tmp_path_factory) -> tuple[Path, str]:
     """A wheel that setuptools (the build backend pip runs for `pip install .`) builds from a clean copy of the
     source files (those git tracks or would track), and everything the build printed."""
     source, dist = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     for name in listed:
         if (REPO / name).is_file():  # a tracked file deleted in the working tree is left out
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     code = "import sys, setuptools.build_meta as backend; print(backend.build_wheel(sys.argv[1]))"
-    build = subprocess.run([sys.executable, "-W", "default", "-c", code, str(dist)], cwd=source, env=env,
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code, str(dist)], cwd=source, env=env, capture_output=True, text=True, timeout=600
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     return dist / build.stdout.split()[-1], build.stdout + build.stderr
 
@@ -118,15 +121,19 @@ def test_a_wheel_builds_without_a_setuptools_warning(wheel_build):
     warnings = [line for line in log.splitlines() if re.search(r"warn|!!", line, re.IGNORECASE)]
     assert not warnings, "\n".join(warnings)
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"tongsearch_qr/embedded/adapter_model.safetensors", "tongsearch_qr/embedded/tongsearch_qr.json",
-            "tongsearch_qr/training/configs/cpu-keyterms.yaml"} <= names
+    assert {
+        "tongsearch_qr/embedded/adapter_model.safetensors",
+        "tongsearch_qr/embedded/tongsearch_qr.json",
+        "tongsearch_qr/training/configs/cpu-keyterms.yaml",
+    } <= names
 
 
 @pytest.mark.slow
 def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path, shared_data, wheel_build):
     wheel, target = wheel_build[0], tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)], check=True
+    )
     work = tmp_path / "work"  # outside the source tree, with ../shared beside it as in a checkout
     work.mkdir()
     (tmp_path / "shared").symlink_to(shared_data.parent)
@@ -137,8 +144,14 @@ def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path
         assert done.returncode == 0, f"{args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         return done.stdout
 
-    modules = ["tongsearch_qr", "tongsearch_qr.data", "tongsearch_qr.integrations.pyterrier",
-               "tongsearch_qr.integrations.llama_index", "tongsearch_qr.integrations.haystack", "tongsearch_qr.training"]
+    modules = [
+        "tongsearch_qr",
+        "tongsearch_qr.data",
+        "tongsearch_qr.integrations.pyterrier",
+        "tongsearch_qr.integrations.llama_index",
+        "tongsearch_qr.integrations.haystack",
+        "tongsearch_qr.training",
+    ]
     files = run(sys.executable, "-c", f"import importlib; [print(importlib.import_module(m).__file__) for m in {modules}]")
     assert all(Path(f).is_relative_to(target) for f in files.split()), files
     assert (target / "tongsearch_qr" / "training" / "configs" / "cpu-tiny.yaml").is_file()
@@ -146,8 +159,7 @@ def test_wheel_installed_non_editable_runs_from_outside_the_source_tree(tmp_path
     assert Path(adapter.strip()).is_relative_to(target)  # the shipped reasoner, checked against its pinned digests
 
     cli = str(target / "bin" / "tongsearch-qr")
-    run(cli, "eval", "--dataset", "beir:../shared/data/scifact", "--retriever", "bm25", "--reasoner", "none",
-        "--output", "out")
+    run(cli, "eval", "--dataset", "beir:../shared/data/scifact", "--retriever", "bm25", "--reasoner", "none", "--output", "out")
     import json
 
     assert json.loads((work / "out" / "metrics.json").read_text())["average"]["ndcg_cut_10"] > 0.6

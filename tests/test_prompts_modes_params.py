@@ -33,12 +33,15 @@ def test_think_mode_uses_r1_system_prompt_and_extracts_answer():
     assert template.extract("<think> salt pulls water </think>\n<answer> osmosis, kidneys </answer>") == "osmosis, kidneys"
 
 
-@pytest.mark.parametrize("completion", [
-    "no tags at all, just reasoning",
-    "<think> started thinking but ran out of tokens",
-    "<answer> answer without think </answer>",
-    "",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "no tags at all, just reasoning",
+        "<think> started thinking but ran out of tokens",
+        "<answer> answer without think </answer>",
+        "",
+    ],
+)
 def test_think_mode_without_tags_uses_the_whole_completion_like_the_paper(completion):
     assert parse_think_answer(completion) is None
     assert PromptTemplate.paper(think=True).extract(completion) == completion.strip()
@@ -62,13 +65,16 @@ def test_system_none_leaves_system_turn_to_chat_template():
     assert PromptTemplate(system=None).messages("q") == [{"role": "user", "content": ISSUE_PROMPT.replace("{question}", "q")}]
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("replace", "R"),
-    ("concat", "Q\nR"),
-    ("weighted", "Q\nQ\nQ\nQ\nQ\nR"),
-    ("weighted:2", "Q\nQ\nR"),
-    ("original", "Q"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("replace", "R"),
+        ("concat", "Q\nR"),
+        ("weighted", "Q\nQ\nQ\nQ\nQ\nR"),
+        ("weighted:2", "Q\nQ\nR"),
+        ("original", "Q"),
+    ],
+)
 def test_modes(name, expected):
     assert get_mode(name).apply("Q", "R") == expected
 
@@ -94,16 +100,30 @@ def test_mode_objects_and_validation():
 def test_generation_defaults_are_the_papers():
     p = GenerationParams()
     assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.do_sample) == (
-        500, 0.7, 0.8, 20, 1.05, True)
+        500,
+        0.7,
+        0.8,
+        20,
+        1.05,
+        True,
+    )
     greedy = GenerationParams.greedy()
     assert not greedy.do_sample and "temperature" not in greedy.key()
     assert GenerationParams().key() != GenerationParams(seed=1).key()
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1},
-    {"repetition_penalty": 0.0}, {"temperature": -math.inf},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_new_tokens": 0},
+        {"temperature": 0.0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"repetition_penalty": 0.0},
+        {"temperature": -math.inf},
+    ],
+)
 def test_generation_params_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         GenerationParams(**kwargs)

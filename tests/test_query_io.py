@@ -29,15 +29,18 @@ def test_bright_examples_file(shared_data):
         assert records[0].query == json.loads(fh.readline())["query"]
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("bad.jsonl", '{"id": "1", "query": "ok"}\n{broken\n', r"bad.jsonl:2: not valid JSON"),
-    ("bad.jsonl", '["a list"]\n', r":1: expected a JSON object"),
-    ("bad.jsonl", '{"id": "1", "question": "wrong field"}\n', r":1: needs fields 'id' and 'query'"),
-    ("bad.jsonl", '{"id": null, "query": "q"}\n', r":1: query id must be"),
-    ("bad.jsonl", '{"id": "1", "query": "a"}\n{"id": "1", "query": "b"}\n', r":2: duplicate query id '1'"),
-    ("bad.tsv", "q1 no tab here\n", r":1: expected 'id<TAB>query'"),
-    ("empty.tsv", "\n\n", "holds no queries"),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("bad.jsonl", '{"id": "1", "query": "ok"}\n{broken\n', r"bad.jsonl:2: not valid JSON"),
+        ("bad.jsonl", '["a list"]\n', r":1: expected a JSON object"),
+        ("bad.jsonl", '{"id": "1", "question": "wrong field"}\n', r":1: needs fields 'id' and 'query'"),
+        ("bad.jsonl", '{"id": null, "query": "q"}\n', r":1: query id must be"),
+        ("bad.jsonl", '{"id": "1", "query": "a"}\n{"id": "1", "query": "b"}\n', r":2: duplicate query id '1'"),
+        ("bad.tsv", "q1 no tab here\n", r":1: expected 'id<TAB>query'"),
+        ("empty.tsv", "\n\n", "holds no queries"),
+    ],
+)
 def test_malformed_files_name_the_line(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")

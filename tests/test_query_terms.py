@@ -7,13 +7,18 @@ from tongsearch_qr.backends.precomputed import PrecomputedBackend
 from tongsearch_qr.query_terms import DEFAULT_TERMS, TermQuery, term_query, words
 
 QUESTION = "Why can't humans drink sea water?"
-REASONING = ("1. Identify the essential problem: drinking seawater. Seawater is hypertonic, so drinking it dehydrates "
-             "cells by osmosis; the kidneys cannot make urine saltier than seawater. Step 2: kidneys, kidneys.")
+REASONING = (
+    "1. Identify the essential problem: drinking seawater. Seawater is hypertonic, so drinking it dehydrates "
+    "cells by osmosis; the kidneys cannot make urine saltier than seawater. Step 2: kidneys, kidneys."
+)
 
 
 def test_words_are_lowercased_without_stopwords_one_letter_or_overlong_tokens():
-    assert words("The Kidneys' cannot_make saltier urine; a b x" + " y" * 3 + " " + "z" * 31) == \
-        ["kidneys", "saltier", "urine"]  # 'cannot' and 'make' are stopwords too: generic words of questions
+    assert words("The Kidneys' cannot_make saltier urine; a b x" + " y" * 3 + " " + "z" * 31) == [
+        "kidneys",
+        "saltier",
+        "urine",
+    ]  # 'cannot' and 'make' are stopwords too: generic words of questions
     assert words("caf\u00e9 \ufffd\ufffd na\u00efve") == ["caf\u00e9", "na\u00efve"]
 
 
@@ -44,11 +49,20 @@ def test_question_copies_weigh_the_question_and_keep_its_filler_and_numbers():
 def test_a_list_of_terms_counts_each_word_once_however_its_terms_repeat_it():
     keywords = "accidents, road, road-related, road-making, road-making-driving, amaze, amaze-related"
     assert term_query("accidents", keywords, "weighted:3").weights == {
-        "accidents": 4.0, "road": 4.0, "related": 2.0, "amaze": 2.0}
+        "accidents": 4.0,
+        "road": 4.0,
+        "related": 2.0,
+        "amaze": 2.0,
+    }
     # once: the list's new words weigh 1, under half a question word in weighted:3, and the question's get +1
     assert term_query("accidents", keywords, "weighted:3", once=True).weights == {"accidents": 4.0}
     assert term_query("accidents", keywords, "concat", once=True).weights == {
-        "accidents": 2.0, "road": 1.0, "related": 1.0, "driving": 1.0, "amaze": 1.0}  # 'making': a stopword
+        "accidents": 2.0,
+        "road": 1.0,
+        "related": 1.0,
+        "driving": 1.0,
+        "amaze": 1.0,
+    }  # 'making': a stopword
 
 
 def test_terms_keeps_the_strongest_words():

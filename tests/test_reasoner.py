@@ -20,8 +20,20 @@ from tongsearch_qr import (
 from tongsearch_qr.backends.precomputed import PrecomputedBackend
 from tongsearch_qr.prompts import PAPER_USER_TEMPLATE
 
-TASKS = ["biology", "earth_science", "economics", "psychology", "robotics", "stackoverflow", "sustainable_living",
-         "leetcode", "pony", "aops", "theoremqa_theorems", "theoremqa_questions"]
+TASKS = [
+    "biology",
+    "earth_science",
+    "economics",
+    "psychology",
+    "robotics",
+    "stackoverflow",
+    "sustainable_living",
+    "leetcode",
+    "pony",
+    "aops",
+    "theoremqa_theorems",
+    "theoremqa_questions",
+]
 
 
 def test_default_reasoner_runs_offline_with_the_papers_sampling():
@@ -161,11 +173,14 @@ def test_precomputed_falls_through_to_a_model(tmp_path, counting, short_greedy):
     assert counting.generated == ["Why do leaves change colour in autumn?"]
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "JSON object"),
-    ('{"q": 3}', "not strings"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"q": 3}', "not strings"),
+    ],
+)
 def test_malformed_reasoning_files(tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content, encoding="utf-8")
@@ -220,8 +235,13 @@ def test_seeded_sampling_depends_only_on_seed_query_prompt_and_params():
 
     from tongsearch_qr.backends.transformers_backend import TransformersBackend
 
-    questions = ["Why is the sea salty?", "How do magnets work?", "Why do we dream?", "What is a black hole?",
-                 "Why do onions make people cry?"]
+    questions = [
+        "Why is the sea salty?",
+        "How do magnets work?",
+        "Why do we dream?",
+        "What is a black hole?",
+        "Why do onions make people cry?",
+    ]
     params = GenerationParams(max_new_tokens=10, seed=7)
     template = PromptTemplate.paper()
     one_batch = TransformersBackend(dtype="float32", batch_size=8)
@@ -240,10 +260,11 @@ def test_a_cut_question_keeps_the_template_and_generation_prompt_whole(smol_back
     from tongsearch_qr.backends.prompting import fit_prompt, render
 
     tokenizer, template = smol_backend.tokenizer, PromptTemplate.paper()
-    without = tokenizer.apply_chat_template(template.messages("q"), add_generation_prompt=False, tokenize=True,
-                                            return_dict=True)["input_ids"]
-    tail = render(tokenizer, template, "q")[len(without) - 2:]  # end of the user turn and the assistant header
+    without = tokenizer.apply_chat_template(template.messages("q"), add_generation_prompt=False, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
+    tail = render(tokenizer, template, "q")[len(without) - 2 :]  # end of the user turn and the assistant header
     for huge in ("Why does the ocean taste salty when rivers are fresh? " * 19000, "海水为什么是咸的？🌊" * 90000):
         assert len(huge.encode()) > 1_000_000
         ids = fit_prompt(tokenizer, template, huge, context_length=2048, max_new_tokens=500)
-        assert len(ids) <= 2048 - 500 and ids[-len(tail):] == tail
+        assert len(ids) <= 2048 - 500 and ids[-len(tail) :] == tail

@@ -7,8 +7,12 @@ from tongsearch_qr.data import load_beir
 from tongsearch_qr.retrieval import BM25Retriever, make_retriever
 from tongsearch_qr.retrieval.dense import DenseRetriever
 
-DOCS = [("a", "the cat sat on the mat"), ("b", "dogs chase cats in the park"), ("c", "stock markets fell sharply"),
-        ("d", "a cat and a dog are friends")]
+DOCS = [
+    ("a", "the cat sat on the mat"),
+    ("b", "dogs chase cats in the park"),
+    ("c", "stock markets fell sharply"),
+    ("d", "a cat and a dog are friends"),
+]
 
 
 def test_bm25_exclusion_depth_and_zero_scores():
@@ -31,13 +35,16 @@ def test_bm25_save_and_load(tmp_path):
         BM25Retriever.load(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("docs, match", [
-    ([], "empty corpus"),
-    ([("a", "a b"), ("b", "the")], "no indexable terms"),
-    ([("a", "x"), ("a", "y")], "duplicate document id 'a'"),
-    ([("a", None)], "has no text"),
-    (["not a pair"], "not an \\(id, text\\) pair"),
-])
+@pytest.mark.parametrize(
+    "docs, match",
+    [
+        ([], "empty corpus"),
+        ([("a", "a b"), ("b", "the")], "no indexable terms"),
+        ([("a", "x"), ("a", "y")], "duplicate document id 'a'"),
+        ([("a", None)], "has no text"),
+        (["not a pair"], "not an \\(id, text\\) pair"),
+    ],
+)
 def test_bad_corpora(docs, match):
     with pytest.raises(InputFormatError, match=match):
         BM25Retriever().index(docs)

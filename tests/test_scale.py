@@ -36,10 +36,35 @@ from tongsearch_qr.scale import (
     write_reasoning,
 )
 
-QUERIES = [f"Why does {topic} happen?" for topic in (
-    "rain", "rust", "thunder", "fog", "tides", "frost", "wind", "hail", "snow", "dew", "lightning", "drought",
-    "erosion", "a rainbow", "an echo", "static shock", "a tsunami", "an eclipse", "mould", "a hangover",
-    "jet lag", "a sunburn", "a cramp", "a hiccup")]
+QUERIES = [
+    f"Why does {topic} happen?"
+    for topic in (
+        "rain",
+        "rust",
+        "thunder",
+        "fog",
+        "tides",
+        "frost",
+        "wind",
+        "hail",
+        "snow",
+        "dew",
+        "lightning",
+        "drought",
+        "erosion",
+        "a rainbow",
+        "an echo",
+        "static shock",
+        "a tsunami",
+        "an eclipse",
+        "mould",
+        "a hangover",
+        "jet lag",
+        "a sunburn",
+        "a cramp",
+        "a hiccup",
+    )
+]
 SEEDED = GenerationParams(max_new_tokens=12, seed=0)
 SAMPLES = 2
 CLI_FAST = ["--backend", "transformers", "--dtype", "float32", "--max-new-tokens", "12", "--seed", "0", "--batch-size", "8"]
@@ -50,8 +75,12 @@ def ray_address():
     """A local Ray instance for the module (2 CPUs); its workers can import this test module."""
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
-                       runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "tests")}})
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "tests")}},
+    )
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
@@ -138,10 +167,20 @@ def test_query_tables_in_and_reasoning_tables_out(tmp_path):
     assert [(r.id, r.query, r.line) for r in records] == [("a", "Why?", 1), ("b", "How?", 2)]
     rows = reasoning_rows(records, [["one", "two"], ["three", "four"]], get_mode("concat"))
     write_reasoning(tmp_path / "out.parquet", rows)
-    assert pq.read_table(tmp_path / "out.parquet").to_pylist() == rows == [
-        {"id": "a", "query": "Why?", "reasoning": "one\ntwo", "rewritten": "Why?\none\ntwo", "samples": ["one", "two"]},
-        {"id": "b", "query": "How?", "reasoning": "three\nfour", "rewritten": "How?\nthree\nfour",
-         "samples": ["three", "four"]}]
+    assert (
+        pq.read_table(tmp_path / "out.parquet").to_pylist()
+        == rows
+        == [
+            {"id": "a", "query": "Why?", "reasoning": "one\ntwo", "rewritten": "Why?\none\ntwo", "samples": ["one", "two"]},
+            {
+                "id": "b",
+                "query": "How?",
+                "reasoning": "three\nfour",
+                "rewritten": "How?\nthree\nfour",
+                "samples": ["three", "four"],
+            },
+        ]
+    )
     pq.write_table(pa.table({"qid": ["a"], "question": ["Why?"]}), tmp_path / "other.parquet")
     with pytest.raises(InputFormatError, match="needs columns 'id' and 'query'"):
         read_query_file(tmp_path / "other.parquet")
@@ -182,8 +221,9 @@ def test_a_cluster_that_refuses_the_driver_names_ray_token_authentication(monkey
     import ray
 
     def refused(address=None, **_):
-        raise ConnectionError(f"Failed to connect to Ray cluster at {address} (caused by RuntimeError: Failed to "
-                              "connect to GCS.)")
+        raise ConnectionError(
+            f"Failed to connect to Ray cluster at {address} (caused by RuntimeError: Failed to connect to GCS.)"
+        )
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refused)
@@ -198,18 +238,23 @@ def test_a_cluster_that_refuses_the_driver_names_ray_token_authentication(monkey
 
 
 @pytest.mark.slow
-def test_seeded_samples_on_two_actors_equal_one_process_and_cached_ones_are_not_sent(ray_address, one_process,
-                                                                                   expected, tmp_path):
+def test_seeded_samples_on_two_actors_equal_one_process_and_cached_ones_are_not_sent(
+    ray_address, one_process, expected, tmp_path
+):
     cache = tmp_path / "cache.sqlite"
     half = len(QUERIES) // 2
-    QRReasoner(backend=one_process.backend, template=one_process.template, generation=SEEDED, samples=SAMPLES,
-               cache=cache).reason_samples(QUERIES[:half])
+    QRReasoner(
+        backend=one_process.backend, template=one_process.template, generation=SEEDED, samples=SAMPLES, cache=cache
+    ).reason_samples(QUERIES[:half])
 
     spec = ReasonerSpec(backend="transformers", dtype="float32", generation=SEEDED, samples=SAMPLES)
     reasoner = ray_reasoner(spec, cache=cache, actors=2, rows_per_task=5)
     assert reasoner.reason_samples(QUERIES) == expected
-    assert dict(reasoner.stats) == {"queries": len(QUERIES), "cached": half * SAMPLES,
-                                    "generated": (len(QUERIES) - half) * SAMPLES}
+    assert dict(reasoner.stats) == {
+        "queries": len(QUERIES),
+        "cached": half * SAMPLES,
+        "generated": (len(QUERIES) - half) * SAMPLES,
+    }
     assert reasoner.backend.duplicates == 0
     with sqlite3.connect(cache) as conn:
         assert conn.execute("SELECT COUNT(*) FROM reasoning").fetchone()[0] == len(QUERIES) * SAMPLES
@@ -273,11 +318,11 @@ class DiesOnce:
 
 
 @pytest.mark.slow
-def test_an_actor_that_dies_has_its_task_retried_and_no_query_reported_twice(ray_address, one_process, expected,
-                                                                              tmp_path):
+def test_an_actor_that_dies_has_its_task_retried_and_no_query_reported_twice(ray_address, one_process, expected, tmp_path):
     marker = tmp_path / "died"
-    spec = ReasonerSpec(backend=functools.partial(DiesOnce, str(marker)), template=one_process.template,
-                        generation=SEEDED, samples=SAMPLES)
+    spec = ReasonerSpec(
+        backend=functools.partial(DiesOnce, str(marker)), template=one_process.template, generation=SEEDED, samples=SAMPLES
+    )
     reasoner = ray_reasoner(spec, cache=tmp_path / "cache.sqlite", actors=2, rows_per_task=8)
     assert reasoner.reason_samples(QUERIES) == expected
     assert marker.exists()  # an actor did die
@@ -301,10 +346,29 @@ def test_reason_on_ray_from_parquet_writes_what_reason_writes(ray_address, share
     pq.write_table(pa.Table.from_pylist(queries), tmp_path / "q.parquet")
     common = ["--mode", "concat", "--samples", "2", *CLI_FAST]
     assert main(["reason", "--input", str(src), "--output", str(tmp_path / "one.jsonl"), "--no-cache", *common]) == 0
-    on_ray = subprocess.run([sys.executable, "-m", "tongsearch_qr.cli", "reason", "--input", str(tmp_path / "q.parquet"),
-                             "--output", str(tmp_path / "ray.jsonl"), "--cache", str(tmp_path / "c.sqlite"), *common,
-                             "--ray", ray_address, "--rows-per-task", "6"],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
+    on_ray = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tongsearch_qr.cli",
+            "reason",
+            "--input",
+            str(tmp_path / "q.parquet"),
+            "--output",
+            str(tmp_path / "ray.jsonl"),
+            "--cache",
+            str(tmp_path / "c.sqlite"),
+            *common,
+            "--ray",
+            ray_address,
+            "--rows-per-task",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert "2 actor(s) of 1 CPU" in on_ray.stderr and "0 from the cache, 16 generated" in on_ray.stderr
@@ -320,8 +384,9 @@ def test_a_dataset_in_and_parquet_out_through_reason_dataset(ray_address, one_pr
     spec = ReasonerSpec(backend="transformers", dtype="float32", generation=SEEDED)
     rows = reason_dataset(dataset, spec, output=tmp_path / "o.parquet", mode="concat", actors=1, progress=False)
     texts = one_process.with_(samples=1).reason(list(queries.values()))
-    assert rows == [{"id": qid, "query": q, "reasoning": t, "rewritten": f"{q}\n{t}"}
-                    for (qid, q), t in zip(queries.items(), texts)]
+    assert rows == [
+        {"id": qid, "query": q, "reasoning": t, "rewritten": f"{q}\n{t}"} for (qid, q), t in zip(queries.items(), texts)
+    ]
     assert pq.read_table(tmp_path / "o.parquet").to_pylist() == rows
     with pytest.raises(TongSearchError, match="needs columns 'id' and 'query'"):
         read_query_source(ray.data.from_items([{"question": "Why?"}]))
@@ -340,8 +405,23 @@ def test_a_driver_killed_mid_job_reruns_only_what_is_missing(ray_address, shared
     queries = _scifact_queries(shared_data, 30)
     src, out, cache = tmp_path / "q.jsonl", tmp_path / "o.jsonl", tmp_path / "c.sqlite"
     src.write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    cmd = [sys.executable, "-m", "tongsearch_qr.cli", "reason", "--input", str(src), "--output", str(out),
-           "--cache", str(cache), *CLI_FAST, "--ray", ray_address, "--rows-per-task", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tongsearch_qr.cli",
+        "reason",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--cache",
+        str(cache),
+        *CLI_FAST,
+        "--ray",
+        ray_address,
+        "--rows-per-task",
+        "2",
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

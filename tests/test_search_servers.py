@@ -95,7 +95,8 @@ def test_elasticsearch_gets_the_words_repeated_by_weight_in_its_match_query(serv
     url, searches = server
     store = ElasticsearchDocumentStore(hosts=url, index="docs")
     found = _pipeline(_rewriter("repeated"), ElasticsearchBM25Retriever(document_store=store, fuzziness=0)).run(
-        {"reasoner": {"query": QUESTION}})
+        {"reasoner": {"query": QUESTION}}
+    )
     assert [d.id for d in found["bm25"]["documents"]] == ["d1"]
     [body] = searches
     match = body["query"]["bool"]["must"][0]["multi_match"]
@@ -118,6 +119,5 @@ def test_opensearch_gets_boosted_words_in_a_query_string_custom_query(server):
     assert [d.id for d in found["bm25"]["documents"]] == ["d1"]
     [body] = searches
     query = body["query"]["query_string"]
-    assert query["query"] == ("kidneys^1.000 humans^0.500 drink^0.500 sea^0.500 water^0.500 seawater^0.500 "
-                              "osmosis^0.500")
+    assert query["query"] == ("kidneys^1.000 humans^0.500 drink^0.500 sea^0.500 water^0.500 seawater^0.500 osmosis^0.500")
     assert query["default_field"] == "content"

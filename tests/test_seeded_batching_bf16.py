@@ -10,8 +10,16 @@ from tongsearch_qr.backends.cpu import native_bf16
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not native_bf16(), reason="needs a CPU with native bf16")]
 
-QUESTIONS = ["Why is the sea salty?", "How do magnets work?", "Why do we dream?", "What is a black hole?",
-             "Why do onions make people cry?", "Why does ice float?", "Why do cats purr?", "Why does bread go stale?"]
+QUESTIONS = [
+    "Why is the sea salty?",
+    "How do magnets work?",
+    "Why do we dream?",
+    "What is a black hole?",
+    "Why do onions make people cry?",
+    "Why does ice float?",
+    "Why do cats purr?",
+    "Why does bread go stale?",
+]
 PARAMS = GenerationParams(max_new_tokens=16, seed=7)
 TEMPLATE = PromptTemplate.paper()
 

@@ -17,8 +17,13 @@ from tongsearch_qr import GenerationParams, QRReasoner  # noqa: E402
 from tongsearch_qr.evaluation import paired_difference  # noqa: E402
 
 SEVEN_B = SHARED_DATA / "tongsearch-qr" / "TongSearch-QR-7B_reasoned_BRIGHT_queries.json"
-MARKS = {"pisa": pytest.mark.pyterrier, "pisa-weighted": pytest.mark.pyterrier, "haystack": pytest.mark.haystack,
-         "haystack-okapi": pytest.mark.haystack, "llama-index": pytest.mark.llama_index}
+MARKS = {
+    "pisa": pytest.mark.pyterrier,
+    "pisa-weighted": pytest.mark.pyterrier,
+    "haystack": pytest.mark.haystack,
+    "haystack-okapi": pytest.mark.haystack,
+    "llama-index": pytest.mark.llama_index,
+}
 
 
 def _difference(stack: str, name: str, reasoner: QRReasoner, limit: int | None = None) -> float:
@@ -26,8 +31,10 @@ def _difference(stack: str, name: str, reasoner: QRReasoner, limit: int | None =
     qids = list(c.queries)
     texts = [c.queries[q] for q in qids]
     rank = STACKS[stack](list(c.iter_documents()))
-    runs = {"reasoning": run_result(c, qids, rank(reasoner, texts, False)),
-            "baseline": run_result(c, qids, rank(None, texts, False))}
+    runs = {
+        "reasoning": run_result(c, qids, rank(reasoner, texts, False)),
+        "baseline": run_result(c, qids, rank(None, texts, False)),
+    }
     return paired_difference(runs)["mean_difference"]
 
 

@@ -61,8 +61,7 @@ def test_embedding_advantage_by_hand():
 def test_embedding_advantage_think_mode_needs_answer_tags():
     emb = TableEmbedder({"q": [1, 0], "d": [0, 1], "good": [0, 1]})
     reward = EmbeddingAdvantage(emb, think=True)
-    out = reward([msg("<think>hm</think><answer>good</answer>"), msg("good")], question=["q", "q"],
-                 positives=[["d"], ["d"]])
+    out = reward([msg("<think>hm</think><answer>good</answer>"), msg("good")], question=["q", "q"], positives=[["d"], ["d"]])
     assert out == pytest.approx([10.0, -1.0])
 
 
@@ -70,15 +69,22 @@ def test_embedding_advantage_think_mode_needs_answer_tags():
 def test_embedding_advantage_with_the_real_default_embedder():
     reward = EmbeddingAdvantage()
     answer = "Sea water is hypertonic: the kidneys must excrete more water than was drunk to remove the salt."
-    out = reward([msg("Kidneys cannot excrete salt at sea-water concentration, so drinking it dehydrates."),
-                  msg("The football match ended in a draw after extra time.")],
-                 question=["Why can't humans drink sea water?"] * 2, positives=[[answer]] * 2)
+    out = reward(
+        [
+            msg("Kidneys cannot excrete salt at sea-water concentration, so drinking it dehydrates."),
+            msg("The football match ended in a draw after extra time."),
+        ],
+        question=["Why can't humans drink sea water?"] * 2,
+        positives=[[answer]] * 2,
+    )
     assert out[0] > 0 > out[1]
 
 
-POOL = {"question": "how do I grind coffee beans",
-        "positives": ["use a burr grinder for even coffee grounds"],
-        "negatives": ["how do I grind coffee beans without noise at night", "tea leaves steep in hot water"]}
+POOL = {
+    "question": "how do I grind coffee beans",
+    "positives": ["use a burr grinder for even coffee grounds"],
+    "negatives": ["how do I grind coffee beans without noise at night", "tea leaves steep in hot water"],
+}
 
 
 def test_bm25_rank_by_hand():
@@ -105,8 +111,9 @@ def test_keyword_rewards_count_each_term_once(tmp_path):
     assert reasoning_of(msg("<think>x</think><answer>a, b, a</answer>"), think=True, keywords=True) == "a, b"
     assert reasoning_of(msg(" , \n"), think=False, keywords=True) is None
     cfg = tmp_path / "k.yaml"
-    cfg.write_text("data: {mapping: m.json}\nprompt: {user: 'Keywords: {question}', keywords: true}\n"
-                   "rewards: [{name: bm25_rank}]\n")
+    cfg.write_text(
+        "data: {mapping: m.json}\nprompt: {user: 'Keywords: {question}', keywords: true}\nrewards: [{name: bm25_rank}]\n"
+    )
     config = load_config(cfg)
     assert config.template().keywords and build_rewards(config)[0][0].inner.keywords
 
@@ -117,8 +124,16 @@ def test_rank_metrics_by_hand():
     assert ndcg_at([False, True, True], 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
 
 
-@pytest.mark.parametrize("ranked, relevant", [([True], 2), ([False, True, False], 3), ([True, True], 2),
-                                              ([False] * 12 + [True], 1), ([False, False, True, False, True], 4)])
+@pytest.mark.parametrize(
+    "ranked, relevant",
+    [
+        ([True], 2),
+        ([False, True, False], 3),
+        ([True, True], 2),
+        ([False] * 12 + [True], 1),
+        ([False, False, True, False, True], 4),
+    ],
+)
 def test_ndcg_reward_agrees_with_pytrec_eval_when_positives_are_not_all_retrieved(ranked, relevant):
     import pytrec_eval
 
@@ -138,11 +153,17 @@ def test_bm25_rank_ndcg_counts_the_positives_it_did_not_retrieve():
 
 
 def test_bm25_rank_over_each_questions_source():
-    pools = {"coffee": ["burr grinders give even grounds", "blade grinders chop unevenly"],
-             "tea": ["green tea steeps at 80 degrees", "black tea takes boiling water"]}
+    pools = {
+        "coffee": ["burr grinders give even grounds", "blade grinders chop unevenly"],
+        "tea": ["green tea steeps at 80 degrees", "black tea takes boiling water"],
+    }
     reward = BM25Rank(mode="replace", metric="rr", gain=False, corpus=pools)
-    out = reward([msg("even grounds"), msg("boiling water")], question=["grind?", "brew?"],
-                 positives=[[pools["coffee"][0]], [pools["tea"][1]]], source=["coffee", "tea"])
+    out = reward(
+        [msg("even grounds"), msg("boiling water")],
+        question=["grind?", "brew?"],
+        positives=[[pools["coffee"][0]], [pools["tea"][1]]],
+        source=["coffee", "tea"],
+    )
     assert out == [1.0, 1.0]
     with pytest.raises(ValueError, match="needs the dataset's source column"):
         reward([msg("x")], question=["q"], positives=[["p"]])
@@ -160,19 +181,23 @@ def test_hard_questions_are_judged_by_the_rewards_pool_and_metric(tmp_path):
     from tongsearch_qr.training.prepare import Prepared
     from tongsearch_qr.training.sampled import hard_questions
 
-    pools = {"coffee": ["a burr grinder grinds coffee beans evenly", "milk frothing makes lattes creamy"],
-             "tea": ["burr grinder burr grinder grinds coffee beans grind grind",
-                     "green tea steeping temperature guide: 80 degrees", "oolong leaves unfurl slowly in water"]}
-    first_in_its_site = tdata.TrainingExample("how does a burr grinder grind coffee beans", [pools["coffee"][0]],
-                                              source="coffee")
+    pools = {
+        "coffee": ["a burr grinder grinds coffee beans evenly", "milk frothing makes lattes creamy"],
+        "tea": [
+            "burr grinder burr grinder grinds coffee beans grind grind",
+            "green tea steeping temperature guide: 80 degrees",
+            "oolong leaves unfurl slowly in water",
+        ],
+    }
+    first_in_its_site = tdata.TrainingExample("how does a burr grinder grind coffee beans", [pools["coffee"][0]], source="coffee")
     one_of_two_first = tdata.TrainingExample("green tea steeping temperature", pools["tea"][1:], source="tea")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("data: {mapping: m.json}\nrewards: [{name: bm25_rank, options: {mode: weighted:3, metric: ndcg, "
-                   "pool: source}}]\n")
+    cfg.write_text(
+        "data: {mapping: m.json}\nrewards: [{name: bm25_rank, options: {mode: weighted:3, metric: ndcg, pool: source}}]\n"
+    )
     config = load_config(cfg)
     corpus = [doc for docs in pools.values() for doc in docs]
-    prepared = Prepared(config, PromptTemplate.paper(), [first_in_its_site, one_of_two_first], [], corpus, corpus,
-                        pools)
+    prepared = Prepared(config, PromptTemplate.paper(), [first_in_its_site, one_of_two_first], [], corpus, corpus, pools)
     prepared.rewards, prepared.weights = build_rewards(config, prepared)
     assert hard_questions(SimpleNamespace(data=prepared, name="grpo")) == [one_of_two_first]
     cfg.write_text("data: {mapping: m.json}\nstages: [rft]\nrewards: [{name: length_penalty}]\n")
@@ -201,8 +226,10 @@ def test_generation_while_training_restores_the_tokenizer_and_mode_and_counts_ca
 
     model = OnCuda(2, 2).float().train()
     tokenizer = SimpleNamespace(padding_side="right", pad_token="<pad>", chat_template="{{ messages }}")
-    with pytest.raises(RuntimeError, match="generation failed"), \
-            generation_backend(model, tokenizer, "float32", batch_size=3) as backend:
+    with (
+        pytest.raises(RuntimeError, match="generation failed"),
+        generation_backend(model, tokenizer, "float32", batch_size=3) as backend,
+    ):
         assert backend.batch_size == 3 and tokenizer.padding_side == "left" and not model.training
         per_token = 2 * 2 * 2 * 8 * 2  # keys and values, layers, KV heads, head size, float16 bytes
         assert backend.max_batch_tokens == (21 * gib // 2) // per_token  # half of 1 + 30 - 10 GiB
@@ -258,8 +285,13 @@ def test_a_nan_reward_is_a_clear_error():
 def test_qa_jsonl_builder_on_the_shared_stackexchange_data(shared_data):
     files = sorted((shared_data / "stackexchange-qa").glob("*/qa_pairs.jsonl"))
     examples = tdata.from_qa_jsonl(files)
-    assert len(examples) == 1305 and {ex.source for ex in examples} == {"ai", "beer", "coffee", "matheducators",
-                                                                        "quantumcomputing"}
+    assert len(examples) == 1305 and {ex.source for ex in examples} == {
+        "ai",
+        "beer",
+        "coffee",
+        "matheducators",
+        "quantumcomputing",
+    }
     first = json.loads(files[0].read_text().splitlines()[0])
     assert examples[0].question == f"{first['title'].strip()}\n\n{first['question_body'].strip()}"
     assert examples[0].positives == [first["answer_body"]]
@@ -275,8 +307,10 @@ def test_bright_examples_only_train_and_leave_validation_as_it_was(tmp_path, sha
 
     cfg = tmp_path / "c.yaml"
     site = shared_data / "stackexchange-qa" / "coffee" / "qa_pairs.jsonl"
-    cfg.write_text(f"stages: [keyterms]\nkeyterms: {{sft: {{use_cpu: true}}}}\n"
-                   f"data: {{qa_jsonl: ['{site}'], validation_size: 10, negatives: 5}}\n")
+    cfg.write_text(
+        f"stages: [keyterms]\nkeyterms: {{sft: {{use_cpu: true}}}}\n"
+        f"data: {{qa_jsonl: ['{site}'], validation_size: 10, negatives: 5}}\n"
+    )
     config = load_config(cfg)
     tokenizer = smol_backend.tokenizer
     plain = prepare(config, tokenizer)
@@ -328,17 +362,35 @@ def test_validation_with_sampling_seeds_averages_them_and_leaves_the_training_rn
     from tongsearch_qr.training.prepare import Prepared
     from tongsearch_qr.training.validation import Validator
 
-    examples = [tdata.TrainingExample("How fine should espresso be ground?", ["Fine, like table salt."],
-                                      ["Boil pasta in salted water.", "Grind coarse for a French press."]),
-                tdata.TrainingExample("Why does bread go stale?", ["Starch retrogradation pulls water out."],
-                                      ["Espresso needs fine grounds.", "Bread rises because of yeast."])]
+    examples = [
+        tdata.TrainingExample(
+            "How fine should espresso be ground?",
+            ["Fine, like table salt."],
+            ["Boil pasta in salted water.", "Grind coarse for a French press."],
+        ),
+        tdata.TrainingExample(
+            "Why does bread go stale?",
+            ["Starch retrogradation pulls water out."],
+            ["Espresso needs fine grounds.", "Bread rises because of yeast."],
+        ),
+    ]
     cfg = tmp_path / "c.yaml"
 
     def validator(seeds):
-        cfg.write_text(f"data: {{mapping: m.json}}\nvalidation: {{max_new_tokens: 8, modes: [concat], "
-                       f"sampling_seeds: {seeds}}}\n")
-        prepared = Prepared(load_config(cfg), PromptTemplate.paper(), [], examples, [], [], {},
-                            [make_reward("length_penalty", max_words=3)], [1.0])
+        cfg.write_text(
+            f"data: {{mapping: m.json}}\nvalidation: {{max_new_tokens: 8, modes: [concat], sampling_seeds: {seeds}}}\n"
+        )
+        prepared = Prepared(
+            load_config(cfg),
+            PromptTemplate.paper(),
+            [],
+            examples,
+            [],
+            [],
+            {},
+            [make_reward("length_penalty", max_words=3)],
+            [1.0],
+        )
         return Validator(prepared, smol_backend.tokenizer)
 
     model = smol_backend.model
@@ -387,20 +439,25 @@ def test_bad_configs_are_rejected(tmp_path):
     cfg.write_text("model: default\n")
     with pytest.raises(InputFormatError, match="qa_jsonl, mapping or preferences"):
         load_config(cfg)
-    cfg.write_text("data: {mapping: m.json}\ngrpo: {num_generations: 3, per_device_train_batch_size: 4, "
-                   "gradient_accumulation_steps: 1}\n")
+    cfg.write_text(
+        "data: {mapping: m.json}\ngrpo: {num_generations: 3, per_device_train_batch_size: 4, gradient_accumulation_steps: 1}\n"
+    )
     with pytest.raises(InputFormatError, match="GRPOConfig"):
         grpo_config(load_config(cfg))
-    for bad, match in (("stages: [rft]\nrft: {objective: dpo}", "rft.objective is gone: .* stage dpo"),
-                       ("stages: [rft]\nrft: {questions_from: easy}", "rft.questions_from must be hard or all"),
-                       ("grpo_questions: easy", "grpo_questions must be hard or all"),
-                       ("stages: [grpo, grpo]", "each stage may appear once"), ("stages: [ppo]", "stages must be"),
-                       ("weights_dtype: int8", "weights_dtype must be float32"),
-                       ("stages: [distil]", "distil.teachers must list"),
-                       ("stages: [distil]\ndistil: {teachers: [t.json], target: prose}", "distil.target must be"),
-                       ("validation: {pool: everything}", "validation.pool must be"),
-                       ("distil: {teacher: [t.json]}", "unknown distil settings"),
-                       ("mode: weighted:0", "weighted:K"), ("stages: [dpo]\ndpo: {samples: 1}", "dpo.samples must be")):
+    for bad, match in (
+        ("stages: [rft]\nrft: {objective: dpo}", "rft.objective is gone: .* stage dpo"),
+        ("stages: [rft]\nrft: {questions_from: easy}", "rft.questions_from must be hard or all"),
+        ("grpo_questions: easy", "grpo_questions must be hard or all"),
+        ("stages: [grpo, grpo]", "each stage may appear once"),
+        ("stages: [ppo]", "stages must be"),
+        ("weights_dtype: int8", "weights_dtype must be float32"),
+        ("stages: [distil]", "distil.teachers must list"),
+        ("stages: [distil]\ndistil: {teachers: [t.json], target: prose}", "distil.target must be"),
+        ("validation: {pool: everything}", "validation.pool must be"),
+        ("distil: {teacher: [t.json]}", "unknown distil settings"),
+        ("mode: weighted:0", "weighted:K"),
+        ("stages: [dpo]\ndpo: {samples: 1}", "dpo.samples must be"),
+    ):
         cfg.write_text(f"data: {{mapping: m.json}}\n{bad}\n")
         with pytest.raises(InputFormatError, match=match):
             load_config(cfg)
@@ -420,13 +477,16 @@ def test_bad_configs_are_rejected(tmp_path):
         dry_run(load_config(cfg))
 
 
-@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-distil", "cpu-grpo",
-                                  "qwen2.5-1.5b", "qwen2.5-7b"])
+@pytest.mark.parametrize(
+    "name", ["cpu-tiny", "cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-distil", "cpu-grpo", "qwen2.5-1.5b", "qwen2.5-7b"]
+)
 def test_bundled_configs_pass_the_dry_run(name):
     report = dry_run(load_config(config_path(name)))
     if name in ("cpu-rft", "cpu-dpo", "cpu-keyterms", "cpu-grpo"):  # LoRA on four sites (matheducators held out)
-        assert report["stages"] == {"cpu-rft": ["rft"], "cpu-dpo": ["dpo"], "cpu-keyterms": ["keyterms", "rft"],
-                                    "cpu-grpo": ["grpo"]}[name]
+        assert (
+            report["stages"]
+            == {"cpu-rft": ["rft"], "cpu-dpo": ["dpo"], "cpu-keyterms": ["keyterms", "rft"], "cpu-grpo": ["grpo"]}[name]
+        )
         assert report["lora"] and report["examples"] == 1305 - 189
         assert report["grpo_config"] == ("GRPOConfig" if name == "cpu-grpo" else None)
         return
@@ -470,21 +530,24 @@ def test_resume_from_missing_or_corrupt_checkpoints_is_a_clear_error(tmp_path):
 
 
 def test_bm25_rank_over_the_whole_corpus_by_hand():
-    corpus = ["burr grinders give even grounds", "blade grinders chop unevenly", "milk frothing for lattes",
-              "espresso needs fine grounds"]
+    corpus = [
+        "burr grinders give even grounds",
+        "blade grinders chop unevenly",
+        "milk frothing for lattes",
+        "espresso needs fine grounds",
+    ]
     reward = BM25Rank(mode="replace", metric="rr", gain=True, corpus=corpus)
     columns = {"question": ["which grinder chops"], "positives": [["burr grinders give even grounds"]], "negatives": [[]]}
     # the question alone ranks "blade grinders chop unevenly" first, the positive second (RR 1/2);
     # "burr even" puts the positive first (RR 1): a gain of 0.5; "lattes" never finds it: -0.5
-    assert reward([msg("burr even"), msg("lattes")] , **{k: v * 2 for k, v in columns.items()}) == pytest.approx([0.5, -0.5])
+    assert reward([msg("burr even"), msg("lattes")], **{k: v * 2 for k, v in columns.items()}) == pytest.approx([0.5, -0.5])
 
 
 def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():
     from tongsearch_qr import PromptTemplate
     from tongsearch_qr.training.key_terms import KeyTerms, key_term_rows
 
-    corpus = ["Grind the beans finer for espresso.", "Store beans in an airtight container.", "Beans go stale.",
-              "coffee coffee"]
+    corpus = ["Grind the beans finer for espresso.", "Store beans in an airtight container.", "Beans go stale.", "coffee coffee"]
     terms = KeyTerms(corpus)
     question = "How should I store my coffee Beans airtight?"
     # store and airtight occur in one answer, beans in three; coffee is not in this answer
@@ -494,8 +557,9 @@ def test_key_terms_are_the_question_words_its_answer_matches_rarest_first():
     template = PromptTemplate(user="Keywords for: {question}", system=None)
     examples = [tdata.TrainingExample(question, [corpus[1]]), tdata.TrainingExample("Why is the sky blue?", [corpus[1]])]
     rows = key_term_rows(examples, [ex.question for ex in examples], template, corpus, 10)
-    assert rows == [{"prompt": template.messages(question),
-                     "completion": [{"role": "assistant", "content": "store, airtight, Beans"}]}]
+    assert rows == [
+        {"prompt": template.messages(question), "completion": [{"role": "assistant", "content": "store, airtight, Beans"}]}
+    ]
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 CPU features")

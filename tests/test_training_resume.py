@@ -38,8 +38,13 @@ def done(config) -> list[bool]:
 def test_how_a_run_logs_and_checkpoints_is_no_part_of_any_stage(tiny_model_dir, tmp_path, shared_data):
     config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "dpo", "grpo"]))
     finish(config)
-    logging_settings = {"logging_steps": 7, "save_steps": 3, "report_to": "tensorboard", "save_total_limit": 5,
-                        "save_strategy": "no"}
+    logging_settings = {
+        "logging_steps": 7,
+        "save_steps": 3,
+        "report_to": "tensorboard",
+        "save_total_limit": 5,
+        "save_strategy": "no",
+    }
     for options in (config.keyterms.sft, config.dpo.dpo, config.grpo):  # one rule for every stage
         options.update(logging_settings)
         assert done(config) == [True, True, True]
@@ -58,10 +63,16 @@ def test_a_stage_whose_inputs_changed_is_not_taken_as_finished(tiny_model_dir, t
     teacher.write_text(json.dumps({"How fine should espresso be ground?": "Fine, like table salt."}))
     mapping = tmp_path / "mapping.json"
     mapping.write_text(json.dumps({"Why does bread go stale?": "Starch retrogradation pulls water out."}))
-    config = load_config(write_config(tmp_path, model, shared_data, ["distil", "grpo"],
-                                      data=f"{{qa_jsonl: ['{site}'], mapping: '{mapping}', negatives: 5, "
-                                           "validation_size: 4, limit: 12}",
-                                      distil=f"{{teachers: ['{teacher}'], max_new_tokens: 6}}"))
+    config = load_config(
+        write_config(
+            tmp_path,
+            model,
+            shared_data,
+            ["distil", "grpo"],
+            data=f"{{qa_jsonl: ['{site}'], mapping: '{mapping}', negatives: 5, validation_size: 4, limit: 12}}",
+            distil=f"{{teachers: ['{teacher}'], max_new_tokens: 6}}",
+        )
+    )
 
     def changed(change, stage: str) -> None:
         finish(config)
@@ -106,9 +117,11 @@ class StepCounter:
 def test_rerunning_a_finished_run_without_checkpoints_trains_nothing(tiny_model_dir, tmp_path, shared_data, caplog):
     from tongsearch_qr.training import train
 
-    grpo = ("{max_steps: 2, learning_rate: 1.0e-4, per_device_train_batch_size: 4, num_generations: 2, "
-            "max_completion_length: 6, beta: 0.0, gradient_checkpointing: false, bf16: false, logging_steps: 1, "
-            "save_strategy: 'no', report_to: none, seed: 0}")
+    grpo = (
+        "{max_steps: 2, learning_rate: 1.0e-4, per_device_train_batch_size: 4, num_generations: 2, "
+        "max_completion_length: 6, beta: 0.0, gradient_checkpointing: false, bf16: false, logging_steps: 1, "
+        "save_strategy: 'no', report_to: none, seed: 0}"
+    )
     config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], grpo=grpo, validation=QUIET))
     first = StepCounter()
     train(config, callbacks=[first.callback])
@@ -124,8 +137,7 @@ def test_rerunning_a_finished_run_without_checkpoints_trains_nothing(tiny_model_
     assert marker.read_text() == written and marker.stat().st_mtime_ns == mtime
 
 
-def test_a_run_killed_after_its_final_checkpoint_finishes_from_it_without_another_step(tiny_model_dir, tmp_path,
-                                                                                         shared_data):
+def test_a_run_killed_after_its_final_checkpoint_finishes_from_it_without_another_step(tiny_model_dir, tmp_path, shared_data):
     """The state a kill between a stage's final checkpoint and its ``done.json`` leaves (no model, no marker) is
     finished from that checkpoint: the same weights, the closing validation, no step N+1; for GRPO and SFT."""
     from tongsearch_qr.training import train

@@ -30,24 +30,26 @@ SFT = "{max_steps: 2, per_device_train_batch_size: 4, learning_rate: 1.0e-3, sav
 def write_config(folder: Path, model: Path, shared_data: Path, stages: list[str], **sections: str) -> Path:
     """A tiny run: coffee Q/A (+ BRIGHT biology), LoRA, weighted:3, every stage a step or two."""
     text = {
-        "model": str(model), "output_dir": "run", "stages": f"[{', '.join(stages)}]", "mode": "weighted:3",
+        "model": str(model),
+        "output_dir": "run",
+        "stages": f"[{', '.join(stages)}]",
+        "mode": "weighted:3",
         "prompt": '{user: "Write a list of keywords for the following query: {question}", system: null}',
         "lora": "{r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: all-linear}",
         "data": f"{{qa_jsonl: ['{shared_data}/stackexchange-qa/coffee/qa_pairs.jsonl'], negatives: 5, "
-                f"validation_size: 4, max_question_tokens: 48, limit: 12, "
-                f"bright: {{tasks: [biology], source: '{shared_data}/bright', validation_size: 2}}}}",
+        f"validation_size: 4, max_question_tokens: 48, limit: 12, "
+        f"bright: {{tasks: [biology], source: '{shared_data}/bright', validation_size: 2}}}}",
         "rewards": "[{name: bm25_rank, options: {mode: weighted:3, metric: ndcg, pool: source}}]",
         "validation": "{every_steps: 2, max_new_tokens: 6, modes: [weighted:3], pool: source, sampling_seeds: [1]}",
         "keyterms": f"{{max_new_tokens: 6, sft: {SFT}}}",
-        "distil": f"{{teachers: ['{shared_data}/{TEACHER_7B}', '{shared_data}/{TEACHER_15B}'], max_new_tokens: 6, "
-                  f"sft: {SFT}}}",
+        "distil": f"{{teachers: ['{shared_data}/{TEACHER_7B}', '{shared_data}/{TEACHER_15B}'], max_new_tokens: 6, sft: {SFT}}}",
         "rft": "{rounds: 1, samples: 2, questions: 4, max_new_tokens: 6, margin: -1.0, "
-               "sft: {max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3}}",
+        "sft: {max_steps: 2, per_device_train_batch_size: 2, learning_rate: 1.0e-3}}",
         "dpo": "{rounds: 2, samples: 2, questions: 4, max_new_tokens: 6, margin: -1.0, "
-               "dpo: {max_steps: 1, per_device_train_batch_size: 2, learning_rate: 1.0e-3, logging_steps: 1}}",
+        "dpo: {max_steps: 1, per_device_train_batch_size: 2, learning_rate: 1.0e-3, logging_steps: 1}}",
         "grpo": "{max_steps: 2, learning_rate: 1.0e-4, per_device_train_batch_size: 4, gradient_accumulation_steps: 1, "
-                "num_generations: 2, max_completion_length: 6, beta: 0.0, loss_type: dapo, gradient_checkpointing: false, "
-                "bf16: false, logging_steps: 1, save_strategy: steps, save_steps: 1, report_to: none, seed: 0}",
+        "num_generations: 2, max_completion_length: 6, beta: 0.0, loss_type: dapo, gradient_checkpointing: false, "
+        "bf16: false, logging_steps: 1, save_strategy: steps, save_steps: 1, report_to: none, seed: 0}",
     }
     text.update(sections)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,17 +71,20 @@ def adapter_tensors(folder: Path) -> dict:
 
 # --- distillation targets ------------------------------------------------------------------------------------
 
-ANSWERS = {"bio": ["Phototaxis: insects steer by the Moon, and a lamp breaks their compass heading.",
-                   "Osmosis: sea water is hypertonic, so kidneys lose water to excrete the salt.",
-                   "Leaves lose chlorophyll in autumn, revealing carotenoids."]}
+ANSWERS = {
+    "bio": [
+        "Phototaxis: insects steer by the Moon, and a lamp breaks their compass heading.",
+        "Osmosis: sea water is hypertonic, so kidneys lose water to excrete the salt.",
+        "Leaves lose chlorophyll in autumn, revealing carotenoids.",
+    ]
+}
 
 
 def test_terms_targets_add_the_teachers_answer_vocabulary_to_the_key_terms():
     from tongsearch_qr.training.teachers import TargetMaker
 
     ex = tdata.TrainingExample("Why are insects drawn to a lamp at night?", [ANSWERS["bio"][0]], source="bio")
-    maker = TargetMaker("terms", corpus=ANSWERS["bio"], pools=ANSWERS, mode="weighted:3", question_terms=5,
-                        teacher_terms=3)
+    maker = TargetMaker("terms", corpus=ANSWERS["bio"], pools=ANSWERS, mode="weighted:3", question_terms=5, teacher_terms=3)
     teacher = "Many insects use the Moon as a compass (transverse orientation); phototaxis near lamps breaks it."
     # key terms of the question found in the answer, then the teacher's answer words the question lacks, rarest first
     assert maker.of(ex, ex.question, teacher) == "insects, lamp, Moon, compass, phototaxis"
@@ -90,11 +95,17 @@ def test_terms_targets_add_the_teachers_answer_vocabulary_to_the_key_terms():
 def test_text_targets_keep_the_teachers_most_useful_sentences_in_order_within_the_budget():
     from tongsearch_qr.training.teachers import TargetMaker, sentences
 
-    teacher = ("### Essential problem\nThe question is about **drinking** sea water.\n\n1. **Osmosis**: sea water "
-               "is hypertonic. Kidneys must excrete the salt.\n- Autumn leaves are unrelated here.")
-    assert sentences(teacher) == ["Essential problem", "The question is about drinking sea water.",
-                                  "Osmosis: sea water is hypertonic.", "Kidneys must excrete the salt.",
-                                  "Autumn leaves are unrelated here."]
+    teacher = (
+        "### Essential problem\nThe question is about **drinking** sea water.\n\n1. **Osmosis**: sea water "
+        "is hypertonic. Kidneys must excrete the salt.\n- Autumn leaves are unrelated here."
+    )
+    assert sentences(teacher) == [
+        "Essential problem",
+        "The question is about drinking sea water.",
+        "Osmosis: sea water is hypertonic.",
+        "Kidneys must excrete the salt.",
+        "Autumn leaves are unrelated here.",
+    ]
     ex = tdata.TrainingExample("Can people drink sea water?", [ANSWERS["bio"][1]], source="bio")
     maker = TargetMaker("text", corpus=ANSWERS["bio"], pools=ANSWERS, mode="replace", max_words=10)
     assert maker.of(ex, ex.question, teacher) == "Osmosis: sea water is hypertonic. Kidneys must excrete the salt."
@@ -104,19 +115,19 @@ def test_distil_rows_filter_teachers_that_lower_the_rank_and_fall_back_to_key_te
     from tongsearch_qr import PromptTemplate
     from tongsearch_qr.training.teachers import TargetMaker, distil_rows
 
-    examples = [tdata.TrainingExample("Can people drink sea water?", [ANSWERS["bio"][1]], source="bio"),
-                tdata.TrainingExample("Why do leaves change colour?", [ANSWERS["bio"][2]], source="bio")]
+    examples = [
+        tdata.TrainingExample("Can people drink sea water?", [ANSWERS["bio"][1]], source="bio"),
+        tdata.TrainingExample("Why do leaves change colour?", [ANSWERS["bio"][2]], source="bio"),
+    ]
     helpful, harmful = tmp_path / "a.json", tmp_path / "b.json"
     helpful.write_text(json.dumps({examples[0].question: "Kidneys and osmosis decide it."}))
     harmful.write_text(json.dumps({examples[0].question: "Insects, the Moon, a lamp, phototaxis, compass, insects."}))
     template = PromptTemplate(user="Keywords: {question}", system=None)
     maker = TargetMaker("text", corpus=ANSWERS["bio"], pools=ANSWERS, mode="replace")
-    rows, stats = distil_rows(examples, [ex.question for ex in examples], [helpful, harmful], maker, template,
-                              filter_gain=True)
+    rows, stats = distil_rows(examples, [ex.question for ex in examples], [helpful, harmful], maker, template, filter_gain=True)
     assert [r["completion"][0]["content"] for r in rows] == ["Kidneys and osmosis decide it."]
     assert stats["distil/teacher_texts"] == 2 and stats["distil/dropped_by_gain"] == 1
-    kept, _ = distil_rows(examples, [ex.question for ex in examples], [helpful, harmful], maker, template,
-                          filter_gain=False)
+    kept, _ = distil_rows(examples, [ex.question for ex in examples], [helpful, harmful], maker, template, filter_gain=False)
     assert len(kept) == 2
     terms = TargetMaker("terms", corpus=ANSWERS["bio"], pools=ANSWERS, mode="weighted:3")
     rows, stats = distil_rows(examples, [ex.question for ex in examples], [helpful], terms, template, filter_gain=True)
@@ -132,6 +143,7 @@ def test_distil_rows_filter_teachers_that_lower_the_rank_and_fall_back_to_key_te
 
 # --- configs, paths and stage planning ---------------------------------------------------------------------------
 
+
 def test_model_paths_are_read_from_the_config_file_and_hub_ids_left_alone(tmp_path, monkeypatch):
     from tongsearch_qr.training.trainer import save_reasoner_settings
 
@@ -140,8 +152,12 @@ def test_model_paths_are_read_from_the_config_file_and_hub_ids_left_alone(tmp_pa
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    for model, spec in (("models/mine", str(tmp_path / "cfg" / "models" / "mine")), ("Qwen/Qwen2.5-1.5B-Instruct",
-                        "Qwen/Qwen2.5-1.5B-Instruct"), ("base", "base"), ("./not-yet", str(tmp_path / "cfg" / "not-yet"))):
+    for model, spec in (
+        ("models/mine", str(tmp_path / "cfg" / "models" / "mine")),
+        ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+        ("base", "base"),
+        ("./not-yet", str(tmp_path / "cfg" / "not-yet")),
+    ):
         cfg.write_text(f"model: {model}\ndata: {{mapping: m.json}}\nlora: {{r: 4}}\n")
         config = load_config(cfg)
         assert config.model_spec() == spec
@@ -174,20 +190,34 @@ def test_changed_settings_under_a_finished_stage_are_an_error_not_a_silent_retra
 
 # --- precision -----------------------------------------------------------------------------------------------------
 
+
 def _one_small_step(tiny_model_dir: Path, tmp_path: Path, shared_data: Path, weights: str, bf16: bool) -> float:
     """The fraction of weights one SFT step at lr 1e-6 changes (full fine-tuning)."""
     from tongsearch_qr.training.fine_tuning import fine_tune
     from tongsearch_qr.training.policy import load_policy
 
-    cfg = write_config(tmp_path / f"{weights}-{bf16}", tiny_model_dir, shared_data, ["keyterms"], lora=None,
-                       weights_dtype=weights)
+    cfg = write_config(
+        tmp_path / f"{weights}-{bf16}", tiny_model_dir, shared_data, ["keyterms"], lora=None, weights_dtype=weights
+    )
     config = load_config(cfg)
     model, tokenizer = load_policy(config)
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
-    rows = [{"prompt": [{"role": "user", "content": f"question {i}"}],
-             "completion": [{"role": "assistant", "content": "some key terms"}]} for i in range(4)]
-    options = {"max_steps": 1, "learning_rate": 1e-6, "per_device_train_batch_size": 4, "bf16": bf16,
-               "use_cpu": True, "save_strategy": "no", "lr_scheduler_type": "constant"}
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}"}],
+            "completion": [{"role": "assistant", "content": "some key terms"}],
+        }
+        for i in range(4)
+    ]
+    options = {
+        "max_steps": 1,
+        "learning_rate": 1e-6,
+        "per_device_train_batch_size": 4,
+        "bf16": bf16,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "lr_scheduler_type": "constant",
+    }
     model, _ = fine_tune(model, tokenizer, rows, "sft", options, tmp_path / f"sft-{weights}-{bf16}", None, where="t")
     changed = total = 0
     for name, param in model.named_parameters():
@@ -197,8 +227,7 @@ def _one_small_step(tiny_model_dir: Path, tmp_path: Path, shared_data: Path, wei
     return changed / total
 
 
-def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(tiny_model_dir, tmp_path, shared_data,
-                                                                              monkeypatch):
+def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(tiny_model_dir, tmp_path, shared_data, monkeypatch):
     import torch
 
     from tongsearch_qr.training import trl_configs
@@ -206,9 +235,14 @@ def test_bf16_training_keeps_float32_master_weights_so_a_tiny_step_moves_them(ti
 
     monkeypatch.setattr(trl_configs, "machine_precision", lambda options: options)  # autocast even where bf16 is emulated
 
-    cfg = write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None,
-                       grpo="{bf16: true, use_cpu: true, max_steps: 1, num_generations: 2, "
-                            "per_device_train_batch_size: 2}")
+    cfg = write_config(
+        tmp_path,
+        tiny_model_dir,
+        shared_data,
+        ["grpo"],
+        lora=None,
+        grpo="{bf16: true, use_cpu: true, max_steps: 1, num_generations: 2, per_device_train_batch_size: 2}",
+    )
     assert {p.dtype for p in load_policy(load_config(cfg))[0].parameters()} == {torch.float32}
     fp32 = _one_small_step(tiny_model_dir, tmp_path, shared_data, "float32", bf16=False)
     autocast = _one_small_step(tiny_model_dir, tmp_path, shared_data, "float32", bf16=True)
@@ -236,17 +270,18 @@ def test_generation_runs_in_the_dtype_inference_would_use_here(tiny_model_dir):
 
 # --- runs ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_grpo_run_logs_each_point_once_continues_to_more_steps_and_runs_through_eval(tiny_model_dir, tmp_path,
-                                                                                     shared_data, caplog):
+def test_grpo_run_logs_each_point_once_continues_to_more_steps_and_runs_through_eval(
+    tiny_model_dir, tmp_path, shared_data, caplog
+):
     import re
 
     from tongsearch_qr import GenerationParams, QRReasoner
     from tongsearch_qr.cli import main
     from tongsearch_qr.training import train
 
-    config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None,
-                                      grpo_questions="hard"))
+    config = load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["grpo"], lora=None, grpo_questions="hard"))
     with caplog.at_level(logging.INFO, logger="tongsearch_qr.training"):
         final = train(config)
     hard, total = map(int, re.search(r"1-grpo: (\d+) of (\d+) training questions are hard", caplog.text).groups())
@@ -269,8 +304,25 @@ def test_grpo_run_logs_each_point_once_continues_to_more_steps_and_runs_through_
     reasoner = QRReasoner(final, generation=GenerationParams.greedy(4))
     assert reasoner.mode.name == "weighted:3" and len(reasoner.reason(["How fine should espresso be ground?"])) == 1
     out = tmp_path / "eval"
-    assert main(["eval", "--dataset", f"beir:{run / 'validation'}", "--model", str(final), "--greedy",
-                 "--max-new-tokens", "4", "--baseline", "--output", str(out), "--no-cache"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                f"beir:{run / 'validation'}",
+                "--model",
+                str(final),
+                "--greedy",
+                "--max-new-tokens",
+                "4",
+                "--baseline",
+                "--output",
+                str(out),
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     assert 0 <= next(iter(json.loads((out / "metrics.json").read_text()).values()))["NDCG@10"] <= 1
 
 
@@ -295,8 +347,17 @@ def test_dpo_rounds_prefer_against_the_policy_as_each_round_starts(tiny_model_di
     from tongsearch_qr import GenerationParams, QRReasoner
     from tongsearch_qr.training import train
 
-    final = train(load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["dpo"],
-                                           lora=None if full else "{r: 4, lora_alpha: 8, target_modules: all-linear}")))
+    final = train(
+        load_config(
+            write_config(
+                tmp_path,
+                tiny_model_dir,
+                shared_data,
+                ["dpo"],
+                lora=None if full else "{r: 4, lora_alpha: 8, target_modules: all-linear}",
+            )
+        )
+    )
     losses = {r["step"]: float(r["value"]) for r in log_rows(tmp_path / "run") if r["name"] == "dpo/train_loss"}
     assert set(losses) == {"1", "2"}
     assert losses["1"] == pytest.approx(math.log(2), abs=1e-4) and losses["2"] == pytest.approx(math.log(2), abs=1e-4)
@@ -314,12 +375,24 @@ def test_grpo_kl_is_to_the_model_the_stage_starts_from(tiny_model_dir, tmp_path,
     from tongsearch_qr import QRReasoner
     from tongsearch_qr.training import train
 
-    grpo = ("{max_steps: 1, learning_rate: 1.0e-4, per_device_train_batch_size: 4, gradient_accumulation_steps: 1, "
-            "num_generations: 2, max_completion_length: 6, beta: 0.1, loss_type: dapo, gradient_checkpointing: false, "
-            "bf16: false, logging_steps: 1, save_strategy: 'no', report_to: none, seed: 0}")
-    final = train(load_config(write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "grpo"], grpo=grpo,
-                                           validation=QUIET, lora=None if full else
-                                           "{r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: all-linear}")))
+    grpo = (
+        "{max_steps: 1, learning_rate: 1.0e-4, per_device_train_batch_size: 4, gradient_accumulation_steps: 1, "
+        "num_generations: 2, max_completion_length: 6, beta: 0.1, loss_type: dapo, gradient_checkpointing: false, "
+        "bf16: false, logging_steps: 1, save_strategy: 'no', report_to: none, seed: 0}"
+    )
+    final = train(
+        load_config(
+            write_config(
+                tmp_path,
+                tiny_model_dir,
+                shared_data,
+                ["keyterms", "grpo"],
+                grpo=grpo,
+                validation=QUIET,
+                lora=None if full else "{r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: all-linear}",
+            )
+        )
+    )
     kl = [float(r["value"]) for r in log_rows(tmp_path / "run") if r["stage"] == "2-grpo" and r["name"] == "kl"]
     assert kl == [pytest.approx(0.0, abs=1e-6)]
     assert not (final / "ref").exists() and QRReasoner(final).mode.name == "weighted:3"
@@ -328,14 +401,18 @@ def test_grpo_kl_is_to_the_model_the_stage_starts_from(tiny_model_dir, tmp_path,
 def _run(config: Path, cwd: Path, *, processes: int = 1, kill_when: Path | None = None) -> subprocess.CompletedProcess:
     """``tongsearch-qr train`` in one process, or in ``processes`` CPU processes through ``torchrun`` (accelerate's
     own CPU launcher starts one process unless given an MPI hostfile)."""
-    launcher = [sys.executable] if processes == 1 else [str(Path(sys.executable).parent / "torchrun"),
-                                                        "--standalone", "--nproc_per_node", str(processes)]
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(processes)]
+    )
     command = [*launcher, "-m", "tongsearch_qr.cli", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill_when is None:
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1200, env=env)
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 1200
     while not kill_when.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -348,7 +425,8 @@ def _run(config: Path, cwd: Path, *, processes: int = 1, kill_when: Path | None 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_in", ["1-distil/checkpoint-1", "3-grpo/checkpoint-1"])
 def test_sigkill_mid_stage_then_rerun_skips_finished_stages_and_ends_with_the_same_weights(
-        tiny_model_dir, tmp_path, shared_data, kill_in):
+    tiny_model_dir, tmp_path, shared_data, kill_in
+):
     stages = ["distil", "rft", "grpo"]
     whole = write_config(tmp_path / "whole", tiny_model_dir, shared_data, stages, validation=QUIET)
     done = _run(whole, whole.parent)
@@ -373,8 +451,7 @@ def test_sigkill_mid_stage_then_rerun_skips_finished_stages_and_ends_with_the_sa
 
 
 @pytest.mark.slow
-def test_two_processes_run_every_stage_log_each_point_once_and_save_a_loadable_model(tiny_model_dir, tmp_path,
-                                                                                        shared_data):
+def test_two_processes_run_every_stage_log_each_point_once_and_save_a_loadable_model(tiny_model_dir, tmp_path, shared_data):
     from tongsearch_qr import GenerationParams, QRReasoner
 
     config = write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "distil", "rft", "dpo", "grpo"])
@@ -397,13 +474,28 @@ def test_accelerate_launch_on_cpus_finishes_and_says_it_ran_one_process(tiny_mod
     one process: the run finishes, logs each point once, and the log says how to get two."""
     from tongsearch_qr import QRReasoner
 
-    config = write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "distil", "rft", "dpo", "grpo"],
-                          validation=QUIET)
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "tongsearch_qr.cli", "train", "--config", str(config)]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config = write_config(tmp_path, tiny_model_dir, shared_data, ["keyterms", "distil", "rft", "dpo", "grpo"], validation=QUIET)
+    command = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "tongsearch_qr.cli",
+        "train",
+        "--config",
+        str(config),
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "this is the only process" in done.stderr and "torchrun --nproc_per_node N" in done.stderr
     logged = [(r["stage"], r["step"], r["name"]) for r in log_rows(tmp_path / "run")]
@@ -416,20 +508,30 @@ def test_two_processes_save_what_one_process_saves(tiny_model_dir, tmp_path, sha
     """Supervised and rejection-sampling stages in two processes with half the batch per process: the same
     batches, the same samples (seeded per row, split across the processes; float32 generation, which does not
     depend on batching), the same weights as one process."""
-    sections = {"validation": QUIET, "keyterms": "{max_new_tokens: 6, sft: {max_steps: 2, per_device_train_batch_size: "
-                "PER, learning_rate: 1.0e-3, save_strategy: 'no', seed: 0}}",
-                "rft": "{rounds: 1, samples: 2, questions: 4, max_new_tokens: 6, margin: -1.0, "
-                       "sft: {max_steps: 1, per_device_train_batch_size: PER, learning_rate: 1.0e-3, seed: 0}}"}
+    sections = {
+        "validation": QUIET,
+        "keyterms": "{max_new_tokens: 6, sft: {max_steps: 2, per_device_train_batch_size: "
+        "PER, learning_rate: 1.0e-3, save_strategy: 'no', seed: 0}}",
+        "rft": "{rounds: 1, samples: 2, questions: 4, max_new_tokens: 6, margin: -1.0, "
+        "sft: {max_steps: 1, per_device_train_batch_size: PER, learning_rate: 1.0e-3, seed: 0}}",
+    }
     finals = []
     for processes, per in ((1, 4), (2, 2)):
         folder = tmp_path / f"p{processes}"
-        config = write_config(folder, tiny_model_dir, shared_data, ["keyterms", "rft"], generation_dtype="float32",
-                              **{k: v.replace("PER", str(per)) if v else v for k, v in sections.items()})
+        config = write_config(
+            folder,
+            tiny_model_dir,
+            shared_data,
+            ["keyterms", "rft"],
+            generation_dtype="float32",
+            **{k: v.replace("PER", str(per)) if v else v for k, v in sections.items()},
+        )
         done = _run(config, folder, processes=processes)
         assert done.returncode == 0, done.stderr[-4000:]
         finals.append(adapter_tensors(folder / "run" / "final"))
-    rows = [(tmp_path / f"p{n}" / "run" / "stages" / "2-rft" / "round-1" / "rows.jsonl").read_text().splitlines()[1:]
-            for n in (1, 2)]  # (after the line of statistics, which holds timings)
+    rows = [
+        (tmp_path / f"p{n}" / "run" / "stages" / "2-rft" / "round-1" / "rows.jsonl").read_text().splitlines()[1:] for n in (1, 2)
+    ]  # (after the line of statistics, which holds timings)
     assert rows[0] == rows[1] and rows[0]
     for name in finals[0]:
         assert (finals[0][name] - finals[1][name]).abs().max() <= 1e-5, name

@@ -44,8 +44,10 @@ def test_whole_batch_in_input_order_with_results_reported_per_chunk(vllm_backend
         batch = reasoner.reason(QUESTIONS)
         assert calls == [5, 3]  # chunk_size=5: all prompts of a chunk in one generate call
         assert len(reasoner.cache) == len(QUESTIONS)
-        alone = [reasoner.template.extract(vllm_backend.generate([q], reasoner.template, GenerationParams.greedy(24))[0])
-                 for q in QUESTIONS[:3]]
+        alone = [
+            reasoner.template.extract(vllm_backend.generate([q], reasoner.template, GenerationParams.greedy(24))[0])
+            for q in QUESTIONS[:3]
+        ]
     finally:
         vllm_backend.llm.generate = original
     assert all(text.strip() for text in batch) and len(set(batch)) == len(QUESTIONS)
@@ -69,8 +71,7 @@ def test_concurrent_callers_join_the_next_engine_call(vllm_backend):
     greedy = GenerationParams.greedy(16)
     try:
         with ThreadPoolExecutor(len(QUESTIONS)) as pool:
-            one_each = list(pool.map(lambda q: vllm_backend.generate([q], PromptTemplate.paper(), greedy)[0],
-                                     QUESTIONS))
+            one_each = list(pool.map(lambda q: vllm_backend.generate([q], PromptTemplate.paper(), greedy)[0], QUESTIONS))
     finally:
         vllm_backend.llm.generate = original
     assert sum(calls) == len(QUESTIONS) and len(calls) < len(QUESTIONS), calls
@@ -134,8 +135,9 @@ def test_seeded_samples_are_requests_of_their_own_each_reproducible(vllm_backend
 def test_seeds_1_2_with_2_samples_give_four_distinct_draws(vllm_backend):
     # vLLM seeds choice j of a request with seed + j: one seed sent with n=2 made seed 1's sample 1 seed 2's sample 0
     reasoner = QRReasoner(backend=vllm_backend, samples=2, generation=GenerationParams(max_new_tokens=24, seed=1))
-    by_seed = [reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(QUESTIONS[:3])
-               for seed in (1, 2)]  # as eval --seeds 1,2 --samples 2 does
+    by_seed = [
+        reasoner.with_(generation=reasoner.generation.with_(seed=seed)).reason_samples(QUESTIONS[:3]) for seed in (1, 2)
+    ]  # as eval --seeds 1,2 --samples 2 does
     for i in range(3):
         assert len(set(by_seed[0][i] + by_seed[1][i])) == 4, (i, by_seed[0][i], by_seed[1][i])
 
@@ -161,20 +163,51 @@ def test_openai_backend_against_a_real_vllm_server(tmp_path):
     from tongsearch_qr.serving import LocalServer
 
     port = free_port()
-    extra = ["--gpu-memory-utilization", "0.15", "--enforce-eager", "--max-model-len", "1024", "--dtype", "float32",
-             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
-    with LocalServer("vllm", None, port=port, python=sys.executable, extra=extra, log=tmp_path / "vllm.log",
-                     env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) as server:
+    extra = [
+        "--gpu-memory-utilization",
+        "0.15",
+        "--enforce-eager",
+        "--max-model-len",
+        "1024",
+        "--dtype",
+        "float32",
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        "4096",
+    ]
+    with LocalServer(
+        "vllm",
+        None,
+        port=port,
+        python=sys.executable,
+        extra=extra,
+        log=tmp_path / "vllm.log",
+        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+    ) as server:
+
         def reasoner(concurrency, **options):  # vLLM accepts top_k and repetition_penalty: the paper's sampling, exactly
-            return QRReasoner(server.model_name, backend="openai", base_url=server.base_url, concurrency=concurrency,
-                              generation=GenerationParams.greedy(24), cache=None, **options)
+            return QRReasoner(
+                server.model_name,
+                backend="openai",
+                base_url=server.base_url,
+                concurrency=concurrency,
+                generation=GenerationParams.greedy(24),
+                cache=None,
+                **options,
+            )
 
         parallel = reasoner(8).reason(QUESTIONS)
         one_by_one = reasoner(1).reason(QUESTIONS[:3])
-        sampled = QRReasoner(server.model_name, backend="openai", base_url=server.base_url, samples=2,
-                             generation=GenerationParams(max_new_tokens=24, seed=1))
-        by_seed = [sampled.with_(generation=sampled.generation.with_(seed=seed)).reason_samples(QUESTIONS[:2])
-                   for seed in (1, 2)]  # eval --seeds 1,2 --samples 2
+        sampled = QRReasoner(
+            server.model_name,
+            backend="openai",
+            base_url=server.base_url,
+            samples=2,
+            generation=GenerationParams(max_new_tokens=24, seed=1),
+        )
+        by_seed = [
+            sampled.with_(generation=sampled.generation.with_(seed=seed)).reason_samples(QUESTIONS[:2]) for seed in (1, 2)
+        ]  # eval --seeds 1,2 --samples 2
         # the server lists the model as DIR@digest with its max_model_len: the directory alone names it, and a
         # question too long for the 1,024-token context is cut to fit (it used to be a 400 that ended the run)
         folder = resolve_model(None).path

@@ -71,8 +71,16 @@ def test_a_same_size_rewrite_within_one_timestamp_tick_is_read_again(tmp_path, u
     def coarse_stat(path, *args, **kwargs):  # both times in whole seconds, as such a file system keeps them
         info = real_stat(path, *args, **kwargs)
         tick = info.st_mtime_ns // 10**9 * 10**9
-        return SimpleNamespace(st_mode=info.st_mode, st_dev=info.st_dev, st_ino=info.st_ino, st_size=info.st_size,
-                               st_mtime_ns=tick, st_ctime_ns=tick, st_mtime=tick / 1e9, st_ctime=tick / 1e9)
+        return SimpleNamespace(
+            st_mode=info.st_mode,
+            st_dev=info.st_dev,
+            st_ino=info.st_ino,
+            st_size=info.st_size,
+            st_mtime_ns=tick,
+            st_ctime_ns=tick,
+            st_mtime=tick / 1e9,
+            st_ctime=tick / 1e9,
+        )
 
     second = 1_700_000_000
     file = tmp_path / "weights.bin"
@@ -104,11 +112,17 @@ def test_weights_are_read_once_across_processes_until_they_change(tmp_path, user
     folder = _model_dir(tmp_path / "model", os.urandom(3 * MIB))
     later = time.time() + 60
     monkeypatch.setattr(time, "time", lambda: later)
-    code = ("import sys, time; time.time = lambda: float(sys.argv[2]); from tongsearch_qr.models import resolve_model; "
-            "print(resolve_model(sys.argv[1]).identity())")
-    other = subprocess.run([sys.executable, "-c", code, str(folder), str(later)], capture_output=True, text=True,
-                           timeout=120,
-                           env={**os.environ, "TONGSEARCH_QR_CACHE": str(user_cache)})
+    code = (
+        "import sys, time; time.time = lambda: float(sys.argv[2]); from tongsearch_qr.models import resolve_model; "
+        "print(resolve_model(sys.argv[1]).identity())"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(later)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TONGSEARCH_QR_CACHE": str(user_cache)},
+    )
     assert other.returncode == 0, other.stderr
     assert (user_cache / file_hashes.MEMO_FILE).is_file()
     reads = []

@@ -67,9 +67,10 @@ class ReasoningCache:
                 conn = sqlite3.connect(self.path, timeout=self.timeout)
                 conn.execute("PRAGMA journal_mode=WAL")
             except sqlite3.DatabaseError as exc:
-                raise CacheError(f"{self.path} is not a usable reasoning cache ({exc}): move it away, or use another "
-                                 "cache file (cache=PATH)", cli=f"{self.path} is not a usable reasoning cache ({exc}): "
-                                 "move it away, or pass --cache PATH or --no-cache") from exc
+                raise CacheError(
+                    f"{self.path} is not a usable reasoning cache ({exc}): move it away, or use another cache file (cache=PATH)",
+                    cli=f"{self.path} is not a usable reasoning cache ({exc}): move it away, or pass --cache PATH or --no-cache",
+                ) from exc
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
@@ -82,9 +83,7 @@ class ReasoningCache:
         conn = self._connection()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            rows = conn.execute(
-                f"SELECT key, completion FROM reasoning WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            )
+            rows = conn.execute(f"SELECT key, completion FROM reasoning WHERE key IN ({','.join('?' * len(chunk))})", chunk)
             found.update({by_key[key]: completion for key, completion in rows})
         return found
 

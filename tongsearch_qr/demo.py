@@ -36,8 +36,9 @@ def backend_description(reasoner: QRReasoner) -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
-def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int = 3, depth: int = 100,
-             untrained: QRReasoner | None = None) -> dict[str, dict[str, float]]:
+def run_demo(
+    reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int = 3, depth: int = 100, untrained: QRReasoner | None = None
+) -> dict[str, dict[str, float]]:
     """Reason about the demo questions, retrieve with BM25 under each mode, print rankings and nDCG@10.
 
     Rows: ``original`` (the question alone), then each of ``modes`` (default: the reasoner's own mode) with the
@@ -46,8 +47,10 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
     """
     chosen = [get_mode(m) for m in (modes or [reasoner.mode.name])]
     corpus, questions, qrels = demo_collection()
-    print(f"corpus: {len(corpus)} Python documentation topics (pydoc_data); {len(questions)} questions; "
-          f"reasoner on {backend_description(reasoner)}\n")
+    print(
+        f"corpus: {len(corpus)} Python documentation topics (pydoc_data); {len(questions)} questions; "
+        f"reasoner on {backend_description(reasoner)}\n"
+    )
     retriever = BM25Retriever().index(corpus.items())
     qids, texts = list(questions), list(questions.values())
     reasoners = {"": reasoner, **({"untrained/": untrained} if untrained is not None else {})}
@@ -56,8 +59,13 @@ def run_demo(reasoner: QRReasoner, modes: Sequence[str] | None = None, show: int
 
     rows = {"original": [get_mode("original").apply(q, None) for q in texts]}
     for prefix in reasoners:
-        rows.update({prefix + mode.name: [mode.apply(q, r) for q, r in zip(texts, reasoning[prefix])]
-                     for mode in chosen if mode.with_reasoning})
+        rows.update(
+            {
+                prefix + mode.name: [mode.apply(q, r) for q, r in zip(texts, reasoning[prefix])]
+                for mode in chosen
+                if mode.with_reasoning
+            }
+        )
     runs, per_query = _search(retriever, qids, rows, qrels, depth)
 
     width = max(map(len, rows)) + 1
@@ -88,8 +96,9 @@ class BrightDemoData(NamedTuple):
     notes: list[str]  #: a line for each part left out, saying how to get it
 
 
-def bright_demo_data(tasks: Sequence[str] = BRIGHT_TASKS, bright_dir: str | Path | None = None,
-                     published: str | Path | None = None) -> BrightDemoData:
+def bright_demo_data(
+    tasks: Sequence[str] = BRIGHT_TASKS, bright_dir: str | Path | None = None, published: str | Path | None = None
+) -> BrightDemoData:
     """The gold-answer pools of BRIGHT StackExchange tasks (``bright-answers:<task>``: each task's real questions
     against all its accepted answers, offline) and the paper's published reasoning of their questions.
 
@@ -99,28 +108,42 @@ def bright_demo_data(tasks: Sequence[str] = BRIGHT_TASKS, bright_dir: str | Path
     rows, are left out with a note saying how to get them. Paths given that cannot be read are errors.
     """
     if bright_dir is None and not SHARED_BRIGHT.is_dir():
-        return BrightDemoData([], None, None, [
-            f"BRIGHT table skipped: no {SHARED_BRIGHT} here; pass --bright-dir DIR (BRIGHT examples as "
-            "examples/<task>.jsonl.gz, or the hub's parquet layout) or --bright-dir hub (downloads xlangai/BRIGHT)"])
-    collections = [load_bright_answers(task, source=SHARED_BRIGHT if bright_dir is None else bright_dir)
-                   for task in tasks]
+        return BrightDemoData(
+            [],
+            None,
+            None,
+            [
+                f"BRIGHT table skipped: no {SHARED_BRIGHT} here; pass --bright-dir DIR (BRIGHT examples as "
+                "examples/<task>.jsonl.gz, or the hub's parquet layout) or --bright-dir hub (downloads xlangai/BRIGHT)"
+            ],
+        )
+    collections = [load_bright_answers(task, source=SHARED_BRIGHT if bright_dir is None else bright_dir) for task in tasks]
     if published is None and not SHARED_PUBLISHED.is_file():
-        return BrightDemoData(collections, None, None, [
-            f"published rows skipped: no {SHARED_PUBLISHED} here; pass --published FILE (the paper's reasoning, "
-            "TongSearch-QR-7B_reasoned_BRIGHT_queries.json from github.com/bigai-nlco/TongSearch-QR)"])
+        return BrightDemoData(
+            collections,
+            None,
+            None,
+            [
+                f"published rows skipped: no {SHARED_PUBLISHED} here; pass --published FILE (the paper's reasoning, "
+                "TongSearch-QR-7B_reasoned_BRIGHT_queries.json from github.com/bigai-nlco/TongSearch-QR)"
+            ],
+        )
     path = SHARED_PUBLISHED if published is None else Path(published)
     reasoning = load_reasoning_file(path)
     texts = [q for c in collections for q in c.queries.values()]
     missing = [q for q in texts if q not in reasoning]
     if missing:
-        raise InputFormatError(f"{path} has no reasoning for {len(missing)} of the {len(texts)} BRIGHT questions of "
-                               f"{', '.join(tasks)} (e.g. {missing[0][:80]!r}); pass the paper's published file with "
-                               "--published FILE")
+        raise InputFormatError(
+            f"{path} has no reasoning for {len(missing)} of the {len(texts)} BRIGHT questions of "
+            f"{', '.join(tasks)} (e.g. {missing[0][:80]!r}); pass the paper's published file with "
+            "--published FILE"
+        )
     return BrightDemoData(collections, [[reasoning[q] for q in c.queries.values()] for c in collections], path, [])
 
 
-def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, stack: str = "haystack",
-                    depth: int = 100) -> dict[str, dict[str, float]] | None:
+def run_bright_demo(
+    reasoner: QRReasoner, data: BrightDemoData, stack: str = "haystack", depth: int = 100
+) -> dict[str, dict[str, float]] | None:
     """nDCG@10 on the gold-answer pools of :func:`bright_demo_data`, one column per task: BM25 (bm25s) with the
     question alone, the paper's published reasoning (mode ``replace``) and the reasoner in its own mode, each
     rewrite as its term query; then ``stack``'s own BM25 at its defaults (Haystack's ``InMemoryBM25Retriever`` on a
@@ -135,9 +158,11 @@ def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, stack: str = "ha
 
     tasks = [c.name.removeprefix("bright-answers:") for c in data.collections]
     held_out = [t for t in tasks if t in EVALUATION_ONLY_TASKS]
-    print(f"BRIGHT gold-answer pools: each task's questions against all its accepted answers (no training of the "
-          f"shipped reasoner used them{'; evaluation-only: ' + ', '.join(held_out) if held_out else ''}); reasoner "
-          f"on {backend_description(reasoner)}, mode {reasoner.mode.name}")
+    print(
+        f"BRIGHT gold-answer pools: each task's questions against all its accepted answers (no training of the "
+        f"shipped reasoner used them{'; evaluation-only: ' + ', '.join(held_out) if held_out else ''}); reasoner "
+        f"on {backend_description(reasoner)}, mode {reasoner.mode.name}"
+    )
     if data.published_file is not None:
         print(f"published: {data.published_file} (the paper's 7B reasoning, mode replace)")
     table: dict[str, dict[str, float]] = {}
@@ -150,18 +175,19 @@ def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, stack: str = "ha
         rows: dict[str, list] = {"bm25: question": texts}
         published = None
         if data.published is not None:
-            published = QRReasoner(backend=PrecomputedBackend(dict(zip(texts, data.published[i])), source="published"),
-                                   mode="replace")
+            published = QRReasoner(
+                backend=PrecomputedBackend(dict(zip(texts, data.published[i])), source="published"), mode="replace"
+            )
             rows["bm25: published 7B"] = published.rewrite(texts, as_terms=True)
         rows[f"bm25: {'reasoner' if published is None else 'shipped reasoner'}"] = reasoner.rewrite(texts, as_terms=True)
         runs = {name: dict(zip(qids, retriever.search(queries, k=depth))) for name, queries in rows.items()}
         if rank_queries is not None:
             question = QRReasoner(backend=PrecomputedBackend({}, source="no reasoning"))
-            runs[f"{stack}: question"] = rank_queries(answers, c.queries, question, "original", depth, kind="native",
-                                                      query_form="text")
+            runs[f"{stack}: question"] = rank_queries(
+                answers, c.queries, question, "original", depth, kind="native", query_form="text"
+            )
             if published is not None:
-                runs[f"{stack}: published 7B"] = rank_queries(answers, c.queries, published, "replace", depth,
-                                                              kind="native")
+                runs[f"{stack}: published 7B"] = rank_queries(answers, c.queries, published, "replace", depth, kind="native")
         for name, run in runs.items():
             scores = evaluate({q: dict(r) for q, r in run.items()}, c.qrels, MEASURES)
             table.setdefault(name, {})[task] = mean(scores)["ndcg_cut_10"]
@@ -174,8 +200,9 @@ def run_bright_demo(reasoner: QRReasoner, data: BrightDemoData, stack: str = "ha
     return table
 
 
-def _search(retriever: BM25Retriever, qids: list[str], rows: Mapping[str, list[str]],
-            qrels: Mapping[str, Mapping[str, int]], depth: int) -> tuple[dict, dict]:
+def _search(
+    retriever: BM25Retriever, qids: list[str], rows: Mapping[str, list[str]], qrels: Mapping[str, Mapping[str, int]], depth: int
+) -> tuple[dict, dict]:
     """Each row's run (qid -> doc -> score) and per-query metrics."""
     runs, per_query = {}, {}
     for name, rewritten in rows.items():

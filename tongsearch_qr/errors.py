@@ -33,8 +33,10 @@ class MissingReasoningError(TongSearchError, KeyError):
         shown = "; ".join(repr(q[:100]) for q in queries[:3])
         more = f" (and {len(queries) - 3} more)" if len(queries) > 3 else ""
         missing = f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} not in {source}: {shown}{more}. "
-        super().__init__(missing + "Pass fallback=<model> to QRReasoner.from_file to generate missing ones.",
-                         cli=missing + "Pass --fallback MODEL (e.g. --fallback default) to generate missing ones.")
+        super().__init__(
+            missing + "Pass fallback=<model> to QRReasoner.from_file to generate missing ones.",
+            cli=missing + "Pass --fallback MODEL (e.g. --fallback default) to generate missing ones.",
+        )
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -68,9 +70,11 @@ class RequestRejectedError(BackendUnavailableError):
         self.rejected = dict(rejected)
         shown = "; ".join(f"{q[:100]!r}: {why}" for q, why in list(self.rejected.items())[:5])
         more = f" (and {len(self.rejected) - 5} more)" if len(self.rejected) > 5 else ""
-        super().__init__(f"the server rejected the requests of {len(self.rejected)} of {total} questions, so these have "
-                         f"no reasoning: {shown}{more}. The other questions finished (and are in the reasoning cache, "
-                         "if one is used); fix or leave out these and rerun")
+        super().__init__(
+            f"the server rejected the requests of {len(self.rejected)} of {total} questions, so these have "
+            f"no reasoning: {shown}{more}. The other questions finished (and are in the reasoning cache, "
+            "if one is used); fix or leave out these and rerun"
+        )
 
 
 class ReasoningTimeoutError(TongSearchError, TimeoutError):
@@ -79,5 +83,7 @@ class ReasoningTimeoutError(TongSearchError, TimeoutError):
 
     def __init__(self, late: int, total: int, timeout: float):
         self.late, self.total, self.timeout = late, total, timeout
-        super().__init__(f"the reasoning of {late} of {total} queries did not finish within {timeout:g} s; it goes on "
-                         "and is cached as it finishes (on_error='question' sends the question instead)")
+        super().__init__(
+            f"the reasoning of {late} of {total} queries did not finish within {timeout:g} s; it goes on "
+            "and is cached as it finishes (on_error='question' sends the question instead)"
+        )

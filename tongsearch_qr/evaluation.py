@@ -26,8 +26,7 @@ from .retrieval import Ranking, make_retriever
 log = logging.getLogger(__name__)
 
 CUTOFFS = (1, 5, 10, 25, 50, 100)
-MEASURES = tuple(f"{m}.{','.join(map(str, CUTOFFS))}" for m in ("ndcg_cut", "recall", "map_cut", "P")) + (
-    "map", "recip_rank")
+MEASURES = tuple(f"{m}.{','.join(map(str, CUTOFFS))}" for m in ("ndcg_cut", "recall", "map_cut", "P")) + ("map", "recip_rank")
 _BRIGHT_NAMES = {"ndcg_cut": "NDCG", "recall": "Recall", "map_cut": "MAP", "P": "P"}
 
 
@@ -43,8 +42,14 @@ def bright_names(metrics: Mapping[str, float]) -> dict[str, float]:
     return named
 
 
-def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | None = None,
-                  long: bool = False, ignore_identical_ids: bool = True) -> list[Collection]:
+def load_datasets(
+    spec: str,
+    *,
+    bright_dir: str | None = None,
+    documents: str | None = None,
+    long: bool = False,
+    ignore_identical_ids: bool = True,
+) -> list[Collection]:
     """``bright:<task>``, ``bright:all``, ``bright-answers:<task>`` (a StackExchange task's questions against
     every gold answer of the task), ``beir:<dir>[@split]`` or ``qa:<file.jsonl>`` (a Q/A file: every question
     against all of its answers) as collections. ``ignore_identical_ids`` (``beir:``): BEIR's rule, a document
@@ -60,8 +65,9 @@ def load_datasets(spec: str, *, bright_dir: str | None = None, documents: str | 
         return [load_qa(rest)]
     if kind == "bright-answers" and rest:
         return [load_bright_answers(rest, source=bright_dir)]
-    raise ValueError(f"unknown dataset {spec!r}; use bright:<task>, bright:all, bright-answers:<task>, "
-                     "beir:<dir>[@split] or qa:<file.jsonl>")
+    raise ValueError(
+        f"unknown dataset {spec!r}; use bright:<task>, bright:all, bright-answers:<task>, beir:<dir>[@split] or qa:<file.jsonl>"
+    )
 
 
 @dataclass
@@ -80,8 +86,10 @@ class RunResult:
     def averaged(cls, results: Sequence[RunResult]) -> RunResult:
         """Per-query metrics averaged over ``results`` (e.g. sampled reasoning with several seeds); the run
         kept is the first one's."""
-        per_query = {q: {m: sum(r.per_query[q][m] for r in results) / len(results) for m in metrics}
-                     for q, metrics in results[0].per_query.items()}
+        per_query = {
+            q: {m: sum(r.per_query[q][m] for r in results) / len(results) for m in metrics}
+            for q, metrics in results[0].per_query.items()
+        }
         return cls(results[0].run, per_query)
 
 
@@ -97,10 +105,21 @@ def stacks() -> dict[str, Any]:
     return {point.name: point for point in entry_points(group=STACKS_GROUP)}
 
 
-def run_collection(collection: Collection, retriever: str, *, reasoner: Any = None, mode: str | RewriteMode = "replace",
-                   baseline: bool = False, k: int = 1000, retriever_options: Mapping[str, Any] | None = None,
-                   via: str = "core", seeds: Sequence[int] | None = None, fusion: Fusion | None = None,
-                   expansion: Mapping[str, Any] | None = None, query_form: str = "terms") -> dict[str, RunResult]:
+def run_collection(
+    collection: Collection,
+    retriever: str,
+    *,
+    reasoner: Any = None,
+    mode: str | RewriteMode = "replace",
+    baseline: bool = False,
+    k: int = 1000,
+    retriever_options: Mapping[str, Any] | None = None,
+    via: str = "core",
+    seeds: Sequence[int] | None = None,
+    fusion: Fusion | None = None,
+    expansion: Mapping[str, Any] | None = None,
+    query_form: str = "terms",
+) -> dict[str, RunResult]:
     """Search with rewritten queries (``"reasoning"``) when a reasoner is given, and with the original
     queries (``"baseline"``) when asked or when there is no reasoner.
 
@@ -120,8 +139,7 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
     if query_form not in ("terms", "text"):
         raise ValueError(f"query_form must be 'terms' or 'text', got {query_form!r}")
     if retriever == "native" and via == "core":
-        raise ValueError("retriever 'native' is a stack's own BM25: give the stack (via pyterrier, llama-index or "
-                         "haystack)")
+        raise ValueError("retriever 'native' is a stack's own BM25: give the stack (via pyterrier, llama-index or haystack)")
     qids = list(collection.queries)
     exclude = collection.exclusions(qids)
     formulations: dict[str, tuple[Any, RewriteMode]] = {}
@@ -133,6 +151,7 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         formulations["baseline"] = (_no_reasoning(), get_mode("original"))
     texts = [collection.queries[q] for q in qids]
     if via == "core":
+
         def build(options: Mapping[str, Any]) -> Any:
             log.info("%s: indexing documents with %s %s", collection.name, retriever, dict(options))
             return make_retriever(retriever, **dict(options)).index(collection.iter_documents())
@@ -140,17 +159,27 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         indexes = {"baseline": build(retriever_options or {})} if "baseline" in formulations or not expansion else {}
         indexes["reasoning"] = build({**(retriever_options or {}), **expansion}) if expansion else indexes["baseline"]
 
-        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
-                   fused: Fusion | None) -> list[Ranking]:
+        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
             index = indexes[name]
             if formulation_reasoner.template.passages:
                 formulation_reasoner = formulation_reasoner.with_(
-                    feedback=passage_feedback(index, collection, dict(zip(texts, exclude)),
-                                              formulation_reasoner.template.passages))
+                    feedback=passage_feedback(
+                        index, collection, dict(zip(texts, exclude)), formulation_reasoner.template.passages
+                    )
+                )
             as_terms = name == "reasoning" and query_form == "terms" and index.takes_terms
             if fused is not None:
-                return fused_search(index, texts, formulation_reasoner, fused, k=k, mode=formulation_mode,
-                                    exclude=exclude, progress=True, as_terms=as_terms)
+                return fused_search(
+                    index,
+                    texts,
+                    formulation_reasoner,
+                    fused,
+                    k=k,
+                    mode=formulation_mode,
+                    exclude=exclude,
+                    progress=True,
+                    as_terms=as_terms,
+                )
             queries = formulation_reasoner.rewrite(texts, mode=formulation_mode, progress=True, as_terms=as_terms)
             return index.search(queries, k=k, exclude=exclude)
     elif via in (registered := stacks()):
@@ -160,12 +189,21 @@ def run_collection(collection: Collection, retriever: str, *, reasoner: Any = No
         docs = list(collection.iter_documents())
         excluded = dict(zip(qids, exclude))
 
-        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode,
-                   fused: Fusion | None) -> list[Ranking]:
+        def search(name: str, formulation_reasoner: Any, formulation_mode: RewriteMode, fused: Fusion | None) -> list[Ranking]:
             extra = {"fusion": fused} if fused is not None else {}
             form = query_form if name == "reasoning" else "text"
-            by_qid = rank_queries(docs, collection.queries, formulation_reasoner, formulation_mode, k, kind=retriever,
-                                  exclude=excluded, query_form=form, **extra, **dict(retriever_options or {}))
+            by_qid = rank_queries(
+                docs,
+                collection.queries,
+                formulation_reasoner,
+                formulation_mode,
+                k,
+                kind=retriever,
+                exclude=excluded,
+                query_form=form,
+                **extra,
+                **dict(retriever_options or {}),
+            )
             return [by_qid[q] for q in qids]
     else:
         raise ValueError(f"unknown --via {via!r}; choose core or one of: {', '.join(sorted(registered))}")
@@ -195,8 +233,14 @@ def passage_feedback(index: Any, collection: Collection, exclude: Mapping[str, A
     return feedback
 
 
-def paired_difference(results: Mapping[str, RunResult], metric: str = "ndcg_cut_10", *, confidence: float = 0.95,
-                      resamples: int = 10000, seed: int = 0) -> dict[str, float] | None:
+def paired_difference(
+    results: Mapping[str, RunResult],
+    metric: str = "ndcg_cut_10",
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10000,
+    seed: int = 0,
+) -> dict[str, float] | None:
     """The mean per-query difference ``reasoning - baseline`` in ``metric``, with a paired bootstrap
     ``confidence`` interval (scipy's percentile bootstrap over queries, seeded); ``None`` without both runs."""
     if not {"reasoning", "baseline"} <= set(results):
@@ -207,14 +251,27 @@ def paired_difference(results: Mapping[str, RunResult], metric: str = "ndcg_cut_
     reasoning, baseline = results["reasoning"].per_query, results["baseline"].per_query
     diffs = np.array([reasoning[q][metric] - baseline[q][metric] for q in reasoning])
     if len(diffs) > 1 and np.ptp(diffs) > 0:
-        ci = bootstrap((diffs,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
-                       random_state=np.random.default_rng(seed)).confidence_interval
+        ci = bootstrap(
+            (diffs,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        ).confidence_interval
         low, high = float(ci.low), float(ci.high)
     else:  # every query moved by the same amount (often 0): the interval is that point
         low = high = float(diffs.mean()) if len(diffs) else 0.0
-    return {"metric": metric, "queries": len(diffs), "mean_difference": float(diffs.mean()) if len(diffs) else 0.0,
-            "ci_low": low, "ci_high": high, "confidence": confidence, "wins": int((diffs > 0).sum()),
-            "losses": int((diffs < 0).sum())}
+    return {
+        "metric": metric,
+        "queries": len(diffs),
+        "mean_difference": float(diffs.mean()) if len(diffs) else 0.0,
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": confidence,
+        "wins": int((diffs > 0).sum()),
+        "losses": int((diffs < 0).sum()),
+    }
 
 
 def _no_reasoning() -> Any:
@@ -232,8 +289,7 @@ def write_results(output: str | os.PathLike[str], results: Mapping[str, Mapping[
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    formulations = sorted({f for by_formulation in results.values() for f in by_formulation},
-                          key=lambda f: f != "reasoning")
+    formulations = sorted({f for by_formulation in results.values() for f in by_formulation}, key=lambda f: f != "reasoning")
     for formulation in formulations:
         suffix = "" if formulation == formulations[0] else f".{formulation}"
         per_task = {name: r[formulation] for name, r in results.items() if formulation in r}
@@ -241,8 +297,11 @@ def write_results(output: str | os.PathLike[str], results: Mapping[str, Mapping[
         metrics["average"] = mean(metrics)
         (out / f"metrics{suffix}.json").write_text(json.dumps(metrics, indent=2))
         (out / f"per_query{suffix}.json").write_text(json.dumps({n: r.per_query for n, r in per_task.items()}, indent=1))
-        merged_run = {f"{name}/{qid}" if len(per_task) > 1 else qid: docs
-                      for name, result in per_task.items() for qid, docs in result.run.items()}
+        merged_run = {
+            f"{name}/{qid}" if len(per_task) > 1 else qid: docs
+            for name, result in per_task.items()
+            for qid, docs in result.run.items()
+        }
         write_run(out / f"run{suffix}.trec", merged_run, tag=formulation)
     comparisons = {name: diff for name, r in results.items() if (diff := paired_difference(r)) is not None}
     if comparisons:
@@ -282,11 +341,16 @@ def print_table(results: Mapping[str, Mapping[str, RunResult]], columns: Sequenc
     header = f"{'collection':<32}" + "".join(f"{f + ' ' + c:>24}" for f in formulations for c in columns)
     print(header)
     for name, by_formulation in results.items():
-        cells = "".join(f"{by_formulation[f].summary[c]:>24.4f}" if f in by_formulation else f"{'-':>24}"
-                        for f in formulations for c in columns)
+        cells = "".join(
+            f"{by_formulation[f].summary[c]:>24.4f}" if f in by_formulation else f"{'-':>24}"
+            for f in formulations
+            for c in columns
+        )
         print(f"{name:<32}{cells}")
     for name, by_formulation in results.items():
         if (diff := paired_difference(by_formulation)) is not None:
-            print(f"{name}: reasoning - baseline nDCG@10 {diff['mean_difference']:+.4f}, "
-                  f"{diff['confidence']:.0%} paired bootstrap interval [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] "
-                  f"over {diff['queries']} queries ({diff['wins']} better, {diff['losses']} worse)")
+            print(
+                f"{name}: reasoning - baseline nDCG@10 {diff['mean_difference']:+.4f}, "
+                f"{diff['confidence']:.0%} paired bootstrap interval [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] "
+                f"over {diff['queries']} queries ({diff['wins']} better, {diff['losses']} worse)"
+            )

@@ -58,8 +58,9 @@ def hash_file_sha256(file: str | os.PathLike[str]) -> str:
         if not racy:
             _known[(str(path), stamp)] = digest
         return digest
-    raise ModelNotAvailableError(f"{path} kept changing while it was being hashed: wait until whatever writes it is "
-                                 "done, then load it again")
+    raise ModelNotAvailableError(
+        f"{path} kept changing while it was being hashed: wait until whatever writes it is done, then load it again"
+    )
 
 
 def _stamp(info: os.stat_result) -> str:
@@ -109,5 +110,8 @@ def _warn(exc: Exception) -> None:
     memo = str(_memo_path())
     if memo not in _memo_failures:
         _memo_failures.add(memo)
-        log.warning("the file-hash memo %s is not usable (%s): model files are hashed again in each process until "
-                    "it is moved away", memo, exc)
+        log.warning(
+            "the file-hash memo %s is not usable (%s): model files are hashed again in each process until it is moved away",
+            memo,
+            exc,
+        )

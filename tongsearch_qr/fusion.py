@@ -43,8 +43,9 @@ class Fusion:
             raise ValueError(f"the RRF constant k must be a whole number >= 1, got {self.k!r}")
         if self.weights is not None:
             weights = tuple(self.weights)
-            if not weights or any(isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0
-                                  for w in weights):  # numbers.Real: Python's and numpy's ints and floats
+            if not weights or any(
+                isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0 for w in weights
+            ):  # numbers.Real: Python's and numpy's ints and floats
                 raise ValueError(f"fusion weights must be finite numbers >= 0, got {list(weights)}")
             if not any(weights):
                 raise ValueError("fusion weights are all 0: at least one ranking must count")
@@ -78,19 +79,16 @@ class Fusion:
         if self.weights is None:
             return [1.0] * runs
         if len(self.weights) != runs:
-            raise ValueError(f"{len(self.weights)} fusion weights for {runs} rankings{described}: give one weight per "
-                             "ranking")
+            raise ValueError(f"{len(self.weights)} fusion weights for {runs} rankings{described}: give one weight per ranking")
         return list(self.weights)
 
     def sample_weights(self, samples: int) -> list[float]:
         """The weights of the rankings :func:`fused_search` makes for ``samples`` reasoning samples (the
         question's first when ``with_query``); a clear error when they do not fit."""
-        described = f"the question, then {samples} reasoning sample(s)" if self.with_query else \
-            f"{samples} reasoning sample(s)"
+        described = f"the question, then {samples} reasoning sample(s)" if self.with_query else f"{samples} reasoning sample(s)"
         return self.weights_for(int(self.with_query) + samples, f" ({described})")
 
-    def fuse(self, runs: Sequence[Sequence[Ranking]], depth: int,
-             weights: Sequence[float] | None = None) -> list[Ranking]:
+    def fuse(self, runs: Sequence[Sequence[Ranking]], depth: int, weights: Sequence[float] | None = None) -> list[Ranking]:
         """``runs[r][q]`` is ranking ``r`` of query ``q``; the fused ranking of each query, best ``depth`` first
         (``weights``: already checked ones, else :meth:`weights_for` the runs); no queries, no rankings out."""
         if not runs:
@@ -119,9 +117,18 @@ class Fusion:
         return out
 
 
-def fused_search(retriever: Any, queries: Sequence[str], reasoner: Any, fusion: Fusion, *, k: int = 1000,
-                 mode: str | RewriteMode | None = None, exclude: Sequence[Collection[str]] | None = None,
-                 progress: bool | None = None, as_terms: bool = False) -> list[Ranking]:
+def fused_search(
+    retriever: Any,
+    queries: Sequence[str],
+    reasoner: Any,
+    fusion: Fusion,
+    *,
+    k: int = 1000,
+    mode: str | RewriteMode | None = None,
+    exclude: Sequence[Collection[str]] | None = None,
+    progress: bool | None = None,
+    as_terms: bool = False,
+) -> list[Ranking]:
     """Search ``retriever`` with the question (when ``fusion.with_query``) and with each of the reasoner's
     sampled rewrites under ``mode`` (as text, or with ``as_terms`` as term queries), each ``k`` deep, and fuse the
     rankings into the best ``k`` per query."""

@@ -27,8 +27,7 @@ from .paths import cache_root
 
 GGUF_FILE = "model.gguf"
 #: the types exported weight matrices can take (llama.cpp's names), and the GGUF file type each one makes
-WEIGHTS_TYPES = {"BF16": "MOSTLY_BF16", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0",
-                 "F32": "ALL_F32"}
+WEIGHTS_TYPES = {"BF16": "MOSTLY_BF16", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0", "F32": "ALL_F32"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,10 @@ def check_weights_type(weights_type: str) -> str:
     -> ``F32``), or a ValueError naming the types there are."""
     name = DTYPE_WEIGHTS_TYPES.get(str(weights_type).lower(), str(weights_type).upper())
     if name not in WEIGHTS_TYPES:
-        raise ValueError(f"unknown GGUF weights type {weights_type!r}; choose one of: {', '.join(WEIGHTS_TYPES)} "
-                         f"(or a dtype: {', '.join(DTYPE_WEIGHTS_TYPES)})")
+        raise ValueError(
+            f"unknown GGUF weights type {weights_type!r}; choose one of: {', '.join(WEIGHTS_TYPES)} "
+            f"(or a dtype: {', '.join(DTYPE_WEIGHTS_TYPES)})"
+        )
     return name
 
 
@@ -76,13 +77,16 @@ def gguf_model(spec: str | os.PathLike[str] | None, weights_type: str = "BF16") 
     if path is not None and not path.is_dir():
         raise ModelNotAvailableError(
             f"the llamacpp backend runs local models only: {spec!r} is neither a .gguf file nor a model directory "
-            "(download hub models first, then pass the directory or a GGUF file)")
+            "(download hub models first, then pass the directory or a GGUF file)"
+        )
     source = resolve_model(spec)
     identity = source.identity()  # hashes the weights: once
     key = hashlib.sha256(f"{identity}\0{weights_type}".encode()).hexdigest()[:16]
-    folder = build_once(cache_root() / "models" / f"gguf-{key}",
-                        lambda staging: export_fine_tune(Path(source.path), staging, weights_type),
-                        complete=lambda d: (d / GGUF_FILE).is_file())
+    folder = build_once(
+        cache_root() / "models" / f"gguf-{key}",
+        lambda staging: export_fine_tune(Path(source.path), staging, weights_type),
+        complete=lambda d: (d / GGUF_FILE).is_file(),
+    )
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     return GGUFModel(folder / GGUF_FILE, tokenizer, f"{identity}:{weights_type.lower()}")
 
@@ -92,10 +96,17 @@ def _shipped_shape() -> dict[str, int]:
     import gguf
 
     shipped = gguf.GGUFReader(str(embedded_gguf_path()))
-    return {key: int(shipped.fields[f"llama.{field}"].contents()) for key, field in [
-        ("num_hidden_layers", "block_count"), ("hidden_size", "embedding_length"),
-        ("intermediate_size", "feed_forward_length"), ("num_attention_heads", "attention.head_count"),
-        ("num_key_value_heads", "attention.head_count_kv"), ("vocab_size", "vocab_size")]}
+    return {
+        key: int(shipped.fields[f"llama.{field}"].contents())
+        for key, field in [
+            ("num_hidden_layers", "block_count"),
+            ("hidden_size", "embedding_length"),
+            ("intermediate_size", "feed_forward_length"),
+            ("num_attention_heads", "attention.head_count"),
+            ("num_key_value_heads", "attention.head_count_kv"),
+            ("vocab_size", "vocab_size"),
+        ]
+    }
 
 
 def export_problem(model_dir: Path) -> str | None:
@@ -105,8 +116,10 @@ def export_problem(model_dir: Path) -> str | None:
     expected = _shipped_shape()
     found = {key: config.get(key) for key in expected}
     if config.get("model_type") != "llama" or found != expected:
-        return (f"{model_dir} is not a fine-tune of the embedded model (model_type {config.get('model_type')!r}, "
-                f"{found} vs {expected}); convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file")
+        return (
+            f"{model_dir} is not a fine-tune of the embedded model (model_type {config.get('model_type')!r}, "
+            f"{found} vs {expected}); convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file"
+        )
     if not any(model_dir.glob("*.safetensors")):
         return f"{model_dir} holds no *.safetensors weights to export to GGUF"
     return None
@@ -133,8 +146,7 @@ def export_fine_tune(model_dir: Path, out_dir: Path, weights_type: str = "BF16")
     heads, kv_heads = expected["num_attention_heads"], expected["num_key_value_heads"]
     writer = gguf.GGUFWriter(str(out_dir / GGUF_FILE), arch="llama")
     for key, field in shipped.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type",
-                                              "general.quantization_version"):
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type", "general.quantization_version"):
             continue
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub_type)

@@ -38,8 +38,10 @@ def trec_ranking(docs: Mapping[str, float], query: str = "") -> list[tuple[str, 
     single = scores.astype(np.float32)
     if not np.isfinite(single).all():
         doc, score = list(docs.items())[int(np.flatnonzero(~np.isfinite(single))[0])]
-        raise ValueError(f"query {query!r}: document {doc!r} has score {score}; scores must be finite numbers "
-                         "within float32's range (trec_eval reads them as float32)")
+        raise ValueError(
+            f"query {query!r}: document {doc!r} has score {score}; scores must be finite numbers "
+            "within float32's range (trec_eval reads them as float32)"
+        )
     order = np.argsort(-scores, kind="stable")
     # float32 values as integers in the same order, one apart for neighbouring floats: lowering a score to
     # just below the previous one is then ``min(key, previous - 1)``, in closed form over the whole ranking
@@ -52,8 +54,9 @@ def trec_ranking(docs: Mapping[str, float], query: str = "") -> list[tuple[str, 
     floats = np.where(lowered >= 0, lowered, -lowered | 0x80000000).astype(np.uint32).view(np.float32)
     kept = lowered == keys
     ids = list(docs)
-    return [(ids[i], float(scores[i]) if keep else float(low))
-            for i, keep, low in zip(order.tolist(), kept.tolist(), floats.tolist())]
+    return [
+        (ids[i], float(scores[i]) if keep else float(low)) for i, keep, low in zip(order.tolist(), kept.tolist(), floats.tolist())
+    ]
 
 
 def mean(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

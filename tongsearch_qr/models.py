@@ -48,7 +48,6 @@ T = TypeVar("T")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-
 @dataclass(frozen=True)
 class ModelSource:
     """Where to load a model from (``path``: a local directory or a hub id) and its name."""
@@ -123,8 +122,7 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
         # the weights' identity: the settings file (prompt, mode, length) keys the reasoning cache on its own
         weights = {name: digest for name, digest in EMBEDDED_ADAPTER_SHA256.items() if name != REASONER_SETTINGS}
         pinned = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
-        return ModelSource(str(merged_adapter_dir(adapter, identity=pinned)), f"{EMBEDDED_MODEL_ID}+{adapter.name}",
-                           local=True)
+        return ModelSource(str(merged_adapter_dir(adapter, identity=pinned)), f"{EMBEDDED_MODEL_ID}+{adapter.name}", local=True)
     if is_base(spec):
         path = embedded_model_dir()
         return ModelSource(str(path), f"{EMBEDDED_MODEL_ID}:{EMBEDDED_GGUF}", local=True)
@@ -134,8 +132,9 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
         if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
             return ModelSource(str(merged_adapter_dir(path)), str(path.resolve()), local=True)
         if not (path / "config.json").is_file():
-            raise ModelNotAvailableError(f"{path} is a directory but holds no config.json (nor {ADAPTER_CONFIG}): "
-                                         "not a transformers model or LoRA adapter")
+            raise ModelNotAvailableError(
+                f"{path} is a directory but holds no config.json (nor {ADAPTER_CONFIG}): not a transformers model or LoRA adapter"
+            )
         return ModelSource(str(path.resolve()), str(path.resolve()), local=True)
     if path.exists():
         raise ModelNotAvailableError(f"{path} is a file; pass the model's directory (with config.json)")
@@ -174,8 +173,11 @@ def _merge_adapter(adapter: Path, base: ModelSource, out_dir: Path) -> None:
     model = load_pretrained(AutoModelForCausalLM.from_pretrained, base)
     PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(out_dir)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else None
-    tokenizer = (AutoTokenizer.from_pretrained(str(tokenizer_source)) if tokenizer_source
-                 else load_pretrained(AutoTokenizer.from_pretrained, base))
+    tokenizer = (
+        AutoTokenizer.from_pretrained(str(tokenizer_source))
+        if tokenizer_source
+        else load_pretrained(AutoTokenizer.from_pretrained, base)
+    )
     tokenizer.save_pretrained(out_dir)
 
 
@@ -262,7 +264,8 @@ def embedded_adapter() -> Path:
             raise ModelNotAvailableError(
                 f"the shipped reasoner's {file} does not match its pinned sha256 ({found[:16]}... instead of "
                 f"{expected[:16]}...): the installation is damaged or was modified, so it is not loaded. "
-                "Reinstall tongsearch-qr, or use the untrained embedded model: QRReasoner('base') / --model base.")
+                "Reinstall tongsearch-qr, or use the untrained embedded model: QRReasoner('base') / --model base."
+            )
     return folder
 
 
@@ -272,8 +275,7 @@ def embedded_model_dir() -> Path:
     return build_once(target, lambda staging: dequantize_gguf(embedded_gguf_path(), staging))
 
 
-def build_once(target: Path, build: Callable[[Path], None],
-               complete: Callable[[Path], bool] | None = None) -> Path:
+def build_once(target: Path, build: Callable[[Path], None], complete: Callable[[Path], bool] | None = None) -> Path:
     """``target``, built by ``build(staging_dir)`` if it is not ``complete`` yet (default: holds a transformers
     model). The build writes to a temporary directory renamed into place under a file lock, so concurrent
     processes build once and never see a half-written model."""
@@ -304,9 +306,7 @@ def dequantize_gguf(gguf_file: Path, out_dir: Path) -> None:
     log.warning("converting the embedded model %s to safetensors in %s (once)", gguf_file.name, out_dir.parent)
     folder, name = str(gguf_file.parent), gguf_file.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True)
-    )
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 

@@ -52,8 +52,9 @@ class Budget:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
-def budget_for(timeout: float | None | EllipsisType, on_error: str | None, default_timeout: float | None,
-               default_on_error: str) -> Budget:
+def budget_for(
+    timeout: float | None | EllipsisType, on_error: str | None, default_timeout: float | None, default_on_error: str
+) -> Budget:
     """A call's budget: its own ``timeout`` and ``on_error`` where given (``...`` / ``None``: the reasoner's)."""
     chosen = default_timeout if isinstance(timeout, EllipsisType) else check_timeout(timeout)
     return Budget.start(chosen, check_on_error(on_error or default_on_error))
@@ -78,8 +79,9 @@ class InFlight:
         self.lock = threading.Lock()
         self.futures: dict[tuple[str, str, int], Future[str]] = {}
 
-    def claim(self, slots: Iterable[tuple[str, str, int]]) -> tuple[dict[tuple[str, str, int], Future[str]],
-                                                                      list[tuple[str, str, int]]]:
+    def claim(
+        self, slots: Iterable[tuple[str, str, int]]
+    ) -> tuple[dict[tuple[str, str, int], Future[str]], list[tuple[str, str, int]]]:
         """The future of each slot, and the slots this caller must generate (those nobody was generating)."""
         futures, fresh = {}, []
         with self.lock:

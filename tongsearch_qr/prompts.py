@@ -57,8 +57,9 @@ class PromptTemplate:
         if "{question}" not in self.user:
             raise ValueError("a prompt template's user turn must contain the '{question}' placeholder")
         if (self.passages > 0) != ("{passages}" in self.user):
-            raise ValueError("a template shows retrieved passages exactly when passages > 0 and its user turn has "
-                             "the '{passages}' placeholder")
+            raise ValueError(
+                "a template shows retrieved passages exactly when passages > 0 and its user turn has the '{passages}' placeholder"
+            )
         if self.passages < 0 or self.passage_words < 1:
             raise ValueError("passages must be >= 0 and passage_words >= 1")
 
@@ -72,10 +73,13 @@ class PromptTemplate:
         if self.one_line:
             question = question.replace("\n", " ")
         if self.passages and not passages:
-            raise ValueError("this prompt shows retrieved passages: give the reasoner a feedback retriever "
-                             "(QRReasoner.with_(feedback=...); eval does this itself)")
-        shown = "\n".join(f"{i}.{' '.join(text.split()[:self.passage_words])}"
-                          for i, text in enumerate(passages[:self.passages], 1))
+            raise ValueError(
+                "this prompt shows retrieved passages: give the reasoner a feedback retriever "
+                "(QRReasoner.with_(feedback=...); eval does this itself)"
+            )
+        shown = "\n".join(
+            f"{i}.{' '.join(text.split()[: self.passage_words])}" for i, text in enumerate(passages[: self.passages], 1)
+        )
         return _PLACEHOLDER.sub(lambda m: question if m.group() == "{question}" else shown, self.user)
 
     def messages(self, question: str, passages: Sequence[str] = ()) -> list[dict[str, str]]:

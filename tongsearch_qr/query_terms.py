@@ -28,7 +28,8 @@ _WORD = re.compile(r"[^\W_]+")
 #: English stopwords: NLTK's list (as bm25s ships it) and the generic words of everyday questions (verbs, quantifiers,
 #: adverbs and nouns that say nothing of a topic), which retrievers that score a query as a set of words, or keep
 #: stopwords (Haystack's in-memory store), would weigh as much as the words that matter
-_STOPWORDS = frozenset("""
+_STOPWORDS = frozenset(
+    """
 a about above after again against ain all am an and any are aren as at be because been before being below between
 both but by can couldn d did didn do does doesn doing don down during each few for from further had hadn has hasn
 have haven having he her here hers herself him himself his how i if in into is isn it its itself just ll m ma me
@@ -48,18 +49,21 @@ see seem seemed seems seen several shall since somebody somehow someone somethin
 soon still sure take taken takes tell thanks thank thing things think thinking though thus together took toward
 towards tried tries try trying unless upon us use used uses using usually via want wanted wants way ways well went
 whatever whenever wherever whether whole whose within without wonder wondering would wouldnt yes yet
-""".split())
+""".split()
+)
 
 #: ... and the words every reasoning is made of, whatever its topic (the paper's prompt asks it to "identify the
 #: essential problem", "think step by step" about "relevant and helpful" "information" and "draft an answer"):
 #: left out of the reasoning's terms, kept when the question itself uses them
-_FILLER = frozenset("""
+_FILLER = frozenset(
+    """
 answer approach based certain consider describe detailed determine directly draft due e eg ensure essential
 example explanation find first g goal helpful identify ie including instance involve involves key leading mention
 mentioned particularly potentially problem provide query question reason reasoning relevant result specific
 specifically statement step steps suggest suggests thought thoughts typically understand understanding user
 various
-""".split())
+""".split()
+)
 
 _MAX_WORD = 30
 
@@ -134,8 +138,9 @@ class TermQuery:
         return " ".join(f"{t}^{w:.{digits}f}" for t, w in self.normalized().items())
 
 
-def term_query(question: str, reasoning: str | None, mode: str | RewriteMode, *, terms: int | None = None,
-               once: bool = False) -> TermQuery:
+def term_query(
+    question: str, reasoning: str | None, mode: str | RewriteMode, *, terms: int | None = None, once: bool = False
+) -> TermQuery:
     """The :class:`TermQuery` of ``question`` and its ``reasoning`` under ``mode``.
 
     A word's weight is ``K * (its count in the question) + (its count in the reasoning)``, K being the mode's

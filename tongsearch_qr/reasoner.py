@@ -127,13 +127,19 @@ class QRReasoner:
         if method is not None:
             chosen = get_method(method)
             if chosen.template is None:
-                raise ValueError(f"method {chosen.name!r} uses no LLM: it is a retriever setting "
-                                 f"(make_retriever({chosen.retriever!r}, **{chosen.retriever_options}); "
-                                 f"eval --method {chosen.name})")
+                raise ValueError(
+                    f"method {chosen.name!r} uses no LLM: it is a retriever setting "
+                    f"(make_retriever({chosen.retriever!r}, **{chosen.retriever_options}); "
+                    f"eval --method {chosen.name})"
+                )
             if think:
                 raise ValueError("think mode belongs to TongSearch QR's prompt; drop think=True or method=")
-            defaults = {"template": chosen.template, "mode": chosen.mode, "generation": chosen.generation,
-                        "samples": chosen.samples}
+            defaults = {
+                "template": chosen.template,
+                "mode": chosen.mode,
+                "generation": chosen.generation,
+                "samples": chosen.samples,
+            }
         else:  # a trained model's settings (tongsearch_qr.json), if any
             defaults = reasoner_settings(model) if isinstance(backend, str) and backend != "precomputed" else {}
             if "template" in defaults:
@@ -183,10 +189,18 @@ class QRReasoner:
             fallback = make_backend("auto", fallback)
         return cls(backend=PrecomputedBackend.from_file(path, fallback=fallback), **kwargs)
 
-    def with_(self, *, template: PromptTemplate | None = None, generation: GenerationParams | None = None,
-              mode: str | RewriteMode | None = None, samples: int | None = None,
-              feedback: Feedback | None = None, terms: int | None | EllipsisType = ...,
-              timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> "QRReasoner":
+    def with_(
+        self,
+        *,
+        template: PromptTemplate | None = None,
+        generation: GenerationParams | None = None,
+        mode: str | RewriteMode | None = None,
+        samples: int | None = None,
+        feedback: Feedback | None = None,
+        terms: int | None | EllipsisType = ...,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> "QRReasoner":
         """A reasoner sharing this one's backend (the loaded model), cache and reasoning in flight, with some
         settings changed; this one is left as it is, so pipelines that share it keep their behaviour."""
         other = copy.copy(self)
@@ -217,29 +231,43 @@ class QRReasoner:
         key = {"model": self.backend.cache_id, "template": self.template.key(), "generation": self.generation.key()}
         return config_key({**key, "sample": sample} if sample else key)
 
-    def reason(self, queries: Sequence[str], *, progress: bool | None = None,
-               timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[str]:
+    def reason(
+        self,
+        queries: Sequence[str],
+        *,
+        progress: bool | None = None,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[str]:
         """The reasoning for each query, in order (with ``samples`` > 1, its samples joined by newlines).
         Repeated and cached queries are not regenerated. ``timeout`` and ``on_error``: this call's (default: the
         reasoner's); with ``on_error="question"`` a query whose reasoning failed or is late gets the question."""
         return self._reasoned(queries, progress, self._budget(timeout, on_error)).joined()
 
-    def reason_samples(self, queries: Sequence[str], *, progress: bool | None = None,
-                       timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[list[str]]:
+    def reason_samples(
+        self,
+        queries: Sequence[str],
+        *,
+        progress: bool | None = None,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[list[str]]:
         """The ``samples`` reasonings of each query, in order. Each (query, sample) is cached on its own, so
         an interrupted run resumes where it stopped. A prompt that shows retrieved passages gets them from
         ``feedback`` and is cached under the filled prompt (other passages, another entry). ``timeout`` and
         ``on_error`` as for :meth:`reason` (a query that falls back gets the question as each sample)."""
         return self._reasoned(queries, progress, self._budget(timeout, on_error)).samples
 
-    async def areason(self, queries: Sequence[str], *, timeout: float | None | EllipsisType = ...,
-                      on_error: str | None = None) -> list[str]:
+    async def areason(
+        self, queries: Sequence[str], *, timeout: float | None | EllipsisType = ..., on_error: str | None = None
+    ) -> list[str]:
         """:meth:`reason` for a coroutine: the event loop runs on while the engine (shared with every other caller)
         generates."""
         return (await self._areasoned(queries, self._budget(timeout, on_error))).joined()
 
-    async def areason_samples(self, queries: Sequence[str], *, timeout: float | None | EllipsisType = ...,
-                              on_error: str | None = None) -> list[list[str]]:
+    async def areason_samples(
+        self, queries: Sequence[str], *, timeout: float | None | EllipsisType = ..., on_error: str | None = None
+    ) -> list[list[str]]:
         """:meth:`reason_samples` for a coroutine."""
         return (await self._areasoned(queries, self._budget(timeout, on_error))).samples
 
@@ -290,8 +318,13 @@ class QRReasoner:
             found = self.cache.get_many(self._sample_config(sample), keys) if self.cache else {}
             done.update(((key, sample), text) for key, text in found.items())
         pending = [(key, s) for key in keys for s in range(self.samples) if (key, s) not in done]
-        log.info("%d queries (%d unique)%s, %d already in the reasoning cache", len(queries), len(unique),
-                 f" x {self.samples} samples" if self.samples > 1 else "", len(done))
+        log.info(
+            "%d queries (%d unique)%s, %d already in the reasoning cache",
+            len(queries),
+            len(unique),
+            f" x {self.samples} samples" if self.samples > 1 else "",
+            len(done),
+        )
         with self._lock:
             self.stats.update(queries=len(unique), cached=len(done))
         return _Call(queries, inputs, done, self._start(pending) if pending else {})
@@ -306,8 +339,9 @@ class QRReasoner:
         if fresh:
             template = self.template.filled() if self.template.passages else self.template
             try:
-                rows = submit_rows(self.backend, [key for _, key, _ in fresh], template, self.generation,
-                                   [sample for *_, sample in fresh])
+                rows = submit_rows(
+                    self.backend, [key for _, key, _ in fresh], template, self.generation, [sample for *_, sample in fresh]
+                )
                 if len(rows) != len(fresh):
                     raise RuntimeError(f"backend returned {len(rows)} completions for {len(fresh)} queries")
             except Exception as exc:
@@ -355,9 +389,10 @@ class QRReasoner:
             raise ReasoningTimeoutError(len(failed), len(asked), budget.timeout or 0.0)
         fallbacks = [None if call.inputs[q] not in failed else failure_kind(failed[call.inputs[q]]) for q in call.queries]
         self._count_fallbacks(call.queries, fallbacks, failed.values(), budget)
-        samples = [[q] * self.samples if kind else [self.template.extract(call.done[call.inputs[q], s])
-                                                    for s in range(self.samples)]
-                   for q, kind in zip(call.queries, fallbacks)]
+        samples = [
+            [q] * self.samples if kind else [self.template.extract(call.done[call.inputs[q], s]) for s in range(self.samples)]
+            for q, kind in zip(call.queries, fallbacks)
+        ]
         return _Reasoned(call.queries, samples, fallbacks)
 
     def _failed(self, queries: list[str], error: Exception | None, budget: Budget) -> _Reasoned:
@@ -383,9 +418,15 @@ class QRReasoner:
         for kind in new:
             example = next((e for e in errors if e is not None and failure_kind(e) == kind), None)
             why = f"not done within {budget.timeout:g} s" if example is None else f"{type(example).__name__}: {example}"
-            log.warning("reasoning failed for %d quer%s (%s); they go to the retriever as the question alone "
-                        "(on_error='question'). Further %s failures are only counted, in reasoner.stats['fallback_%s']",
-                        kinds[kind], "y" if kinds[kind] == 1 else "ies", why[:500], kind, kind)
+            log.warning(
+                "reasoning failed for %d quer%s (%s); they go to the retriever as the question alone "
+                "(on_error='question'). Further %s failures are only counted, in reasoner.stats['fallback_%s']",
+                kinds[kind],
+                "y" if kinds[kind] == 1 else "ies",
+                why[:500],
+                kind,
+                kind,
+            )
 
     def _prompt_inputs(self, queries: list[str]) -> dict[str, str]:
         """What the backend gets as the question of each query: the query, or the filled user turn when the
@@ -393,26 +434,49 @@ class QRReasoner:
         if not self.template.passages:
             return {q: q for q in queries}
         if self.feedback is None:
-            raise ValueError("this method's prompt shows retrieved passages: give the reasoner feedback= (a "
-                             "function from queries to their top passages' texts); eval does this itself")
+            raise ValueError(
+                "this method's prompt shows retrieved passages: give the reasoner feedback= (a "
+                "function from queries to their top passages' texts); eval does this itself"
+            )
         passages = self.feedback(queries)
         if len(passages) != len(queries):
             raise ValueError(f"feedback returned passages for {len(passages)} of {len(queries)} queries")
         return {q: self.template.fill(q, texts) for q, texts in zip(queries, passages)}
 
     @overload
-    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                progress: bool | None = None, as_terms: Literal[False] = False,
-                timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[str]: ...
+    def rewrite(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        progress: bool | None = None,
+        as_terms: Literal[False] = False,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[str]: ...
 
     @overload
-    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                progress: bool | None = None, as_terms: Literal[True],
-                timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[TermQuery]: ...
+    def rewrite(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        progress: bool | None = None,
+        as_terms: Literal[True],
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[TermQuery]: ...
 
-    def rewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                progress: bool | None = None, as_terms: bool = False, timeout: float | None | EllipsisType = ...,
-                on_error: str | None = None) -> list[str] | list[TermQuery]:
+    def rewrite(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        progress: bool | None = None,
+        as_terms: bool = False,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[str] | list[TermQuery]:
         """What to send to a retriever for each query under ``mode`` (default: the reasoner's mode): the text, or
         with ``as_terms`` its :class:`~tongsearch_qr.query_terms.TermQuery` (the ``terms`` strongest words with
         their weights, for BM25 retrievers). ``timeout`` and ``on_error`` as for :meth:`reason`: a query that falls
@@ -422,8 +486,15 @@ class QRReasoner:
         reasoned = self._reasoned(queries, progress, self._budget(timeout, on_error)) if chosen.with_reasoning else None
         return [texts[0] for texts in self._rewritten(queries, chosen, reasoned, as_terms, joined=True)]
 
-    async def arewrite(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *, as_terms: bool = False,
-                       timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[Any]:
+    async def arewrite(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        as_terms: bool = False,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[Any]:
         """:meth:`rewrite` for a coroutine."""
         chosen = self.mode if mode is None else get_mode(mode)
         queries = validate_queries(queries)
@@ -431,9 +502,15 @@ class QRReasoner:
         reasoned = await self._areasoned(queries, budget) if chosen.with_reasoning else None
         return [texts[0] for texts in self._rewritten(queries, chosen, reasoned, as_terms, joined=True)]
 
-    def rewrites(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                 progress: bool | None = None, timeout: float | None | EllipsisType = ...,
-                 on_error: str | None = None) -> list[Rewrite]:
+    def rewrites(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        progress: bool | None = None,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[Rewrite]:
         """Each query's :class:`Rewrite` under ``mode`` (default: the reasoner's mode): its reasoning, the text and
         the term query, from one reasoning call (what the stack adapters hand on). ``timeout`` and ``on_error`` as
         for :meth:`reason`: a query that falls back is rewritten as the question alone (``Rewrite.fallback`` says
@@ -443,8 +520,14 @@ class QRReasoner:
         reasoned = self._reasoned(queries, progress, self._budget(timeout, on_error)) if chosen.with_reasoning else None
         return self._rewrite_objects(queries, chosen, reasoned)
 
-    async def arewrites(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                        timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[Rewrite]:
+    async def arewrites(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[Rewrite]:
         """:meth:`rewrites` for a coroutine."""
         chosen = self.mode if mode is None else get_mode(mode)
         queries = validate_queries(queries)
@@ -452,9 +535,16 @@ class QRReasoner:
         reasoned = await self._areasoned(queries, budget) if chosen.with_reasoning else None
         return self._rewrite_objects(queries, chosen, reasoned)
 
-    def rewrite_samples(self, queries: Sequence[str], mode: str | RewriteMode | None = None, *,
-                        progress: bool | None = None, as_terms: bool = False,
-                        timeout: float | None | EllipsisType = ..., on_error: str | None = None) -> list[list[Any]]:
+    def rewrite_samples(
+        self,
+        queries: Sequence[str],
+        mode: str | RewriteMode | None = None,
+        *,
+        progress: bool | None = None,
+        as_terms: bool = False,
+        timeout: float | None | EllipsisType = ...,
+        on_error: str | None = None,
+    ) -> list[list[Any]]:
         """One rewrite per sample for each query under ``mode`` (default: the reasoner's mode), as text or, with
         ``as_terms``, as :class:`~tongsearch_qr.query_terms.TermQuery`."""
         chosen = self.mode if mode is None else get_mode(mode)
@@ -462,8 +552,9 @@ class QRReasoner:
         reasoned = self._reasoned(queries, progress, self._budget(timeout, on_error)) if chosen.with_reasoning else None
         return self._rewritten(queries, chosen, reasoned, as_terms, joined=False)
 
-    def _rewritten(self, queries: list[str], chosen: RewriteMode, reasoned: _Reasoned | None, as_terms: bool,
-                   joined: bool) -> list[list[Any]]:
+    def _rewritten(
+        self, queries: list[str], chosen: RewriteMode, reasoned: _Reasoned | None, as_terms: bool, joined: bool
+    ) -> list[list[Any]]:
         """Each query's rewrites (one, or one per sample) under ``chosen``; the question alone where it fell back."""
         out = []
         joined_texts = reasoned.joined() if reasoned is not None and joined else []
@@ -483,8 +574,7 @@ class QRReasoner:
 
     def _rewrite_objects(self, queries: list[str], chosen: RewriteMode, reasoned: _Reasoned | None) -> list[Rewrite]:
         if reasoned is None:
-            return [Rewrite(q, None, chosen.apply(q, None), self._terms(q, None, chosen))
-                    for q in queries]
+            return [Rewrite(q, None, chosen.apply(q, None), self._terms(q, None, chosen)) for q in queries]
         out = []
         for q, r, kind in zip(queries, reasoned.joined(), reasoned.fallbacks):
             if kind:

@@ -35,8 +35,15 @@ def served_model_id(source: ModelSource) -> str:
     return source.identity()
 
 
-def server_command(engine: str, model: str | os.PathLike[str] | None, *, host: str = "127.0.0.1", port: int = 8000,
-                   python: str | None = None, extra: list[str] | None = None) -> tuple[list[str], str]:
+def server_command(
+    engine: str,
+    model: str | os.PathLike[str] | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    python: str | None = None,
+    extra: list[str] | None = None,
+) -> tuple[list[str], str]:
     """The command line that serves ``model`` with ``engine``, and the model id clients send (see
     :func:`served_model_id`; the server lists the model under it).
 
@@ -50,12 +57,26 @@ def server_command(engine: str, model: str | os.PathLike[str] | None, *, host: s
     python = python or sys.executable
     if engine == "vllm":
         revision = [] if source.local else ["--revision", served.rpartition("@")[2]]
-        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.path, *revision, "--host", host,
-               "--port", str(port), "--served-model-name", served]
+        cmd = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            source.path,
+            *revision,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--served-model-name",
+            served,
+        ]
     else:
         if source.local and "@" in source.path:
-            raise ValueError(f"transformers serve reads the '@' in {source.path} as a hub revision: serve a model "
-                             "whose path has no '@', or use --engine vllm")
+            raise ValueError(
+                f"transformers serve reads the '@' in {source.path} as a hub revision: serve a model "
+                "whose path has no '@', or use --engine vllm"
+            )
         # transformers serve answers for the name it is given; for a local directory the '@<digest>' is ignored
         # in loading, and for a hub model it pins the commit
         cli = Path(python).with_name("transformers")
@@ -72,10 +93,19 @@ class LocalServer:
     ``log`` (a file path) when given. ``kill()`` ends it abruptly (SIGKILL), ``stop()`` politely.
     """
 
-    def __init__(self, engine: str = "transformers", model: str | os.PathLike[str] | None = None, *,
-                 host: str = "127.0.0.1", port: int = 8000, python: str | None = None, extra: list[str] | None = None,
-                 log: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
-                 startup_timeout: float = 600.0):
+    def __init__(
+        self,
+        engine: str = "transformers",
+        model: str | os.PathLike[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        python: str | None = None,
+        extra: list[str] | None = None,
+        log: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 600.0,
+    ):
         self.command, self.model_name = server_command(engine, model, host=host, port=port, python=python, extra=extra)
         self.base_url = f"http://{host}:{port}/v1"
         self.log = Path(log) if log else None
@@ -90,14 +120,15 @@ class LocalServer:
             raise RuntimeError("server already running")
         self._log_file = open(self.log, "ab") if self.log else None  # closed in _reap
         out = self._log_file or subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._reap()
-                raise BackendUnavailableError(f"server exited with code {self.process.returncode} while starting: "
-                                              f"{' '.join(self.command)}" + (f" (log: {self.log})" if self.log else ""))
+                raise BackendUnavailableError(
+                    f"server exited with code {self.process.returncode} while starting: "
+                    f"{' '.join(self.command)}" + (f" (log: {self.log})" if self.log else "")
+                )
             try:
                 with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/health", timeout=5):
                     return self

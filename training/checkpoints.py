@@ -27,16 +27,25 @@ def check_checkpoint(path: str | os.PathLike[str]) -> str:
         json.loads(state.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise InputFormatError(f"cannot resume: {folder} is not a usable checkpoint ({state.name}: {exc})") from exc
-    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                       "pytorch_model.bin", "adapter_model.safetensors")):
+    if not any(
+        (folder / name).is_file()
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+    ):
         raise InputFormatError(f"cannot resume: {folder} holds no model weights")
     return str(folder)
 
 
 def last_checkpoint(folder: Path) -> str | None:
     """The newest usable ``checkpoint-N`` in ``folder`` (one cut short by a kill is skipped, with a warning)."""
-    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True) if folder.is_dir() else []
+    found = (
+        sorted(
+            (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+            reverse=True,
+        )
+        if folder.is_dir()
+        else []
+    )
     for candidate in found:
         try:
             return check_checkpoint(candidate)
@@ -74,6 +83,7 @@ def train_from(trainer: Any, checkpoint: str | None, callbacks: Sequence[Any]) -
     trainer._load_from_checkpoint(checkpoint)  # what trainer.train does first on a resume
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / STATE))
     for callback in callbacks:
-        callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model,
-                              processing_class=trainer.processing_class)
+        callback.on_train_end(
+            trainer.args, trainer.state, trainer.control, model=trainer.model, processing_class=trainer.processing_class
+        )
     return False

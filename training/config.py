@@ -159,8 +159,12 @@ class TrainConfig:
 
         if self.prompt is None:
             return PromptTemplate.paper(think=self.think)
-        return PromptTemplate(user=self.prompt["user"], system=self.prompt.get("system"), think=self.think,
-                              keywords=self.prompt.get("keywords", False))
+        return PromptTemplate(
+            user=self.prompt["user"],
+            system=self.prompt.get("system"),
+            think=self.think,
+            keywords=self.prompt.get("keywords", False),
+        )
 
     def lora_config(self) -> Any:
         """peft ``LoraConfig`` from ``lora:`` (``None`` without one)."""
@@ -239,9 +243,16 @@ class TrainConfig:
         prompt = self.prompt
         if prompt is not None and stage in ("keyterms", "distil"):  # how completions are read: not what SFT trains
             prompt = {k: v for k, v in prompt.items() if k != "keywords"}
-        settings = {"model": resolve_model(self.model_spec()).identity(), "think": self.think,
-                    "weights_dtype": self.weights_dtype, "data": data, "lora": self.lora, "prompt": prompt,
-                    "stage": stage, "section": section}
+        settings = {
+            "model": resolve_model(self.model_spec()).identity(),
+            "think": self.think,
+            "weights_dtype": self.weights_dtype,
+            "data": data,
+            "lora": self.lora,
+            "prompt": prompt,
+            "stage": stage,
+            "section": section,
+        }
         if stage in ("rft", "dpo", "grpo"):
             settings["rewards"] = self.rewards
         if stage == "grpo" and self.grpo_questions != "all":
@@ -252,9 +263,24 @@ class TrainConfig:
 
 
 #: trainer options that change how a run logs and checkpoints, not what it trains: no stage's fingerprint holds them
-RUN_OPTIONS = frozenset({"logging_steps", "logging_strategy", "logging_first_step", "logging_dir", "log_level",
-                         "log_completions", "num_completions_to_print", "save_strategy", "save_steps",
-                         "save_total_limit", "report_to", "run_name", "output_dir", "disable_tqdm"})
+RUN_OPTIONS = frozenset(
+    {
+        "logging_steps",
+        "logging_strategy",
+        "logging_first_step",
+        "logging_dir",
+        "log_level",
+        "log_completions",
+        "num_completions_to_print",
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "report_to",
+        "run_name",
+        "output_dir",
+        "disable_tqdm",
+    }
+)
 
 
 def file_digest(path: Path, setting: str = "data") -> str:
@@ -279,8 +305,10 @@ def _section(cls: type, raw: dict[str, Any], key: str, file: Path) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(value) - known)
     if key == "rft" and "objective" in unknown:
-        raise InputFormatError(f"{file}: rft.objective is gone: rejection sampling is stage rft (SFT on the best "
-                               "samples), preference optimisation is stage dpo with its own dpo: section")
+        raise InputFormatError(
+            f"{file}: rft.objective is gone: rejection sampling is stage rft (SFT on the best "
+            "samples), preference optimisation is stage dpo with its own dpo: section"
+        )
     if unknown:
         raise InputFormatError(f"{file}: unknown {key} settings {unknown}; known: {sorted(known)}")
     return cls(**value)
@@ -300,9 +328,17 @@ def load_config(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     if not isinstance(raw, dict):
         raise InputFormatError(f"{file}: expected a mapping at the top level")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    sections = {key: _section(cls, raw, key, file) for key, cls in
-                (("data", DataConfig), ("validation", ValidationConfig), ("keyterms", KeyTermsConfig),
-                 ("distil", DistilConfig), ("rft", RFTConfig), ("dpo", DPORoundsConfig))}
+    sections = {
+        key: _section(cls, raw, key, file)
+        for key, cls in (
+            ("data", DataConfig),
+            ("validation", ValidationConfig),
+            ("keyterms", KeyTermsConfig),
+            ("distil", DistilConfig),
+            ("rft", RFTConfig),
+            ("dpo", DPORoundsConfig),
+        )
+    }
     folder = file.resolve().parent
     try:
         config = TrainConfig(**raw, **sections, base_dir=Path.cwd() if folder == BUNDLED_DIR else folder)
@@ -324,10 +360,15 @@ def _whole(value: Any) -> bool:
 
 
 def _bright(bright: Any) -> bool:
-    return (isinstance(bright, dict) and not set(bright) - {"tasks", "source", "validation_size"}
-            and isinstance(bright.get("tasks"), list) and bool(bright["tasks"])
-            and all(isinstance(t, str) for t in bright["tasks"]) and isinstance(bright.get("source", "hub"), str)
-            and _whole(bright.get("validation_size", 0)))
+    return (
+        isinstance(bright, dict)
+        and not set(bright) - {"tasks", "source", "validation_size"}
+        and isinstance(bright.get("tasks"), list)
+        and bool(bright["tasks"])
+        and all(isinstance(t, str) for t in bright["tasks"])
+        and isinstance(bright.get("source", "hub"), str)
+        and _whole(bright.get("validation_size", 0))
+    )
 
 
 def _is_mode(name: Any) -> bool:
@@ -340,14 +381,21 @@ def _is_mode(name: Any) -> bool:
 
 def _judges_hardness(config: TrainConfig) -> bool:
     return ("grpo" in config.stages and config.grpo_questions == "hard") or any(
-        name in config.stages and getattr(config, name).questions_from == "hard" for name in ("rft", "dpo"))
+        name in config.stages and getattr(config, name).questions_from == "hard" for name in ("rft", "dpo")
+    )
 
 
 def _rounds_rules(name: str) -> tuple[Rule, ...]:
-    return ((lambda c: min(getattr(c, name).rounds, getattr(c, name).samples, getattr(c, name).questions) >= 1,
-             f"{name} rounds, samples and questions must be >= 1"),
-            (lambda c: getattr(c, name).questions_from in ("hard", "all"),
-             f"{name}.questions_from must be hard or all (got {{c.{name}.questions_from!r}})"))
+    return (
+        (
+            lambda c: min(getattr(c, name).rounds, getattr(c, name).samples, getattr(c, name).questions) >= 1,
+            f"{name} rounds, samples and questions must be >= 1",
+        ),
+        (
+            lambda c: getattr(c, name).questions_from in ("hard", "all"),
+            f"{name}.questions_from must be hard or all (got {{c.{name}.questions_from!r}})",
+        ),
+    )
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -355,49 +403,80 @@ Rule = tuple[Callable[[TrainConfig], bool], str]
 #: every setting's rule: what must hold, and the error otherwise (formatted with the config as ``c``); checked in
 #: order, so a rule may rely on those before it
 RULES: tuple[Rule, ...] = (
-    (lambda c: bool(c.data.qa_jsonl or c.data.mapping or c.data.preferences),
-     "data needs qa_jsonl, mapping or preferences"),
-    (lambda c: c.data.bright is None or _bright(c.data.bright),
-     "data.bright takes tasks (a list of BRIGHT StackExchange tasks), source (a folder or 'hub') and validation_size "
-     "(a whole number); got {c.data.bright!r}"),
-    (lambda c: c.data.bright is None or not set(c.data.bright["tasks"]) & set(EVALUATION_ONLY_TASKS),
-     f"data.bright: {', '.join(EVALUATION_ONLY_TASKS)} are evaluation-only BRIGHT tasks: they may not train, "
-     "validate or choose anything (got tasks {c.data.bright[tasks]!r})"),
-    (lambda c: isinstance(c.validation.sampling_seeds, list) and all(map(_whole, c.validation.sampling_seeds)),
-     "validation.sampling_seeds must be a list of integers (got {c.validation.sampling_seeds!r})"),
-    (lambda c: c.validation.pool in POOLS,
-     "validation.pool must be question, corpus or source (got {c.validation.pool!r})"),
+    (lambda c: bool(c.data.qa_jsonl or c.data.mapping or c.data.preferences), "data needs qa_jsonl, mapping or preferences"),
+    (
+        lambda c: c.data.bright is None or _bright(c.data.bright),
+        "data.bright takes tasks (a list of BRIGHT StackExchange tasks), source (a folder or 'hub') and validation_size "
+        "(a whole number); got {c.data.bright!r}",
+    ),
+    (
+        lambda c: c.data.bright is None or not set(c.data.bright["tasks"]) & set(EVALUATION_ONLY_TASKS),
+        f"data.bright: {', '.join(EVALUATION_ONLY_TASKS)} are evaluation-only BRIGHT tasks: they may not train, "
+        "validate or choose anything (got tasks {c.data.bright[tasks]!r})",
+    ),
+    (
+        lambda c: isinstance(c.validation.sampling_seeds, list) and all(map(_whole, c.validation.sampling_seeds)),
+        "validation.sampling_seeds must be a list of integers (got {c.validation.sampling_seeds!r})",
+    ),
+    (lambda c: c.validation.pool in POOLS, "validation.pool must be question, corpus or source (got {c.validation.pool!r})"),
     (lambda c: all(isinstance(r, dict) and "name" in r for r in c.rewards), "each reward needs a name (got {c.rewards!r})"),
-    (lambda c: isinstance(c.stages, list) and bool(c.stages) and all(s in STAGES for s in c.stages),
-     f"stages must be a list of {', '.join(STAGES)} (got {{c.stages!r}})"),
+    (
+        lambda c: isinstance(c.stages, list) and bool(c.stages) and all(s in STAGES for s in c.stages),
+        f"stages must be a list of {', '.join(STAGES)} (got {{c.stages!r}})",
+    ),
     (lambda c: len(set(c.stages)) == len(c.stages), "each stage may appear once in stages (got {c.stages!r})"),
-    (lambda c: c.weights_dtype in DTYPES,
-     "weights_dtype must be float32 (default; bf16: true trains in autocast), bfloat16 or float16 (pure "
-     "low-precision weights), got {c.weights_dtype!r}"),
-    (lambda c: c.generation_dtype in ("auto", *DTYPES),
-     "generation_dtype must be auto (what inference uses on this device), float32, bfloat16 or float16, got "
-     "{c.generation_dtype!r}"),
+    (
+        lambda c: c.weights_dtype in DTYPES,
+        "weights_dtype must be float32 (default; bf16: true trains in autocast), bfloat16 or float16 (pure "
+        "low-precision weights), got {c.weights_dtype!r}",
+    ),
+    (
+        lambda c: c.generation_dtype in ("auto", *DTYPES),
+        "generation_dtype must be auto (what inference uses on this device), float32, bfloat16 or float16, got "
+        "{c.generation_dtype!r}",
+    ),
     (lambda c: min(c.keyterms.terms, c.keyterms.max_new_tokens) >= 1, "keyterms terms and max_new_tokens must be >= 1"),
-    (lambda c: "distil" not in c.stages or (bool(c.distil.teachers) and all(isinstance(t, str) for t in c.distil.teachers)),
-     "distil.teachers must list teacher files (question -> reasoning JSON)"),
-    (lambda c: "distil" not in c.stages or (c.distil.target in ("text", "terms") and c.distil.filter in ("gain", "none")),
-     "distil.target must be text or terms and distil.filter gain or none (got {c.distil.target!r}, {c.distil.filter!r})"),
-    (lambda c: "distil" not in c.stages or (min(c.distil.question_terms, c.distil.teacher_terms) >= 0
-                                          and min(c.distil.max_words, c.distil.max_new_tokens) >= 1),
-     "distil question_terms/teacher_terms must be >= 0, max_words and max_new_tokens >= 1"),
-    (lambda c: c.prompt is None or (isinstance(c.prompt, dict) and "{question}" in str(c.prompt.get("user"))),
-     "prompt needs a user text containing {{question}} (got {c.prompt!r})"),
-    (lambda c: c.prompt is None or (not set(c.prompt) - {"user", "system", "keywords"}
-                                    and isinstance(c.prompt.get("keywords", False), bool)),
-     "prompt takes user, system and keywords (true/false); got {c.prompt!r}"),
+    (
+        lambda c: "distil" not in c.stages or (bool(c.distil.teachers) and all(isinstance(t, str) for t in c.distil.teachers)),
+        "distil.teachers must list teacher files (question -> reasoning JSON)",
+    ),
+    (
+        lambda c: "distil" not in c.stages or (c.distil.target in ("text", "terms") and c.distil.filter in ("gain", "none")),
+        "distil.target must be text or terms and distil.filter gain or none (got {c.distil.target!r}, {c.distil.filter!r})",
+    ),
+    (
+        lambda c: (
+            "distil" not in c.stages
+            or (
+                min(c.distil.question_terms, c.distil.teacher_terms) >= 0
+                and min(c.distil.max_words, c.distil.max_new_tokens) >= 1
+            )
+        ),
+        "distil question_terms/teacher_terms must be >= 0, max_words and max_new_tokens >= 1",
+    ),
+    (
+        lambda c: c.prompt is None or (isinstance(c.prompt, dict) and "{question}" in str(c.prompt.get("user"))),
+        "prompt needs a user text containing {{question}} (got {c.prompt!r})",
+    ),
+    (
+        lambda c: (
+            c.prompt is None
+            or (not set(c.prompt) - {"user", "system", "keywords"} and isinstance(c.prompt.get("keywords", False), bool))
+        ),
+        "prompt takes user, system and keywords (true/false); got {c.prompt!r}",
+    ),
     *_rounds_rules("rft"),
     *_rounds_rules("dpo"),
     (lambda c: c.grpo_questions in ("hard", "all"), "grpo_questions must be hard or all (got {c.grpo_questions!r})"),
     (lambda c: "dpo" not in c.stages or c.dpo.samples >= 2, "dpo.samples must be >= 2 (a pair needs two completions)"),
-    (lambda c: not _judges_hardness(c) or any(r["name"] == "bm25_rank" for r in c.rewards),
-     "hard questions (grpo_questions or rft/dpo questions_from: hard) are judged by the bm25_rank reward's pool and "
-     "metric: add one to rewards, or take all questions"),
-    (lambda c: all(map(_is_mode, [c.mode, *c.validation.modes, *([c.distil.mode] if c.distil.mode else [])])),
-     f"mode, validation.modes and distil.mode must be rewrite modes ({', '.join(mode_names())}); got "
-     "{c.mode!r}, {c.validation.modes!r}, {c.distil.mode!r}"),
+    (
+        lambda c: not _judges_hardness(c) or any(r["name"] == "bm25_rank" for r in c.rewards),
+        "hard questions (grpo_questions or rft/dpo questions_from: hard) are judged by the bm25_rank reward's pool and "
+        "metric: add one to rewards, or take all questions",
+    ),
+    (
+        lambda c: all(map(_is_mode, [c.mode, *c.validation.modes, *([c.distil.mode] if c.distil.mode else [])])),
+        f"mode, validation.modes and distil.mode must be rewrite modes ({', '.join(mode_names())}); got "
+        "{c.mode!r}, {c.validation.modes!r}, {c.distil.mode!r}",
+    ),
 )

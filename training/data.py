@@ -64,16 +64,23 @@ def from_mapping(source: str | os.PathLike[str] | dict[str, Any]) -> list[Traini
     return check_examples(examples, where)
 
 
-def from_qa_jsonl(paths: Iterable[str | os.PathLike[str]], *, question_fields: Sequence[str] = QUESTION_FIELDS,
-                  answer_field: str = ANSWER_FIELD, limit_per_file: int | None = None) -> list[TrainingExample]:
+def from_qa_jsonl(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    question_fields: Sequence[str] = QUESTION_FIELDS,
+    answer_field: str = ANSWER_FIELD,
+    limit_per_file: int | None = None,
+) -> list[TrainingExample]:
     """Examples from Q/A JSONL files (:func:`tongsearch_qr.data.read_qa_pairs`): question = the
     ``question_fields`` joined by a blank line, positive = ``answer_field``. The file's parent directory name
     is kept as ``source`` (the StackExchange site)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     examples: list[TrainingExample] = []
     for path in paths:
-        rows = [TrainingExample(p.question, [p.answer], source=path.parent.name)
-                for p in read_qa_pairs(path, question_fields=question_fields, answer_field=answer_field)]
+        rows = [
+            TrainingExample(p.question, [p.answer], source=path.parent.name)
+            for p in read_qa_pairs(path, question_fields=question_fields, answer_field=answer_field)
+        ]
         examples += rows[:limit_per_file] if limit_per_file else rows
     return check_examples(examples, ", ".join(map(str, paths)) or "Q/A files")
 
@@ -84,8 +91,9 @@ def from_bright(tasks: Sequence[str], source: str | os.PathLike[str] | None = No
     The task name is kept as ``source``."""
     if isinstance(tasks, str) or not tasks:
         raise InputFormatError(f"BRIGHT training data needs a list of tasks, got {tasks!r}")
-    examples = [TrainingExample(query, [answer], source=task)
-                for task in tasks for query, answer in bright_answers(task, source=source)]
+    examples = [
+        TrainingExample(query, [answer], source=task) for task in tasks for query, answer in bright_answers(task, source=source)
+    ]
     return check_examples(examples, f"BRIGHT {', '.join(tasks)}")
 
 
@@ -96,16 +104,19 @@ def site_of(domain_url: str) -> str:
     return host.removesuffix(".stackexchange.com").removesuffix(".com")
 
 
-def from_stack_exchange_preferences(per_domain: int = 100, *, seed: int = 0, domains: Sequence[str] | None = None,
-                                    min_score: int = 1) -> list[TrainingExample]:
+def from_stack_exchange_preferences(
+    per_domain: int = 100, *, seed: int = 0, domains: Sequence[str] | None = None, min_score: int = 1
+) -> list[TrainingExample]:
     """The paper's sampler over ``HuggingFaceH4/stack-exchange-preferences`` (needs the hub): per site at most
     ``per_domain`` questions, seeded; the positive is the best-scored answer with score >= ``min_score``."""
     from tongsearch_qr.hub import hub_offline, hub_unreachable
 
     problem = "HF_HUB_OFFLINE is set" if hub_offline() else hub_unreachable()
     if problem:
-        raise DataNotAvailableError(f"{PREFERENCES_DATASET} needs the Hugging Face hub ({problem}); use local Q/A "
-                                    "JSONL (from_qa_jsonl) or a question->answer JSON mapping instead")
+        raise DataNotAvailableError(
+            f"{PREFERENCES_DATASET} needs the Hugging Face hub ({problem}); use local Q/A "
+            "JSONL (from_qa_jsonl) or a question->answer JSON mapping instead"
+        )
     from datasets import load_dataset
 
     by_site: dict[str, list[TrainingExample]] = {}
@@ -139,8 +150,9 @@ def mine_negatives(examples: list[TrainingExample], n: int = 30, *, corpus: Sequ
         ex.negatives = [docs[int(doc_id)] for doc_id, _ in ranked if docs[int(doc_id)] not in own][:n]
 
 
-def split(examples: list[TrainingExample], validation_fraction: float = 0.1, *,
-          validation_size: int | None = None) -> tuple[list[TrainingExample], list[TrainingExample]]:
+def split(
+    examples: list[TrainingExample], validation_fraction: float = 0.1, *, validation_size: int | None = None
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
     """Deterministic train/validation split by a hash of each question (stable across runs and machines)."""
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -166,8 +178,9 @@ def source_pools(examples: Iterable[TrainingExample]) -> dict[str, list[str]]:
     return {source: list(docs) for source, docs in pools.items()}
 
 
-def prompt_dataset(examples: Sequence[TrainingExample], template: PromptTemplate, tokenizer: Any,
-                   max_question_tokens: int = 384) -> Any:
+def prompt_dataset(
+    examples: Sequence[TrainingExample], template: PromptTemplate, tokenizer: Any, max_question_tokens: int = 384
+) -> Any:
     """A ``datasets.Dataset`` in TRL's conversational format: ``prompt`` (chat messages with the question cut
     to ``max_question_tokens``), and ``question``, ``positives``, ``negatives``, ``source`` for the rewards."""
     from datasets import Dataset
@@ -179,8 +192,12 @@ def prompt_dataset(examples: Sequence[TrainingExample], template: PromptTemplate
 
 def reward_columns(examples: Sequence[TrainingExample]) -> dict[str, list[Any]]:
     """The columns a reward reads, one row per example: ``question``, ``positives``, ``negatives``, ``source``."""
-    return {"question": [ex.question for ex in examples], "positives": [list(ex.positives) for ex in examples],
-            "negatives": [list(ex.negatives) for ex in examples], "source": [ex.source for ex in examples]}
+    return {
+        "question": [ex.question for ex in examples],
+        "positives": [list(ex.positives) for ex in examples],
+        "negatives": [list(ex.negatives) for ex in examples],
+        "source": [ex.source for ex in examples],
+    }
 
 
 def write_beir(examples: Sequence[TrainingExample], directory: str | os.PathLike[str], split_name: str = "test") -> Path:

@@ -16,8 +16,18 @@ from .trl_configs import trl_classes, trl_config
 log = logging.getLogger(__name__)
 
 
-def fine_tune(model: Any, tokenizer: Any, rows: list[dict[str, Any]], objective: str, options: dict[str, Any],
-              folder: Path, peft_config: Any, *, where: str, callbacks: list[Any] | None = None) -> tuple[Any, dict[str, float]]:
+def fine_tune(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    objective: str,
+    options: dict[str, Any],
+    folder: Path,
+    peft_config: Any,
+    *,
+    where: str,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, float]]:
     """Fine-tune ``model`` on conversational ``rows`` with TRL's trainer of ``objective`` in ``folder`` (a LoRA
     adapter through peft with ``peft_config``, unless the model already carries one), resuming from the
     newest checkpoint there (see :func:`~.checkpoints.train_from`); the result is saved to ``folder/model``.
@@ -34,9 +44,15 @@ def fine_tune(model: Any, tokenizer: Any, rows: list[dict[str, Any]], objective:
     if objective == "dpo" and peft_config is None and not hasattr(model, "peft_config"):
         extra["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
     callbacks = list(callbacks or [])
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                            peft_config=None if hasattr(model, "peft_config") else peft_config,
-                            callbacks=callbacks, **extra)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=None if hasattr(model, "peft_config") else peft_config,
+        callbacks=callbacks,
+        **extra,
+    )
     started = time.perf_counter()
     resume = last_checkpoint(folder)
     if resume:

@@ -41,8 +41,9 @@ def generation_backend(model: Any, tokenizer: Any, dtype: str, batch_size: int, 
     padding_side, was_training = tokenizer.padding_side, model.training
     try:
         with generation_model(model, dtype) as generator:
-            yield TransformersBackend.from_loaded(generator, tokenizer, name, batch_size=batch_size,
-                                                  max_batch_tokens=batch_tokens(generator))
+            yield TransformersBackend.from_loaded(
+                generator, tokenizer, name, batch_size=batch_size, max_batch_tokens=batch_tokens(generator)
+            )
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)

@@ -34,13 +34,17 @@ def run_grpo(model: Any, run: StageRun) -> tuple[Any, int]:
         # TRL loads the reference (full fine-tuning) from the policy's name_or_path: the model this stage starts
         # from, not the run's original model (with LoRA it keeps a frozen copy of the adapter instead)
         model.config._name_or_path = str(run.start)
-    callbacks = [validation_callback(run.name, run.log, run.validator, run.config.validation.every_steps),
-                 *run.callbacks]
+    callbacks = [validation_callback(run.name, run.log, run.validator, run.config.validation.every_steps), *run.callbacks]
     questions = hard_questions(run) if run.config.grpo_questions == "hard" else run.data.train
-    trainer = GRPOTrainer(model=model, reward_funcs=run.data.rewards, args=args,
-                          train_dataset=run.data.prompt_dataset(questions, run.tokenizer),
-                          processing_class=run.tokenizer, callbacks=callbacks,
-                          peft_config=None if hasattr(model, "peft_config") else run.config.lora_config())
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=run.data.rewards,
+        args=args,
+        train_dataset=run.data.prompt_dataset(questions, run.tokenizer),
+        processing_class=run.tokenizer,
+        callbacks=callbacks,
+        peft_config=None if hasattr(model, "peft_config") else run.config.lora_config(),
+    )
     generate_rollouts_in(trainer, run.config.generation_dtype)
     checkpoint = run.checkpoint or last_checkpoint(run.folder)
     if checkpoint:

@@ -62,8 +62,9 @@ def words_of(text: str, terms: KeyTerms) -> list[tuple[str, str]]:
     return [(word, term) for word, found in zip(words, terms.analyze(words)) for term in found]
 
 
-def key_term_rows(examples: Sequence[data_mod.TrainingExample], questions: Sequence[str], template, corpus: Sequence[str],
-                  limit: int) -> list[dict]:
+def key_term_rows(
+    examples: Sequence[data_mod.TrainingExample], questions: Sequence[str], template, corpus: Sequence[str], limit: int
+) -> list[dict]:
     """SFT rows (conversational prompt/completion): each question as the model sees it (``questions``, cut to
     the configured length) and its key terms; questions without any are left out."""
     terms = KeyTerms(corpus)
@@ -71,6 +72,5 @@ def key_term_rows(examples: Sequence[data_mod.TrainingExample], questions: Seque
     for ex, question in zip(examples, questions):
         target = terms.of(question, ex.positives, limit)
         if target:
-            rows.append({"prompt": template.messages(question),
-                         "completion": [{"role": "assistant", "content": target}]})
+            rows.append({"prompt": template.messages(question), "completion": [{"role": "assistant", "content": target}]})
     return rows

@@ -16,8 +16,12 @@ def weights_dtype(name: str) -> Any:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     if dtype != torch.float32:
-        log.warning("weights_dtype %s: the optimizer updates %s weights directly, so small steps round away "
-                    "(a 1e-6 step leaves most weights of magnitude 0.02 unchanged)", name, dtype)
+        log.warning(
+            "weights_dtype %s: the optimizer updates %s weights directly, so small steps round away "
+            "(a 1e-6 step leaves most weights of magnitude 0.02 unchanged)",
+            name,
+            dtype,
+        )
     return dtype
 
 
@@ -33,6 +37,8 @@ def machine_precision(options: dict[str, Any]) -> dict[str, Any]:
     on_cpu = options.get("use_cpu") or not torch.cuda.is_available()
     if not options.get("bf16") or not on_cpu or native_bf16():
         return options
-    log.warning("bf16: true asked, but this CPU computes bfloat16 only by emulation (no avx512_bf16/AMX): training "
-                "in float32 instead (faster here; a CPU with native bf16 trains in bfloat16 autocast)")
+    log.warning(
+        "bf16: true asked, but this CPU computes bfloat16 only by emulation (no avx512_bf16/AMX): training "
+        "in float32 instead (faster here; a CPU with native bf16 trains in bfloat16 autocast)"
+    )
     return {**options, "bf16": False}

@@ -34,8 +34,7 @@ class Prepared:
     def short(self, question: str, tokenizer: Any) -> str:
         """``question`` as the model sees it: cut to ``data.max_question_tokens`` tokens."""
         if question not in self._short:
-            self._short[question] = data_mod.truncate_question(question, tokenizer,
-                                                               self.config.data.max_question_tokens)
+            self._short[question] = data_mod.truncate_question(question, tokenizer, self.config.data.max_question_tokens)
         return self._short[question]
 
     def prompt_dataset(self, examples: list[data_mod.TrainingExample], tokenizer: Any) -> Any:
@@ -44,8 +43,13 @@ class Prepared:
 
     def ranker(self, mode: str, metric: str = "ndcg", pool: str | None = None) -> BM25Rank:
         """A BM25 scorer (no gain) in ``mode`` over ``pool`` (default ``validation.pool``)."""
-        return BM25Rank(mode=mode, metric=metric, gain=False, think=self.config.think,
-                        corpus=self.pool_corpus(pool or self.config.validation.pool, validation=True))
+        return BM25Rank(
+            mode=mode,
+            metric=metric,
+            gain=False,
+            think=self.config.think,
+            corpus=self.pool_corpus(pool or self.config.validation.pool, validation=True),
+        )
 
     def pool_corpus(self, pool: str, *, validation: bool = False) -> Any:
         """What :class:`BM25Rank` ranks in for ``pool``: ``None`` (each question's own pool), one corpus, or
@@ -99,8 +103,9 @@ def prepare(config: TrainConfig, tokenizer: Any | None = None) -> Prepared:
             validation_corpus = corpus
     if config.data.limit:
         train = train[: config.data.limit]
-    prepared = Prepared(config, config.template(), train, validation, corpus, validation_corpus,
-                        data_mod.source_pools([*examples, *bright]))
+    prepared = Prepared(
+        config, config.template(), train, validation, corpus, validation_corpus, data_mod.source_pools([*examples, *bright])
+    )
     prepared.rewards, prepared.weights = build_rewards(config, prepared)
     if tokenizer is not None:
         for ex in [*train, *validation]:

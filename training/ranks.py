@@ -34,9 +34,11 @@ def check_launch() -> None:
     if size > 1 and is_main():
         log.info("training in %d processes", size)
     if os.environ.get("MASTER_ADDR") and not launched and size == 1:
-        log.warning("a distributed launch was asked for, but this is the only process (accelerate launch --cpu "
-                    "--num_processes N starts one process unless given --mpirun_hostfile); for N CPU processes "
-                    "use: torchrun --nproc_per_node N -m tongsearch_qr.cli train ...")
+        log.warning(
+            "a distributed launch was asked for, but this is the only process (accelerate launch --cpu "
+            "--num_processes N starts one process unless given --mpirun_hostfile); for N CPU processes "
+            "use: torchrun --nproc_per_node N -m tongsearch_qr.cli train ..."
+        )
 
 
 def is_main() -> bool:

@@ -53,8 +53,17 @@ class EmbeddingAdvantage:
 
     __name__ = "embedding_advantage"
 
-    def __init__(self, model: Any = None, *, scale: float = 10.0, think: bool = False, keywords: bool = False,
-                 invalid: float = -1.0, batch_size: int = 64, max_length: int | None = None):
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        scale: float = 10.0,
+        think: bool = False,
+        keywords: bool = False,
+        invalid: float = -1.0,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ):
         self.model_spec, self.scale, self.think, self.keywords, self.invalid = model, scale, think, keywords, invalid
         self.batch_size, self.max_length = batch_size, max_length
         self._model: Any = None
@@ -66,21 +75,24 @@ class EmbeddingAdvantage:
             from tongsearch_qr.retrieval.dense import DenseRetriever
 
             spec = self.model_spec
-            self._model = (DenseRetriever(spec, max_length=self.max_length).model if spec is None or isinstance(spec, str)
-                           else spec)
+            self._model = (
+                DenseRetriever(spec, max_length=self.max_length).model if spec is None or isinstance(spec, str) else spec
+            )
         return self._model
 
     def _encode(self, texts: list[str], remember: bool) -> dict[str, np.ndarray]:
         todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        vectors = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True) if todo else []
+        vectors = (
+            self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True) if todo else []
+        )
         fresh = dict(zip(todo, vectors))
         if remember:
             self._memo.update(fresh)
         return {t: fresh[t] if t in fresh else self._memo[t] for t in texts}
 
-    def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],
-                 **_: Any) -> list[float]:
+    def __call__(
+        self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]], **_: Any
+    ) -> list[float]:
         reasoning = [reasoning_of(c, self.think, self.keywords) for c in completions]
         fixed = self._encode([*question, *(d for docs in positives for d in docs)], remember=True)
         made = self._encode([r for r in reasoning if r], remember=False)
@@ -128,9 +140,18 @@ class BM25Rank:
 
     __name__ = "bm25_rank"
 
-    def __init__(self, *, mode: str = "concat", metric: str = "rr", gain: bool = True, think: bool = False,
-                 keywords: bool = False, invalid: float = -1.0,
-                 corpus: Sequence[str] | Mapping[str, Sequence[str]] | None = None, depth: int = 100):
+    def __init__(
+        self,
+        *,
+        mode: str = "concat",
+        metric: str = "rr",
+        gain: bool = True,
+        think: bool = False,
+        keywords: bool = False,
+        invalid: float = -1.0,
+        corpus: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        depth: int = 100,
+    ):
         if metric not in ("rr", "ndcg"):
             raise ValueError(f"metric must be 'rr' or 'ndcg', got {metric!r}")
         self.mode, self.metric, self.gain, self.invalid = get_mode(mode), metric, gain, invalid
@@ -156,8 +177,9 @@ class BM25Rank:
             self._indexes[key] = BM25Retriever(show_progress=False).index((str(i), d) for i, d in enumerate(docs))
         return self._indexes[key]
 
-    def score(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str],
-              source: str | None = None) -> list[float]:
+    def score(
+        self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str], source: str | None = None
+    ) -> list[float]:
         """The metric of each query over ``question``'s pool (or the corpus, or ``source``'s corpus)."""
         wanted = set(positives)
         metric = reciprocal_rank if self.metric == "rr" else (lambda ranked: ndcg_at(ranked, relevant=len(wanted)))
@@ -172,11 +194,14 @@ class BM25Rank:
             return [metric([docs[int(doc_id)] in wanted for doc_id, _ in ranked]) for ranked in hits]
         docs = list(dict.fromkeys([*positives, *negatives]))
         retriever = self._index(("question", question), docs)
-        return [metric([docs[int(doc_id)] in wanted for doc_id, _ in ranked])
-                for ranked in retriever.search(list(queries), k=len(docs))]
+        return [
+            metric([docs[int(doc_id)] in wanted for doc_id, _ in ranked])
+            for ranked in retriever.search(list(queries), k=len(docs))
+        ]
 
-    def margins(self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str],
-                source: str | None = None) -> list[float]:
+    def margins(
+        self, queries: Sequence[str], question: str, positives: Sequence[str], negatives: Sequence[str], source: str | None = None
+    ) -> list[float]:
         """For each query, the best positive's BM25 score minus the best other document's (> 0: a positive
         ranks first; the larger, the more clearly), over the same pool as :meth:`score`."""
         wanted = set(positives)
@@ -195,9 +220,15 @@ class BM25Rank:
             found.append(best[True] - best[False])
         return found
 
-    def __call__(self, completions: Sequence[Any], question: Sequence[str], positives: Sequence[Sequence[str]],
-                 negatives: Sequence[Sequence[str]] | None = None, source: Sequence[str] | None = None,
-                 **_: Any) -> list[float]:
+    def __call__(
+        self,
+        completions: Sequence[Any],
+        question: Sequence[str],
+        positives: Sequence[Sequence[str]],
+        negatives: Sequence[Sequence[str]] | None = None,
+        source: Sequence[str] | None = None,
+        **_: Any,
+    ) -> list[float]:
         negatives = negatives if negatives is not None else [[] for _ in question]
         if self.by_source and source is None:
             raise ValueError("bm25_rank with per-source corpora (pool: source) needs the dataset's source column")
@@ -212,8 +243,11 @@ class BM25Rank:
             queries = [self.mode.apply(q, reasoning[i]) for i in valid]
             if self.gain:
                 queries.append(q)
-            scores = (self.score(queries, q, positives[first], negatives[first],
-                                 source[first] if source is not None else None) if queries else [])
+            scores = (
+                self.score(queries, q, positives[first], negatives[first], source[first] if source is not None else None)
+                if queries
+                else []
+            )
             base = scores.pop() if self.gain else 0.0
             for i, s in zip(valid, scores):
                 rewards[i] = s - base
@@ -247,8 +281,12 @@ class ThinkFormat:
         return [1.0 if (parse_think_answer(completion_text(c)) or "").strip() else 0.0 for c in completions]
 
 
-REWARDS: dict[str, type] = {"embedding_advantage": EmbeddingAdvantage, "bm25_rank": BM25Rank,
-                            "length_penalty": LengthPenalty, "think_format": ThinkFormat}
+REWARDS: dict[str, type] = {
+    "embedding_advantage": EmbeddingAdvantage,
+    "bm25_rank": BM25Rank,
+    "length_penalty": LengthPenalty,
+    "think_format": ThinkFormat,
+}
 
 
 def make_reward(name: str, **options: Any) -> Reward:
@@ -270,8 +308,10 @@ def checked(reward: Reward) -> Reward:
             raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
         bad = [i for i, v in enumerate(values) if v is not None and not math.isfinite(v)]
         if bad:
-            raise ValueError(f"reward {name!r} returned a non-finite value ({values[bad[0]]}) for completion #{bad[0]} "
-                             f"(question {str(columns.get('question', ['?'] * (bad[0] + 1))[bad[0]])[:80]!r})")
+            raise ValueError(
+                f"reward {name!r} returned a non-finite value ({values[bad[0]]}) for completion #{bad[0]} "
+                f"(question {str(columns.get('question', ['?'] * (bad[0] + 1))[bad[0]])[:80]!r})"
+            )
         return values
 
     run.__name__ = name
@@ -279,5 +319,15 @@ def checked(reward: Reward) -> Reward:
     return run
 
 
-__all__ = ["REWARDS", "BM25Rank", "EmbeddingAdvantage", "LengthPenalty", "ThinkFormat", "checked", "reasoning_of",
-           "make_reward", "ndcg_at", "reciprocal_rank"]
+__all__ = [
+    "REWARDS",
+    "BM25Rank",
+    "EmbeddingAdvantage",
+    "LengthPenalty",
+    "ThinkFormat",
+    "checked",
+    "reasoning_of",
+    "make_reward",
+    "ndcg_at",
+    "reciprocal_rank",
+]

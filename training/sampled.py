@@ -40,8 +40,9 @@ from .stage import StageRun
 log = logging.getLogger(__name__)
 
 
-def weighted_rewards(rewards: Sequence[Any], weights: Sequence[float], completions: list[Any],
-                     columns: dict[str, list[Any]]) -> list[float]:
+def weighted_rewards(
+    rewards: Sequence[Any], weights: Sequence[float], completions: list[Any], columns: dict[str, list[Any]]
+) -> list[float]:
     """The weighted sum of every reward for each completion (as TRL combines them with ``reward_weights``)."""
     totals = [0.0] * len(completions)
     for reward, weight in zip(rewards, weights):
@@ -55,18 +56,19 @@ def hard_questions(run: StageRun) -> list[TrainingExample]:
     question alone does not already reach the best score (1) of its metric (reciprocal rank, or nDCG@10 over every
     positive) in the pool that reward ranks in (the question's own, every training answer, or its source's). The
     others leave nothing to gain."""
-    ranker = next((reward.inner for reward in run.data.rewards if isinstance(getattr(reward, "inner", None), BM25Rank)),
-                  None)
+    ranker = next((reward.inner for reward in run.data.rewards if isinstance(getattr(reward, "inner", None), BM25Rank)), None)
     if ranker is None:
         raise InputFormatError("hard questions are judged by the bm25_rank reward, and the config has none")
-    hard = [ex for ex in run.data.train
-            if ranker.score([ex.question], ex.question, ex.positives, ex.negatives, ex.source)[0] < 1.0]
+    hard = [
+        ex for ex in run.data.train if ranker.score([ex.question], ex.question, ex.positives, ex.negatives, ex.source)[0] < 1.0
+    ]
     log.info("%s: %d of %d training questions are hard", run.name, len(hard), len(run.data.train))
     return hard
 
 
-def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample], settings: SampledRoundsConfig,
-                  seed: int) -> tuple[list[list[tuple[float, str]]], float]:
+def sample_scored(
+    model: Any, run: StageRun, examples: Sequence[TrainingExample], settings: SampledRoundsConfig, seed: int
+) -> tuple[list[list[tuple[float, str]]], float]:
     """Per example, ``(reward, completion)`` of each non-empty sample, and the seconds it took. Every process
     samples its share of the examples; all get every result."""
     prepared = run.data
@@ -78,13 +80,13 @@ def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample]
         short = [run.short(ex.question) for ex in shard]
         columns = reward_columns(shard)
         scored: list[list[tuple[float, str]]] = [[] for _ in shard]
-        with generation_backend(model, run.tokenizer, run.config.generation_dtype, settings.batch_size,
-                                "sampling") as backend:
+        with generation_backend(model, run.tokenizer, run.config.generation_dtype, settings.batch_size, "sampling") as backend:
             for j in range(settings.samples):
                 params = GenerationParams(max_new_tokens=settings.max_new_tokens, seed=seed * 1000 + j)
                 texts = backend.generate(short, prepared.template, params)
-                values = weighted_rewards(prepared.rewards, prepared.weights,
-                                          [[{"role": "assistant", "content": t}] for t in texts], columns)
+                values = weighted_rewards(
+                    prepared.rewards, prepared.weights, [[{"role": "assistant", "content": t}] for t in texts], columns
+                )
                 for found, value, text in zip(scored, values, texts):
                     if text.strip():
                         found.append((value, text))
@@ -94,8 +96,9 @@ def sample_scored(model: Any, run: StageRun, examples: Sequence[TrainingExample]
     return scored, time.perf_counter() - started
 
 
-def rows_of(kind: str, run: StageRun, examples: Sequence[TrainingExample], scored: list[list[tuple[float, str]]],
-            margin: float) -> list[dict[str, Any]]:
+def rows_of(
+    kind: str, run: StageRun, examples: Sequence[TrainingExample], scored: list[list[tuple[float, str]]], margin: float
+) -> list[dict[str, Any]]:
     """The round's training rows (conversational) for ``kind`` (``rft``: best completion; ``dpo``: best and
     worst)."""
     template = run.data.template
@@ -113,8 +116,7 @@ def rows_of(kind: str, run: StageRun, examples: Sequence[TrainingExample], score
     return rows
 
 
-def _rounds(kind: str, objective: str,
-            options_of: Callable[[Any], dict[str, Any]]) -> Callable[[Any, StageRun], tuple[Any, int]]:
+def _rounds(kind: str, objective: str, options_of: Callable[[Any], dict[str, Any]]) -> Callable[[Any, StageRun], tuple[Any, int]]:
     def run_rounds(model: Any, run: StageRun) -> tuple[Any, int]:
         settings = getattr(run.config, kind)
         options = options_of(settings)
@@ -133,8 +135,9 @@ def _rounds(kind: str, objective: str,
             rows, stats = _round_rows(kind, model, run, chosen, settings, seed + round_no, folder)
             log.info("%s round %d: kept %d of %d questions", run.name, round_no, len(rows), len(chosen))
             if rows:
-                model, trained = fine_tune(model, run.tokenizer, rows, objective, options, folder,
-                                           run.config.lora_config(), where=f"{kind}.{objective}")
+                model, trained = fine_tune(
+                    model, run.tokenizer, rows, objective, options, folder, run.config.lora_config(), where=f"{kind}.{objective}"
+                )
                 stats.update({f"{kind}/{k}": v for k, v in trained.items()})
             else:
                 save_model(model, run.tokenizer, folder / MODEL_DIR)
@@ -154,8 +157,9 @@ def _round_done(folder: Path, round_no: int) -> bool:
     return (folder / f"round-{round_no}" / "done.json").is_file()
 
 
-def _round_rows(kind: str, model: Any, run: StageRun, chosen: list[TrainingExample], settings: SampledRoundsConfig,
-                seed: int, folder: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _round_rows(
+    kind: str, model: Any, run: StageRun, chosen: list[TrainingExample], settings: SampledRoundsConfig, seed: int, folder: Path
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The round's rows: read back when an earlier run sampled them, else sampled, scored and saved."""
     saved = folder / "rows.jsonl"
     if saved.is_file():
@@ -166,11 +170,14 @@ def _round_rows(kind: str, model: Any, run: StageRun, chosen: list[TrainingExamp
     scored, seconds = sample_scored(model, run, chosen, settings, seed)
     rows = rows_of(kind, run, chosen, scored, settings.margin)
     found = [f for f in scored if f]
-    stats = {f"{kind}/questions": len(chosen), f"{kind}/kept": len(rows),
-             f"{kind}/mean_best_reward": sum(max(f)[0] for f in found) / max(1, len(chosen)),
-             f"{kind}/mean_reward": sum(v for f in found for v, _ in f) / max(1, sum(map(len, found))),
-             f"{kind}/sampling_seconds": seconds,
-             f"{kind}/completions_per_second": len(chosen) * settings.samples / max(1e-9, seconds)}
+    stats = {
+        f"{kind}/questions": len(chosen),
+        f"{kind}/kept": len(rows),
+        f"{kind}/mean_best_reward": sum(max(f)[0] for f in found) / max(1, len(chosen)),
+        f"{kind}/mean_reward": sum(v for f in found for v, _ in f) / max(1, sum(map(len, found))),
+        f"{kind}/sampling_seconds": seconds,
+        f"{kind}/completions_per_second": len(chosen) * settings.samples / max(1e-9, seconds),
+    }
     if ranks.is_main():
         folder.mkdir(parents=True, exist_ok=True)
         partial = saved.with_suffix(".partial")

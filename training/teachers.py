@@ -60,8 +60,17 @@ class TargetMaker:
     """Targets of one shape (``text`` or ``terms``) for questions with known positives, scored in ``mode`` over
     each question's source pool (``pools``) or its own pool (positives + negatives) without one."""
 
-    def __init__(self, target: str, *, corpus: Sequence[str], pools: dict[str, list[str]] | None, mode: str,
-                 question_terms: int = 10, teacher_terms: int = 10, max_words: int = 64):
+    def __init__(
+        self,
+        target: str,
+        *,
+        corpus: Sequence[str],
+        pools: dict[str, list[str]] | None,
+        mode: str,
+        question_terms: int = 10,
+        teacher_terms: int = 10,
+        max_words: int = 64,
+    ):
         if target not in ("text", "terms"):
             raise ValueError(f"target must be text or terms, got {target!r}")
         self.target, self.mode = target, get_mode(mode)
@@ -71,8 +80,9 @@ class TargetMaker:
 
     def gain(self, ex: TrainingExample, question: str, target: str) -> float:
         """nDCG@10 of the positives for the question with ``target`` (in ``mode``) minus the question alone's."""
-        with_target, alone = self.ranker.score([self.mode.apply(question, target), question], ex.question,
-                                               ex.positives, ex.negatives, ex.source)
+        with_target, alone = self.ranker.score(
+            [self.mode.apply(question, target), question], ex.question, ex.positives, ex.negatives, ex.source
+        )
         return with_target - alone
 
     def of(self, ex: TrainingExample, question: str, teacher: str | None) -> str:
@@ -117,14 +127,25 @@ class TargetMaker:
         return " ".join(found[i] for i in sorted(kept))
 
 
-def distil_targets(examples: Sequence[TrainingExample], questions: Sequence[str], teachers: list[dict[str, str]],
-                   maker: TargetMaker, *, filter_gain: bool) -> tuple[list[tuple[int, str]], dict[str, float]]:
+def distil_targets(
+    examples: Sequence[TrainingExample],
+    questions: Sequence[str],
+    teachers: list[dict[str, str]],
+    maker: TargetMaker,
+    *,
+    filter_gain: bool,
+) -> tuple[list[tuple[int, str]], dict[str, float]]:
     """(example index, target) pairs: one per teacher that has the question (two teachers, two targets), kept
     where ``filter_gain`` is off or the target does not lower the positives' nDCG@10; with ``terms`` targets,
     an example no teacher target is kept for gets its key terms alone (when ``question_terms`` > 0)."""
     pairs: list[tuple[int, str]] = []
-    stats = {"distil/questions": len(examples), "distil/teacher_texts": 0, "distil/dropped_by_gain": 0,
-             "distil/key_terms_only": 0, "distil/mean_gain": 0.0}
+    stats = {
+        "distil/questions": len(examples),
+        "distil/teacher_texts": 0,
+        "distil/dropped_by_gain": 0,
+        "distil/key_terms_only": 0,
+        "distil/mean_gain": 0.0,
+    }
     gains = []
     for n, (ex, question) in enumerate(zip(examples, questions)):
         kept = 0
@@ -153,17 +174,33 @@ def distil_targets(examples: Sequence[TrainingExample], questions: Sequence[str]
     return pairs, stats
 
 
-def distil_rows(examples: Sequence[TrainingExample], questions: Sequence[str], teacher_files: Sequence[Path],
-                maker: TargetMaker, template: Any, *, filter_gain: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def distil_rows(
+    examples: Sequence[TrainingExample],
+    questions: Sequence[str],
+    teacher_files: Sequence[Path],
+    maker: TargetMaker,
+    template: Any,
+    *,
+    filter_gain: bool,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """SFT rows (conversational prompt/completion) of :func:`distil_targets`."""
     teachers = [read_teacher(path) for path in teacher_files]
     known = set().union(*teachers) if teachers else set()
     if not any(ex.question in known for ex in examples):
-        raise InputFormatError("distil: no training question has a teacher text (the teacher files map question "
-                               f"texts exactly as the data has them): {', '.join(map(str, teacher_files))}")
+        raise InputFormatError(
+            "distil: no training question has a teacher text (the teacher files map question "
+            f"texts exactly as the data has them): {', '.join(map(str, teacher_files))}"
+        )
     pairs, stats = distil_targets(examples, questions, teachers, maker, filter_gain=filter_gain)
-    rows = [{"prompt": template.messages(questions[n]), "completion": [{"role": "assistant", "content": target}]}
-            for n, target in pairs]
-    log.info("distil: %d targets for %d questions (%d teacher texts, %d dropped for lowering the rank)",
-             len(rows), len(examples), stats["distil/teacher_texts"], stats["distil/dropped_by_gain"])
+    rows = [
+        {"prompt": template.messages(questions[n]), "completion": [{"role": "assistant", "content": target}]}
+        for n, target in pairs
+    ]
+    log.info(
+        "distil: %d targets for %d questions (%d teacher texts, %d dropped for lowering the rank)",
+        len(rows),
+        len(examples),
+        stats["distil/teacher_texts"],
+        stats["distil/dropped_by_gain"],
+    )
     return rows, stats

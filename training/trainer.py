@@ -36,8 +36,7 @@ from .validation import RunLog, Validator
 
 log = logging.getLogger(__name__)
 
-RUNNERS: dict[str, Stage] = {"keyterms": run_keyterms, "distil": run_distil, "rft": run_rft, "dpo": run_dpo,
-                             "grpo": run_grpo}
+RUNNERS: dict[str, Stage] = {"keyterms": run_keyterms, "distil": run_distil, "rft": run_rft, "dpo": run_dpo, "grpo": run_grpo}
 DONE, STARTED = "done.json", "stage.json"
 
 
@@ -73,7 +72,8 @@ def plan_stages(config: TrainConfig, output_dir: Path, max_steps: int | None = N
             if recorded and recorded.get("fingerprint") != print_:
                 raise InputFormatError(
                     f"{folder} holds stage {name} of a run with other settings (of this stage or an earlier one); "
-                    f"train into another --output-dir, or delete {folder} (and the stages after it) to retrain")
+                    f"train into another --output-dir, or delete {folder} (and the stages after it) to retrain"
+                )
             finished = _read(folder / DONE)
             done = finished is not None
             if done and kind == "grpo":
@@ -100,8 +100,9 @@ def _resume_step(stage: PlannedStage) -> int:
     return checkpoint_step(checkpoint) if checkpoint else 0
 
 
-def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None,
-          callbacks: list[Any] | None = None) -> Path:
+def train(
+    config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None, callbacks: list[Any] | None = None
+) -> Path:
     """Run the config's stages; returns the folder of the final model (``<output_dir>/final``: full weights, or
     a LoRA adapter with ``lora:``; ``QRReasoner(path)`` loads either, with the prompt and rewrite mode it was
     trained for). A rerun of the same config resumes (see the module docstring).
@@ -121,8 +122,14 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
     if prepared.validation and ranks.is_main():  # `tongsearch-qr eval --dataset beir:<output_dir>/validation`
         write_beir(prepared.validation, output_dir / "validation")
     validator = Validator(prepared, tokenizer) if prepared.validation else None
-    log.info("%s: %d training questions, %d validation, rewards %s, output %s", "+".join(config.stages),
-             len(prepared.train), len(prepared.validation), [r.__name__ for r in prepared.rewards], output_dir)
+    log.info(
+        "%s: %d training questions, %d validation, rewards %s, output %s",
+        "+".join(config.stages),
+        len(prepared.train),
+        len(prepared.validation),
+        [r.__name__ for r in prepared.rewards],
+        output_dir,
+    )
 
     model, previous = None, None
     for n, stage in enumerate(stages):
@@ -132,23 +139,31 @@ def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | No
             continue
         if model is None:
             model = load_policy(config, previous.folder / MODEL_DIR if previous else None)[0]
-        later = [s.name for s in stages[n + 1:]]
+        later = [s.name for s in stages[n + 1 :]]
         if ranks.is_main():
-            for other in stages[n + 1:]:
+            for other in stages[n + 1 :]:
                 shutil.rmtree(other.folder, ignore_errors=True)  # stale work of a stage that now runs again
             (stage.folder / DONE).unlink(missing_ok=True)
             stage.folder.mkdir(parents=True, exist_ok=True)
             (stage.folder / STARTED).write_text(json.dumps({"fingerprint": stage.fingerprint}), encoding="utf-8")
             run_log.keep_until(stage.name, _resume_step(stage), later)
         ranks.barrier()
-        run = StageRun(config, prepared, tokenizer, stage.folder, run_log, validator, stage.name,
-                       start=previous.folder / MODEL_DIR if previous else None,
-                       checkpoint=checkpoint if stage.kind == "grpo" else None,
-                       max_steps=max_steps if stage.kind == "grpo" else None, callbacks=list(callbacks or []))
+        run = StageRun(
+            config,
+            prepared,
+            tokenizer,
+            stage.folder,
+            run_log,
+            validator,
+            stage.name,
+            start=previous.folder / MODEL_DIR if previous else None,
+            checkpoint=checkpoint if stage.kind == "grpo" else None,
+            max_steps=max_steps if stage.kind == "grpo" else None,
+            callbacks=list(callbacks or []),
+        )
         model, steps = RUNNERS[stage.kind](model, run)
         if ranks.is_main():
-            (stage.folder / DONE).write_text(json.dumps({"fingerprint": stage.fingerprint, "steps": steps}),
-                                             encoding="utf-8")
+            (stage.folder / DONE).write_text(json.dumps({"fingerprint": stage.fingerprint, "steps": steps}), encoding="utf-8")
         ranks.barrier()
         previous = stage
     final = output_dir / "final"
@@ -172,12 +187,13 @@ def _explicit_checkpoint(config: TrainConfig, output_dir: Path, resume: str | No
     if resume == "latest":
         folders = [folder for _, _, folder in stage_folders(config, output_dir)]
         if not any((f / DONE).is_file() or (f / STARTED).is_file() or last_checkpoint(f) for f in folders):
-            raise InputFormatError(f"cannot resume: no finished stage and no checkpoint in "
-                                   f"{config.path(config.output_dir)}")
+            raise InputFormatError(f"cannot resume: no finished stage and no checkpoint in {config.path(config.output_dir)}")
         return None
     if "grpo" not in config.stages:
-        raise InputFormatError(f"--resume {resume}: a checkpoint folder resumes the grpo stage, which this config "
-                               "does not run (rerun without --resume: finished stages are skipped)")
+        raise InputFormatError(
+            f"--resume {resume}: a checkpoint folder resumes the grpo stage, which this config "
+            "does not run (rerun without --resume: finished stages are skipped)"
+        )
     return check_checkpoint(resume)
 
 
@@ -185,8 +201,12 @@ def check_trainer_settings(config: TrainConfig, max_steps: int | None = None, **
     """Every stage's TRL config (SFTConfig, DPOConfig, GRPOConfig) and peft's LoraConfig, built once to check
     them (clear errors naming the section); returns the GRPOConfig (or ``None``)."""
     output_dir = config.path(config.output_dir)
-    for kind, objective, options in (("keyterms", "sft", config.keyterms.sft), ("distil", "sft", config.distil.sft),
-                                     ("rft", "sft", config.rft.sft), ("dpo", "dpo", config.dpo.dpo)):
+    for kind, objective, options in (
+        ("keyterms", "sft", config.keyterms.sft),
+        ("distil", "sft", config.distil.sft),
+        ("rft", "sft", config.rft.sft),
+        ("dpo", "dpo", config.dpo.dpo),
+    ):
         if kind in config.stages:
             trl_config(objective, options, output_dir, f"{kind}.{objective}")
     config.lora_config()
@@ -208,9 +228,13 @@ def save_reasoner_settings(folder: Path, config: TrainConfig, stage: str | None 
         settings["base_model_name_or_path"] = config.model_spec()
         adapter_config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     last = stage or config.stages[-1]
-    length = {"keyterms": config.keyterms.max_new_tokens, "distil": config.distil.max_new_tokens,
-              "rft": config.rft.max_new_tokens, "dpo": config.dpo.max_new_tokens,
-              "grpo": config.grpo.get("max_completion_length")}[last]
+    length = {
+        "keyterms": config.keyterms.max_new_tokens,
+        "distil": config.distil.max_new_tokens,
+        "rft": config.rft.max_new_tokens,
+        "dpo": config.dpo.max_new_tokens,
+        "grpo": config.grpo.get("max_completion_length"),
+    }[last]
     write_reasoner_settings(folder, config.template(), config.mode, length)
 
 
@@ -249,8 +273,10 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
             values[reward.__name__] = reward(completions, **columns)
         except ModelNotAvailableError as exc:  # e.g. the paper's bge embedder, offline: check the maths with the default
             inner = reward.inner
-            notes.append(f"{reward.__name__}: {inner.model_spec!r} not available here ({str(exc)[:120]}); "
-                         "ran with the offline default embedder instead")
+            notes.append(
+                f"{reward.__name__}: {inner.model_spec!r} not available here ({str(exc)[:120]}); "
+                "ran with the offline default embedder instead"
+            )
             inner.model_spec, inner._model = None, None
             values[reward.__name__] = reward(completions, **columns)
     if any(not math.isfinite(v) for vals in values.values() for v in vals):
@@ -264,7 +290,14 @@ def dry_run(config: TrainConfig, *, sample_size: int = 4) -> dict[str, Any]:
 
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         prepared.prompt_dataset(sample, tokenizer)
-    return {"stages": config.stages, "grpo_config": type(grpo_args).__name__ if grpo_args else None,
-            "examples": len(examples), "rewards": values, "reward_weights": prepared.weights,
-            "use_vllm": bool(grpo_args and grpo_args.use_vllm), "lora": config.lora is not None,
-            "tokenizer_checked": tokenizer is not None, "notes": notes}
+    return {
+        "stages": config.stages,
+        "grpo_config": type(grpo_args).__name__ if grpo_args else None,
+        "examples": len(examples),
+        "rewards": values,
+        "reward_weights": prepared.weights,
+        "use_vllm": bool(grpo_args and grpo_args.use_vllm),
+        "lora": config.lora is not None,
+        "tokenizer_checked": tokenizer is not None,
+        "notes": notes,
+    }

@@ -34,8 +34,15 @@ def trainer_options(options: dict[str, Any], output_dir: Path) -> dict[str, Any]
     model on a CPU (no bf16 unless asked and computed natively, see :func:`~.precision.machine_precision`; no
     gradient checkpointing, which TRL turns on by default and which only recomputes activations a small model can
     keep; a checkpoint every 25 steps to resume from; no reporting)."""
-    defaults = {"output_dir": str(output_dir), "report_to": "none", "save_strategy": "steps", "save_steps": 25,
-                "save_total_limit": 1, "logging_steps": 5, "bf16": False}
+    defaults = {
+        "output_dir": str(output_dir),
+        "report_to": "none",
+        "save_strategy": "steps",
+        "save_steps": 25,
+        "save_total_limit": 1,
+        "logging_steps": 5,
+        "bf16": False,
+    }
     if _checkpointing_unset(options):
         defaults[checkpointing_option()] = False
     return machine_precision({**defaults, **options})

@@ -33,9 +33,11 @@ class RunLog:
     def write(self, stage: str, step: int, values: dict[str, Any]) -> None:
         if not ranks.is_main():
             return
-        fresh = [(name, value) for name, value in values.items()
-                 if isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and (stage, step, name) not in self._seen]
+        fresh = [
+            (name, value)
+            for name, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (stage, step, name) not in self._seen
+        ]
         if not fresh:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,7 @@ class RunLog:
         """Drop ``stage``'s rows after ``step`` and every row of ``later_stages`` (before a resume)."""
         if not ranks.is_main() or not self.path.is_file():
             return
-        kept = [r for r in self.rows() if r["stage"] not in later_stages
-                and not (r["stage"] == stage and int(r["step"]) > step)]
+        kept = [r for r in self.rows() if r["stage"] not in later_stages and not (r["stage"] == stage and int(r["step"]) > step)]
         with self.path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, LOG_COLUMNS)
             writer.writeheader()
@@ -79,16 +80,18 @@ class RunLog:
         series: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for r in rows:
             series.setdefault(r["name"], {}).setdefault(r["stage"], []).append((int(r["step"]), float(r["value"])))
-        panels = [("reward (training batches)", ["reward"]), ("KL to the reference", ["kl"]),
-                  ("training loss", ["loss"]),
-                  ("validation nDCG@10", sorted(n for n in series if n.startswith("val/ndcg@10/")))]
+        panels = [
+            ("reward (training batches)", ["reward"]),
+            ("KL to the reference", ["kl"]),
+            ("training loss", ["loss"]),
+            ("validation nDCG@10", sorted(n for n in series if n.startswith("val/ndcg@10/"))),
+        ]
         panels = [(title, [n for n in names if n in series]) for title, names in panels]
         panels = [p for p in panels if p[1]]
         if not panels:
             return None
         stages = list(dict.fromkeys(r["stage"] for r in rows))
-        fig, axes = plt.subplots(len(panels), len(stages), figsize=(4.5 * len(stages), 3 * len(panels)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(panels), len(stages), figsize=(4.5 * len(stages), 3 * len(panels)), squeeze=False)
         for row, (title, names) in enumerate(panels):
             for col, stage in enumerate(stages):
                 ax = axes[row][col]
@@ -98,8 +101,7 @@ class RunLog:
                     continue
                 for name in drawn:
                     points = sorted(series[name][stage])
-                    ax.plot(*zip(*points), marker="." if len(points) < 40 else None,
-                            label=name.removeprefix("val/ndcg@10/"))
+                    ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=name.removeprefix("val/ndcg@10/"))
                 ax.set_title(f"{stage}: {title}", fontsize=9)
                 ax.set_xlabel("step", fontsize=8)
                 if len(drawn) > 1:
@@ -136,8 +138,7 @@ class Validator:
         runs = [self._score([c[1 + s] for c in completions], "/sampled") for s in range(len(self.sampled))]
         for key in runs[0] if runs else ():
             results[key] = sum(run[key] for run in runs) / len(runs)
-        results["val/ndcg@10/original"] = self._mean(next(iter(self.rankers.values())),
-                                                     [ex.question for ex in self.examples])
+        results["val/ndcg@10/original"] = self._mean(next(iter(self.rankers.values())), [ex.question for ex in self.examples])
         return results
 
     def _generate(self, model: Any, shard: list[int]) -> list[list[str]]:
@@ -147,8 +148,7 @@ class Validator:
         if not shard:
             return []
         questions = [self.shortened[i] for i in shard]
-        with generation_backend(model, self.tokenizer, self.prepared.config.generation_dtype,
-                                self.batch_size) as backend:
+        with generation_backend(model, self.tokenizer, self.prepared.config.generation_dtype, self.batch_size) as backend:
             texts = [backend.generate(questions, self.prepared.template, self.greedy)]
             for params in self.sampled:
                 with torch.random.fork_rng(devices=[]):
@@ -172,13 +172,16 @@ class Validator:
         return results
 
     def _mean(self, ranker: Any, queries: list[str]) -> float:
-        scores = [ranker.score([query], ex.question, ex.positives, ex.negatives, ex.source)[0]
-                  for query, ex in zip(queries, self.examples)]
+        scores = [
+            ranker.score([query], ex.question, ex.positives, ex.negatives, ex.source)[0]
+            for query, ex in zip(queries, self.examples)
+        ]
         return sum(scores) / len(scores)
 
 
-def validation_callback(stage: str, run_log: RunLog, validator: Validator | None, every_steps: int,
-                        *, before: bool = True) -> Any:
+def validation_callback(
+    stage: str, run_log: RunLog, validator: Validator | None, every_steps: int, *, before: bool = True
+) -> Any:
     """A ``TrainerCallback`` that writes the trainer's logs to ``log.csv`` under ``stage`` and validates
     before training (``before``), every ``every_steps`` steps and at the end. Every process validates (each
     generates its share); the main process logs."""

@@ -99,8 +99,9 @@ def llamacpp_problem(model: str | os.PathLike[str] | None) -> str | None:
     return export_problem(Path(resolve_model(model).path))
 
 
-def choose_engine(report: MachineReport, *, gguf_file: bool = False, model_problem: str | None = None,
-                  dtype: str = "auto") -> EngineChoice:
+def choose_engine(
+    report: MachineReport, *, gguf_file: bool = False, model_problem: str | None = None, dtype: str = "auto"
+) -> EngineChoice:
     """The engine for a model on a machine that reports ``report``: see the module's rule. ``gguf_file``: the
     model is a ``.gguf`` file; ``model_problem``: why llama.cpp cannot run it (:func:`llamacpp_problem`);
     ``dtype``: a pinned precision (``auto``: the machine's)."""
@@ -108,13 +109,15 @@ def choose_engine(report: MachineReport, *, gguf_file: bool = False, model_probl
     from .llamacpp_backend import weights_type_for
 
     if gguf_file:  # a pinned dtype is passed on, for the backend to refuse
-        return EngineChoice("llamacpp", None if dtype == "auto" else check_weights_type(dtype),
-                            "a GGUF file runs on llama.cpp")
+        return EngineChoice("llamacpp", None if dtype == "auto" else check_weights_type(dtype), "a GGUF file runs on llama.cpp")
     if report.device.startswith("cuda"):
         return EngineChoice("transformers", None, f"device {report.device}")
     if report.llamacpp_features is None:
-        return EngineChoice("transformers", None, "llama-cpp-python is not installed (pip install "
-                                                  "'tongsearch-qr[llamacpp]' for faster CPU reasoning)")
+        return EngineChoice(
+            "transformers",
+            None,
+            "llama-cpp-python is not installed (pip install 'tongsearch-qr[llamacpp]' for faster CPU reasoning)",
+        )
     if model_problem:
         return EngineChoice("transformers", None, model_problem)
     if dtype != "auto":
@@ -131,16 +134,17 @@ def make_auto_backend(model: str | os.PathLike[str] | None = None, **options: An
 
     unknown = set(options) - TRANSFORMERS_OPTIONS - LLAMACPP_OPTIONS
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for backend auto; it takes "
-                         f"{', '.join(sorted(TRANSFORMERS_OPTIONS | LLAMACPP_OPTIONS))}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for backend auto; it takes "
+            f"{', '.join(sorted(TRANSFORMERS_OPTIONS | LLAMACPP_OPTIONS))}"
+        )
     dtype = str(options.get("dtype", "auto"))
     if dtype != "auto" and options.get("weights_type"):
         raise ValueError("give dtype or weights_type, not both: each pins llama.cpp's weight type")
     gguf_file = is_gguf_file(model)
     report = machine_report(str(options.get("device", "auto")))
     problem = None if gguf_file or report.device.startswith("cuda") else llamacpp_problem(model)
-    choice = choose_engine(report, gguf_file=gguf_file, model_problem=problem,
-                           dtype=str(options.get("weights_type") or dtype))
+    choice = choose_engine(report, gguf_file=gguf_file, model_problem=problem, dtype=str(options.get("weights_type") or dtype))
     if choice.engine == "llamacpp":
         chosen = {k: v for k, v in options.items() if k in LLAMACPP_OPTIONS} | {"weights_type": choice.weights_type}
     else:
@@ -150,8 +154,13 @@ def make_auto_backend(model: str | os.PathLike[str] | None = None, **options: An
     key = (str(model), choice)
     if key not in _logged:
         _logged.add(key)
-        log.info("backend auto: %s for %s on %s (%s)", choice.engine + (f" {choice.weights_type}" if choice.weights_type
-                 else ""), model or "the default model", getattr(backend, "device", report.device), choice.reason)
+        log.info(
+            "backend auto: %s for %s on %s (%s)",
+            choice.engine + (f" {choice.weights_type}" if choice.weights_type else ""),
+            model or "the default model",
+            getattr(backend, "device", report.device),
+            choice.reason,
+        )
     return backend
 
 

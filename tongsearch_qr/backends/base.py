@@ -41,8 +41,14 @@ class Backend(Protocol):
     ) -> list[str]: ...
 
 
-def generate_rows(backend: Backend, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-                  on_result: ResultCallback | None, samples: Sequence[int]) -> list[str]:
+def generate_rows(
+    backend: Backend,
+    questions: Sequence[str],
+    template: PromptTemplate,
+    params: GenerationParams,
+    on_result: ResultCallback | None,
+    samples: Sequence[int],
+) -> list[str]:
     """``backend.generate`` for rows with sample indices; a backend written before samples existed is still
     called the old way when only sample 0 is asked for."""
     extra = {"samples": list(samples)} if any(samples) else {}

@@ -146,8 +146,9 @@ class GatheringEngine(BackgroundEngine):
         return bool(self._held)
 
 
-def submit_rows(backend: Backend, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-                samples: Sequence[int]) -> list[Future[str]]:
+def submit_rows(
+    backend: Backend, questions: Sequence[str], template: PromptTemplate, params: GenerationParams, samples: Sequence[int]
+) -> list[Future[str]]:
     """One future per row: ``backend.submit`` where the backend has it, else its ``generate`` run in a thread of its
     own (the completions it reports go to their futures at once; an error fails the rows it left)."""
     submit = getattr(backend, "submit", None)
@@ -157,8 +158,7 @@ def submit_rows(backend: Backend, questions: Sequence[str], template: PromptTemp
 
     def run() -> None:
         try:
-            texts = generate_rows(backend, questions, template, params,
-                                  lambda row, text: resolve(futures[row], text), samples)
+            texts = generate_rows(backend, questions, template, params, lambda row, text: resolve(futures[row], text), samples)
             for future, text in zip(futures, texts):
                 resolve(future, text)
         except BaseException as exc:

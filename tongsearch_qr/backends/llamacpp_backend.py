@@ -108,8 +108,10 @@ def offload_device(lib: Any, device: str) -> str:
     if not re.fullmatch(r"cuda(:\d+)?", device):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N for the llamacpp backend, got {device!r}")
     if not can_offload:
-        raise ValueError(f"device {device!r} asked, but this llama-cpp-python build runs on the CPU only; use "
-                         "device 'cpu' or install a CUDA build of llama-cpp-python")
+        raise ValueError(
+            f"device {device!r} asked, but this llama-cpp-python build runs on the CPU only; use "
+            "device 'cpu' or install a CUDA build of llama-cpp-python"
+        )
     return device
 
 
@@ -159,8 +161,9 @@ def sequence_shape(need: int, parallel: int, budget_tokens: int) -> tuple[int, i
     return per_sequence, min(parallel, budget_tokens // per_sequence)
 
 
-def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_budget_bytes: int,
-              kv_bytes_per_token: int) -> list[Run]:
+def plan_runs(
+    lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_budget_bytes: int, kv_bytes_per_token: int
+) -> list[Run]:
     """Split prompts of ``lengths`` tokens into :class:`Run` s whose KV cache (``slots x per_sequence`` tokens)
     stays within ``kv_budget_bytes``. Prompts go longest first; a run ends where a context for the next prompt
     could hold at least twice as many sequences, so a long prompt decodes beside few others and short ones keep up
@@ -179,7 +182,8 @@ def plan_runs(lengths: Sequence[int], max_new_tokens: int, parallel: int, kv_bud
             raise ValueError(
                 f"a prompt of {lengths[order[start]]} tokens with max_new_tokens={max_new_tokens} needs {need:.2f} GiB "
                 f"of KV cache, more than kv_cache_gib={kv_budget_bytes / _GIB:.3g}: raise kv_cache_gib (--kv-cache-gib) "
-                "or lower max_new_tokens")
+                "or lower max_new_tokens"
+            )
         end = start + 1
         while end < len(order) and shape(order[end])[1] < 2 * slots:
             end += 1
@@ -274,7 +278,7 @@ class DecodeRun:
     def _prefill(self, seq: _Sequence) -> None:
         """Decode the job's prompt into ``seq``'s KV stream (its shared prefix copied in), logits of its last token."""
         lib, start, prompt, prefix = self.lib, 0, seq.job.prompt, seq.job.context or []
-        if prefix and len(prompt) > len(prefix) and prompt[:len(prefix)] == prefix:
+        if prefix and len(prompt) > len(prefix) and prompt[: len(prefix)] == prefix:
             state = self.prefix_states.get(tuple(prefix))
             if state is None:
                 self.batch.n_tokens = 0
@@ -352,8 +356,13 @@ class LlamaEngine(BackgroundEngine):
 
     def _start_run(self) -> None:
         backend, budget = self.backend, self.backend.kv_budget_tokens
-        first = plan_runs([_need(job) for job in self._pending], 0, backend.parallel,
-                          budget * backend.kv_bytes_per_token, backend.kv_bytes_per_token)[0]
+        first = plan_runs(
+            [_need(job) for job in self._pending],
+            0,
+            backend.parallel,
+            budget * backend.kv_bytes_per_token,
+            backend.kv_bytes_per_token,
+        )[0]
         per_sequence, self.capacity = sequence_shape(_need(self._pending[first.rows[0]]), backend.parallel, budget)
         self.run = DecodeRun(backend, self.capacity, per_sequence)
         chosen = [self._pending[row] for row in first.rows]  # longest first
@@ -405,9 +414,17 @@ class LlamaCppBackend:
     context, their requests decoding together (:class:`LlamaEngine`).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, parallel: int = 64, threads: int | None = None,
-                 kv_cache_gib: float = DEFAULT_KV_CACHE_GIB, weights_type: str | None = None, share_prefix: bool = True,
-                 device: str = "auto"):
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        parallel: int = 64,
+        threads: int | None = None,
+        kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
+        weights_type: str | None = None,
+        share_prefix: bool = True,
+        device: str = "auto",
+    ):
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
         self._prefixes: dict[str, list[int]] = {}  # a template's key -> its shared prompt prefix
         if not 1 <= parallel <= MAX_SEQUENCES:
@@ -428,16 +445,16 @@ class LlamaCppBackend:
                 raise ValueError(f"{model} is a GGUF file and runs with the weights it holds: leave weights_type out")
             self.weights_type = None
         else:
-            self.weights_type = check_weights_type(weights_type) if weights_type else weights_type_for(
-                cpu_features(llama_cpp), native_bf16())
+            self.weights_type = (
+                check_weights_type(weights_type) if weights_type else weights_type_for(cpu_features(llama_cpp), native_bf16())
+            )
         found = gguf_model(model, self.weights_type or "BF16")
         self.gguf_path, self.tokenizer = found.path, found.tokenizer
         self.cache_id = f"llamacpp:{found.identity}"
         self.parallel, self.threads = parallel, threads or os.cpu_count() or 1
         self.kv_cache_gib, self.share_prefix = kv_cache_gib, share_prefix
         llama_cpp.llama_backend_init()
-        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(),
-                                                           model_params(llama_cpp, self.device))
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), model_params(llama_cpp, self.device))
         if not self._model:
             raise ValueError(f"llama.cpp could not load {self.gguf_path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -512,15 +529,15 @@ class LlamaCppBackend:
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if params.repetition_penalty != 1.0:  # over the whole prompt and completion, like transformers
             window = len(prompt) + params.max_new_tokens
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
-                self.n_vocab, window, params.repetition_penalty, 0.0, 0.0))
+            lib.llama_sampler_chain_add(
+                chain, lib.llama_sampler_init_penalties(self.n_vocab, window, params.repetition_penalty, 0.0, 0.0)
+            )
         if params.do_sample:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
             if params.top_k:
                 lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
-                random.getrandbits(32) if seed is None else seed))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(random.getrandbits(32) if seed is None else seed))
         else:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         for token in prompt:
@@ -532,8 +549,9 @@ class LlamaCppBackend:
         with self._tokenizer_lock:
             return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-               samples: Sequence[int] | None = None) -> list[Future[str]]:
+    def submit(
+        self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams, samples: Sequence[int] | None = None
+    ) -> list[Future[str]]:
         """Queue ``questions`` for decoding and return one future per row at once; they decode beside whatever else is
         queued or running (fewer sequences at a time for long prompts, to keep the KV cache within ``kv_cache_gib``).
         A prompt that alone needs more KV cache than the budget is an error here, before anything is queued."""
@@ -541,13 +559,19 @@ class LlamaCppBackend:
         if not questions:
             return []
         with self._tokenizer_lock:
-            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
-                       for q in questions]
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
             prefix = self._prefix(template) if self.share_prefix else []
-        plan_runs([len(p) for p in prompts], params.max_new_tokens, self.parallel,  # raises for a prompt too long
-                  int(self.kv_cache_gib * _GIB), self.kv_bytes_per_token)
-        jobs = [Job(prompt, params, sample, sequence_seed(params, prompt, sample), context=prefix)
-                for prompt, sample in zip(prompts, samples)]
+        plan_runs(
+            [len(p) for p in prompts],
+            params.max_new_tokens,
+            self.parallel,  # raises for a prompt too long
+            int(self.kv_cache_gib * _GIB),
+            self.kv_bytes_per_token,
+        )
+        jobs = [
+            Job(prompt, params, sample, sequence_seed(params, prompt, sample), context=prefix)
+            for prompt, sample in zip(prompts, samples)
+        ]
         self._engine.put(jobs)
         return [job.future for job in jobs]
 

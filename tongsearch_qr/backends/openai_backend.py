@@ -97,11 +97,14 @@ class OpenAIBackend:
             raise ImportError("the openai backend needs httpx: pip install 'tongsearch-qr[openai]'") from exc
         model = model or os.environ.get("TONGSEARCH_QR_OPENAI_MODEL")
         if not model or model == "default":
-            raise ValueError("the openai backend needs the served model's name: QRReasoner('<name>', backend='openai') "
-                             "or --model <name> (or set TONGSEARCH_QR_OPENAI_MODEL)")
+            raise ValueError(
+                "the openai backend needs the served model's name: QRReasoner('<name>', backend='openai') "
+                "or --model <name> (or set TONGSEARCH_QR_OPENAI_MODEL)"
+            )
         if concurrency < 1 or max_retries < 0 or request_timeout <= 0 or backoff < 0 or max_server_failures < 1:
-            raise ValueError("concurrency must be >= 1, max_retries >= 0, request_timeout > 0, backoff >= 0 and "
-                             "max_server_failures >= 1")
+            raise ValueError(
+                "concurrency must be >= 1, max_retries >= 0, request_timeout > 0, backoff >= 0 and max_server_failures >= 1"
+            )
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
         if sampling_extras not in (None, True, False):
@@ -145,8 +148,9 @@ class OpenAIBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def request_body(self, question: str, template: PromptTemplate, params: GenerationParams,
-                     n: int = 1, sample: int = 0) -> dict[str, Any]:
+    def request_body(
+        self, question: str, template: PromptTemplate, params: GenerationParams, n: int = 1, sample: int = 0
+    ) -> dict[str, Any]:
         """The JSON body of the chat completion request for ``n`` completions of ``question``; seeded, drawn
         with the seed of sample index ``sample`` (:func:`~tongsearch_qr.backends.base.row_seed` of the messages)."""
         messages = template.messages(question)
@@ -165,8 +169,9 @@ class OpenAIBackend:
             body["repetition_penalty"] = params.repetition_penalty
         return body
 
-    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-               samples: Sequence[int] | None = None) -> list[Future[str]]:
+    def submit(
+        self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams, samples: Sequence[int] | None = None
+    ) -> list[Future[str]]:
         """Send ``questions`` and return one future per row at once; the requests run on the backend's event loop
         beside every other call's. A request the server rejects fails its rows with
         :class:`~tongsearch_qr.errors.RequestRejectedError`; any other failure fails every row of the call left."""
@@ -201,6 +206,7 @@ class OpenAIBackend:
     def __del__(self) -> None:
         loop, pool = getattr(self, "_loop", None), getattr(self, "_pool", None)
         if loop is not None and loop.is_running():  # not waited for: the loop closes the pools, then stops
+
             async def shut() -> None:
                 if pool is not None:
                     await pool.aclose()
@@ -226,15 +232,29 @@ class OpenAIBackend:
 
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
             timeout = httpx.Timeout(self.request_timeout, connect=min(10.0, self.request_timeout))
-            clients = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=limits, timeout=timeout)
-                       for url in self.base_urls]
-            surveys = [httpx.AsyncClient(base_url=url, headers=self._headers(), limits=httpx.Limits(max_connections=4),
-                                         timeout=min(10.0, self.request_timeout)) for url in self.base_urls]
+            clients = [
+                httpx.AsyncClient(base_url=url, headers=self._headers(), limits=limits, timeout=timeout) for url in self.base_urls
+            ]
+            surveys = [
+                httpx.AsyncClient(
+                    base_url=url,
+                    headers=self._headers(),
+                    limits=httpx.Limits(max_connections=4),
+                    timeout=min(10.0, self.request_timeout),
+                )
+                for url in self.base_urls
+            ]
             self._pool = ServerPool(self.base_urls, clients, self.concurrency, self.max_server_failures, surveys)
         return self._pool
 
-    async def _call(self, questions: list[str], template: PromptTemplate, params: GenerationParams,
-                    samples: list[int], futures: list[Future[str]]) -> None:
+    async def _call(
+        self,
+        questions: list[str],
+        template: PromptTemplate,
+        params: GenerationParams,
+        samples: list[int],
+        futures: list[Future[str]],
+    ) -> None:
         """One call: ask which servers answer and what they serve, then send its requests; every row's future is
         resolved (with an error when the call fails)."""
         try:
@@ -245,7 +265,8 @@ class OpenAIBackend:
                 raise BackendUnavailableError(
                     f"the servers now serve {served.id!r}, not {self._served.id!r} as when this backend first asked: "
                     "the weights changed, so new completions would be cached under the old weights' key. Create a new "
-                    "backend (QRReasoner) for the new weights")
+                    "backend (QRReasoner) for the new weights"
+                )
             self._served = served
             pool.refresh(found)
             sent = await asyncio.to_thread(self._fitted, questions, template, params)
@@ -279,8 +300,7 @@ class OpenAIBackend:
             from ..models import load_pretrained, resolve_model
 
             served = self._served.id if self._served else self.model
-            specs = [self.tokenizer] if self.tokenizer else list(dict.fromkeys([self.model, served,
-                                                                                 served.rpartition("@")[0]]))
+            specs = [self.tokenizer] if self.tokenizer else list(dict.fromkeys([self.model, served, served.rpartition("@")[0]]))
             problems = []
             for spec in filter(None, specs):
                 try:
@@ -296,13 +316,17 @@ class OpenAIBackend:
             else:
                 if self.tokenizer:
                     raise ValueError(f"tokenizer={self.tokenizer!r} cannot measure prompts ({'; '.join(problems)})")
-                log.warning("prompts are sent as they are, not fitted to the server's context: no tokenizer for %r "
-                            "(pass tokenizer=<model spec>); a question too long fails alone", served)
+                log.warning(
+                    "prompts are sent as they are, not fitted to the server's context: no tokenizer for %r "
+                    "(pass tokenizer=<model spec>); a question too long fails alone",
+                    served,
+                )
                 self._measuring_tokenizer = False
         return self._measuring_tokenizer or None
 
-    async def _generate_all(self, pool: ServerPool, work: list[tuple[dict[str, Any], EngineRequest]],
-                            futures: list[Future[str]]) -> None:
+    async def _generate_all(
+        self, pool: ServerPool, work: list[tuple[dict[str, Any], EngineRequest]], futures: list[Future[str]]
+    ) -> None:
         delivered = self.server_counts = dict.fromkeys(self.base_urls, 0)  # counted before each row is resolved
 
         async def one(body: dict[str, Any], request: EngineRequest) -> None:
@@ -324,8 +348,7 @@ class OpenAIBackend:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if len(self.base_urls) > 1 and len(work) > 1:
-                log.info("completions per server: %s%s", delivered,
-                         f"; taken out: {sorted(pool.dead)}" if pool.dead else "")
+                log.info("completions per server: %s%s", delivered, f"; taken out: {sorted(pool.dead)}" if pool.dead else "")
 
     async def _complete(self, pool: ServerPool, body: dict[str, Any]) -> tuple[str, list[str]]:
         """The server that answered and its ``n`` completions for ``body``, with retries and failover."""
@@ -368,7 +391,8 @@ class OpenAIBackend:
             if status in REJECT_STATUS:
                 raise _Rejected(f"HTTP {status} from {url}: {response.text[:300]}")
             raise BackendUnavailableError(
-                f"{url} refused a request for model {body['model']!r}: HTTP {status}: {response.text[:500]}")
+                f"{url} refused a request for model {body['model']!r}: HTTP {status}: {response.text[:500]}"
+            )
         raise BackendUnavailableError(
             f"{', '.join(self.base_urls)}: a request failed {self.max_retries + 1} times in a row (last: {problem}); "
             "completions finished before this are kept in the reasoning cache: rerun to resume"
@@ -388,8 +412,12 @@ class OpenAIBackend:
             return False
         if url not in self._extras_refused:
             self._extras_refused.add(url)
-            log.warning("%s rejects %s: its requests go without top_k and repetition_penalty from now on, so it "
-                        "samples without them (--sampling-extras makes this an error)", url, " and ".join(named))
+            log.warning(
+                "%s rejects %s: its requests go without top_k and repetition_penalty from now on, so it "
+                "samples without them (--sampling-extras makes this an error)",
+                url,
+                " and ".join(named),
+            )
         return True
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
@@ -406,12 +434,12 @@ class OpenAIBackend:
 def _completion_texts(response: Any, base_url: str, n: int) -> list[str]:
     """The ``n`` completions of a reply, by choice index."""
     try:
-        choices = {int(choice.get("index", 0)): choice["message"].get("content") or ""
-                   for choice in response.json()["choices"]}
+        choices = {int(choice.get("index", 0)): choice["message"].get("content") or "" for choice in response.json()["choices"]}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BackendUnavailableError(f"{base_url} sent a reply that is not a chat completion: {response.text[:300]}") from exc
     if set(choices) != set(range(n)):
         raise BackendUnavailableError(
             f"{base_url} sent choices {sorted(choices)} for n={n}; the server must support the 'n' parameter "
-            "to sample several reasonings per query (vLLM does)")
+            "to sample several reasonings per query (vLLM does)"
+        )
     return [choices[j] for j in range(n)]

@@ -63,8 +63,10 @@ async def asurvey(pool: ServerPool, timeout: float) -> Survey:
             return f"{type(exc).__name__}: {exc}"
 
     answers = await asyncio.gather(*(ask(url, client) for url, client in zip(pool.urls, pool.survey_clients)))
-    return answering({url: a for url, a in zip(pool.urls, answers) if not isinstance(a, str)},
-                     {url: a for url, a in zip(pool.urls, answers) if isinstance(a, str)})
+    return answering(
+        {url: a for url, a in zip(pool.urls, answers) if not isinstance(a, str)},
+        {url: a for url, a in zip(pool.urls, answers) if isinstance(a, str)},
+    )
 
 
 def answering(listings: dict[str, list[dict[str, Any]] | None], unreachable: dict[str, str]) -> Survey:
@@ -73,7 +75,8 @@ def answering(listings: dict[str, list[dict[str, Any]] | None], unreachable: dic
         listing = "; ".join(f"{url} ({why})" for url, why in unreachable.items())
         raise BackendUnavailableError(
             f"no OpenAI-compatible server answers at {listing}. Start one, e.g. `tongsearch-qr serve`, `vllm serve "
-            "<model>` or `transformers serve <model>`, and pass its URL (base_url= / --base-url)")
+            "<model>` or `transformers serve <model>`, and pass its URL (base_url= / --base-url)"
+        )
     return Survey(listings, unreachable)
 
 
@@ -99,23 +102,30 @@ def listed_entry(entries: Iterable[dict[str, Any]], name: str) -> dict[str, Any]
         return exact[0]
     digested = [entry for entry in entries if entry["id"].startswith(f"{name}@")]
     if len(digested) > 1:
-        raise BackendUnavailableError(f"the server lists several models named {name}@...: "
-                                      f"{', '.join(entry['id'] for entry in digested)}; pass the one to use as the model name")
+        raise BackendUnavailableError(
+            f"the server lists several models named {name}@...: "
+            f"{', '.join(entry['id'] for entry in digested)}; pass the one to use as the model name"
+        )
     return digested[0] if digested else None
 
 
 def identify(name: str, found: Survey) -> ServedModel:
     """The model the servers serve as ``name``: the id they list it under (the same on every server that lists it;
     ``name`` itself when none does) and the smallest ``max_model_len`` they report for it."""
-    entries = {url: entry for url, listing in found.listings.items()
-               if listing and (entry := listed_entry(listing, name)) is not None}
+    entries = {
+        url: entry for url, listing in found.listings.items() if listing and (entry := listed_entry(listing, name)) is not None
+    }
     ids = {entry["id"] for entry in entries.values()}
     if len(ids) > 1:
         served = "; ".join(f"{url} serves {entry['id']!r}" for url, entry in entries.items())
-        raise BackendUnavailableError(f"the servers serve different models as {name!r} ({served}); replicas must "
-                                      "serve the same weights")
-    lengths = [entry["max_model_len"] for entry in entries.values()
-               if isinstance(entry.get("max_model_len"), int) and entry["max_model_len"] > 0]
+        raise BackendUnavailableError(
+            f"the servers serve different models as {name!r} ({served}); replicas must serve the same weights"
+        )
+    lengths = [
+        entry["max_model_len"]
+        for entry in entries.values()
+        if isinstance(entry.get("max_model_len"), int) and entry["max_model_len"] > 0
+    ]
     return ServedModel(ids.pop() if ids else name, min(lengths) if lengths else None)
 
 
@@ -126,8 +136,9 @@ class ServerPool:
     answers. A busy server's timeouts count neither way; any other answer ends its run of failures. Each call's
     survey (:meth:`refresh`) brings back the servers that answer it and takes out those it cannot reach."""
 
-    def __init__(self, urls: list[str], clients: list[Any], per_server: int, max_failures: int,
-                 survey_clients: list[Any] | None = None):
+    def __init__(
+        self, urls: list[str], clients: list[Any], per_server: int, max_failures: int, survey_clients: list[Any] | None = None
+    ):
         self.urls, self.clients, self.per_server, self.max_failures = urls, clients, per_server, max_failures
         self.survey_clients = survey_clients or clients
         self.in_flight = dict.fromkeys(urls, 0)
@@ -182,8 +193,9 @@ class ServerPool:
         self.failures[url] += 1
         if (refused or self.failures[url] >= self.max_failures) and len(self.alive()) > 1 and url not in self.dead:
             self.dead.add(url)
-            log.warning("server %s is out of this run (%d failures in a row); its questions go to the others", url,
-                        self.failures[url])
+            log.warning(
+                "server %s is out of this run (%d failures in a row); its questions go to the others", url, self.failures[url]
+            )
 
     async def aclose(self) -> None:
         """Close the connection pools."""

@@ -35,8 +35,7 @@ class PrecomputedBackend:
     """Looks each question up by its exact text; missing ones go to ``fallback`` or raise
     :class:`~tongsearch_qr.errors.MissingReasoningError` naming them."""
 
-    def __init__(self, reasoning: Mapping[str, str], *, source: str = "precomputed reasoning",
-                 fallback: Backend | None = None):
+    def __init__(self, reasoning: Mapping[str, str], *, source: str = "precomputed reasoning", fallback: Backend | None = None):
         self.reasoning = dict(reasoning)
         self.source = source
         self.fallback = fallback
@@ -62,8 +61,10 @@ class PrecomputedBackend:
         missing = [i for i, q in enumerate(questions) if samples[i] > 0 or q not in self.reasoning]
         if missing and self.fallback is None:
             if any(samples[i] > 0 for i in missing):
-                raise ValueError(f"{self.source} holds one reasoning per query; more samples per query need a "
-                                 "fallback model that generates them (fallback= / --fallback MODEL)")
+                raise ValueError(
+                    f"{self.source} holds one reasoning per query; more samples per query need a "
+                    "fallback model that generates them (fallback= / --fallback MODEL)"
+                )
             raise MissingReasoningError([questions[i] for i in missing], self.source)
         results = [self.reasoning.get(q, "") for q in questions]
         missing_set = set(missing)
@@ -79,8 +80,9 @@ class PrecomputedBackend:
                 if on_result is not None:
                     on_result(missing[j], text)
 
-            generated = generate_rows(self.fallback, [questions[i] for i in missing], template, params, forward,
-                                      [samples[i] for i in missing])
+            generated = generate_rows(
+                self.fallback, [questions[i] for i in missing], template, params, forward, [samples[i] for i in missing]
+            )
             for i, text in zip(missing, generated):
                 results[i] = text
         return results

@@ -51,9 +51,12 @@ class TopKTopPSampler:
         return out.scatter_(-1, token, 0.0)
 
 
-def row_generators(seed: int, prompts: Sequence[Sequence[int]], params_key: object, device: str,
-                   samples: Sequence[int] | None = None) -> list[torch.Generator]:
+def row_generators(
+    seed: int, prompts: Sequence[Sequence[int]], params_key: object, device: str, samples: Sequence[int] | None = None
+) -> list[torch.Generator]:
     """One generator per prompt, seeded from (``seed``, the prompt's token ids, the generation parameters and,
     above 0, the row's sample index)."""
-    return [torch.Generator(device=device).manual_seed(row_seed(seed, prompt, params_key, sample, bits=63))
-            for prompt, sample in zip(prompts, samples or [0] * len(prompts))]
+    return [
+        torch.Generator(device=device).manual_seed(row_seed(seed, prompt, params_key, sample, bits=63))
+        for prompt, sample in zip(prompts, samples or [0] * len(prompts))
+    ]

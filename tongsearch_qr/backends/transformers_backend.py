@@ -37,8 +37,14 @@ def pick_dtype(dtype: str, device: str) -> Any:
 
     if dtype != "auto":
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError:
             raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
     if device.startswith("cuda"):
@@ -68,8 +74,10 @@ def cuda_batching(free_bytes: int, config: Any, dtype_bytes: int) -> tuple[int, 
     sequences. A GPU's step costs nearly the same for 1 or 512 sequences, so batches are as large as fit."""
     tokens = int(free_bytes * CUDA_MEMORY_SHARE) // kv_bytes_per_token(config, dtype_bytes)
     if tokens < 1024:
-        raise MemoryError(f"only {free_bytes / 2**30:.1f} GiB free on the GPU: not enough for a batch of this "
-                          "model's KV cache; free memory or pass batch_size/max_batch_tokens")
+        raise MemoryError(
+            f"only {free_bytes / 2**30:.1f} GiB free on the GPU: not enough for a batch of this "
+            "model's KV cache; free memory or pass batch_size/max_batch_tokens"
+        )
     return CUDA_MAX_BATCH_SIZE, tokens
 
 
@@ -112,16 +120,31 @@ class TransformersBackend:
         self._attach(loaded, tokenizer, self.source.identity(), batch_size, max_batch_tokens, step_overhead_tokens)
 
     @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, name: str, *, batch_size: int | None = None,
-                    max_batch_tokens: int | None = None, step_overhead_tokens: int | None = None) -> TransformersBackend:
+    def from_loaded(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        *,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        step_overhead_tokens: int | None = None,
+    ) -> TransformersBackend:
         """Generate with a model already in memory (e.g. one being trained), as it is: not moved nor cast.
         ``generate`` switches it to eval mode; switch it back to train mode yourself."""
         backend = cls.__new__(cls)
         backend._attach(model, tokenizer, name, batch_size, max_batch_tokens, step_overhead_tokens)
         return backend
 
-    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int | None, max_batch_tokens: int | None,
-                step_overhead_tokens: int | None) -> None:
+    def _attach(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        batch_size: int | None,
+        max_batch_tokens: int | None,
+        step_overhead_tokens: int | None,
+    ) -> None:
         import torch
 
         self.model, self.tokenizer = model, tokenizer
@@ -150,14 +173,14 @@ class TransformersBackend:
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
         self._engine = GatheringEngine("tongsearch-qr-transformers", self._serve)
 
-    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-               samples: Sequence[int] | None = None) -> list[Future[str]]:
+    def submit(
+        self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams, samples: Sequence[int] | None = None
+    ) -> list[Future[str]]:
         """Queue ``questions`` and return one future per row at once; they are generated in the engine's next round
         with whatever else is queued by then. The round runs under the caller's CUDA autocast, if any."""
         samples = sample_indices(questions, samples)
         with self._tokenizer_lock:
-            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
-                       for q in questions]
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
         autocast = self._autocast()
         jobs = [Job(prompt, params, sample, context=autocast) for prompt, sample in zip(prompts, samples)]
         self._engine.put(jobs)
@@ -199,8 +222,13 @@ class TransformersBackend:
         """Jobs of one decoding setting, in the batches :func:`plan_batches` cuts, each job resolved with its batch."""
         params = jobs[0].params
         order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].prompt), reverse=True)
-        plan = plan_batches([len(jobs[i].prompt) for i in order], params.max_new_tokens, max_batch_size=self.batch_size,
-                            max_batch_tokens=self.max_batch_tokens, step_overhead_tokens=self.step_overhead_tokens)
+        plan = plan_batches(
+            [len(jobs[i].prompt) for i in order],
+            params.max_new_tokens,
+            max_batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            step_overhead_tokens=self.step_overhead_tokens,
+        )
         for positions in plan:
             batch = [jobs[order[p]] for p in positions]
             texts = self._generate_batch([job.prompt for job in batch], params, [job.sample for job in batch])
@@ -213,8 +241,7 @@ class TransformersBackend:
             enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         processors = []
         if params.do_sample:
-            generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device,
-                                                                             samples)
+            generators = None if params.seed is None else row_generators(params.seed, prompts, params.key(), self.device, samples)
             processors.append(TopKTopPSampler(params.temperature, params.top_k, params.top_p, generators))
         with torch.inference_mode():
             out = self.model.generate(

@@ -37,11 +37,18 @@ def sampling_params(params: GenerationParams, n: int = 1, seed: int | None = Non
     from vllm import SamplingParams
 
     if not params.do_sample:
-        return SamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=0.0,
-                              repetition_penalty=params.repetition_penalty)
-    return SamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                          top_k=params.top_k if params.top_k > 0 else -1,
-                          repetition_penalty=params.repetition_penalty, seed=seed)
+        return SamplingParams(
+            n=n, max_tokens=params.max_new_tokens, temperature=0.0, repetition_penalty=params.repetition_penalty
+        )
+    return SamplingParams(
+        n=n,
+        max_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,
+        repetition_penalty=params.repetition_penalty,
+        seed=seed,
+    )
 
 
 def cpu_engine_defaults(model_dir: str, max_model_len: int | None) -> dict[str, Any]:
@@ -105,9 +112,15 @@ class VLLMBackend:
         self.progress = progress
         model_dir = local_model_dir(self.source)
         engine_options = {**cpu_engine_defaults(model_dir, max_model_len), **engine_options}
-        self.llm = LLM(model=model_dir, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
-                       **engine_options)
+        self.llm = LLM(
+            model=model_dir,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            **engine_options,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError(f"model {self.source.model_id!r} has no chat template; use an instruct/chat model")
@@ -117,13 +130,13 @@ class VLLMBackend:
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to use from several threads at once
         self._engine = GatheringEngine("tongsearch-qr-vllm", self._serve)
 
-    def submit(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-               samples: Sequence[int] | None = None) -> list[Future[str]]:
+    def submit(
+        self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams, samples: Sequence[int] | None = None
+    ) -> list[Future[str]]:
         """Queue ``questions`` and return one future per row at once; they go to vLLM in the engine's next call."""
         samples = sample_indices(questions, samples)
         with self._tokenizer_lock:
-            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens)
-                       for q in questions]
+            prompts = [fit_prompt(self.tokenizer, template, q, self.context_length, params.max_new_tokens) for q in questions]
         jobs = [Job(prompt, params, sample) for prompt, sample in zip(prompts, samples)]
         self._engine.put(jobs)
         return [job.future for job in jobs]
@@ -157,8 +170,9 @@ class VLLMBackend:
             for params, ids, draw in chunk:
                 seed = None if params.seed is None else row_seed(params.seed, list(ids), params.key(), draw or 0)
                 sampling.append(sampling_params(params, len(requests[params, ids, draw]) if draw is None else 1, seed))
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for _, ids, _ in chunk], sampling,
-                                        use_tqdm=self.progress)
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(ids)) for _, ids, _ in chunk], sampling, use_tqdm=self.progress
+            )
             for key, output in zip(chunk, outputs):
                 choices = {choice.index: choice.text for choice in output.outputs}
                 for j, job in enumerate(requests[key]):

@@ -42,11 +42,13 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test", *, ignore_
 
     name = f"beir:{root.name}"
     if ignore_identical_ids:
-        log.info("%s: as in BEIR's evaluation, a document whose id is the query's id is left out of that query's "
-                 "ranking (--keep-identical-ids keeps it)", name)
+        log.info(
+            "%s: as in BEIR's evaluation, a document whose id is the query's id is left out of that query's "
+            "ranking (--keep-identical-ids keeps it)",
+            name,
+        )
     else:
-        log.info("%s: a document whose id is the query's id is ranked like any other (BEIR's evaluation leaves it "
-                 "out)", name)
+        log.info("%s: a document whose id is the query's id is ranked like any other (BEIR's evaluation leaves it out)", name)
     excluded = {qid: {qid} for qid in queries} if ignore_identical_ids else {}
     return Collection(name, queries, qrels, documents, excluded)
 

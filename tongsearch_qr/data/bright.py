@@ -20,20 +20,39 @@ from .collection import Collection
 from .trec import read_qrels
 
 HUB_ID = "xlangai/BRIGHT"
-BRIGHT_TASKS = ["biology", "earth_science", "economics", "psychology", "robotics", "stackoverflow",
-                "sustainable_living", "leetcode", "pony", "aops", "theoremqa_theorems", "theoremqa_questions"]
+BRIGHT_TASKS = [
+    "biology",
+    "earth_science",
+    "economics",
+    "psychology",
+    "robotics",
+    "stackoverflow",
+    "sustainable_living",
+    "leetcode",
+    "pony",
+    "aops",
+    "theoremqa_theorems",
+    "theoremqa_questions",
+]
 #: the tasks whose ``gold_answer`` is a StackExchange accepted answer (the others have none)
 STACKEXCHANGE_TASKS = BRIGHT_TASKS[:7]
 #: tasks this project only ever evaluates on: never trained, validated or chosen on (training refuses them)
 EVALUATION_ONLY_TASKS = ("sustainable_living", "theoremqa_questions", "theoremqa_theorems")
-LOCAL_HELP = ("use a local copy instead: examples and qrels as in the shared data (examples/<task>.jsonl.gz, "
-              "qrels/<task>.txt) or the hub's parquet layout (examples/, documents/, long_documents/ holding "
-              "<task>-00000-of-00001.parquet), e.g. `--bright-dir DIR --documents DIR` or "
-              "load_bright(task, source=DIR, documents=DIR)")
+LOCAL_HELP = (
+    "use a local copy instead: examples and qrels as in the shared data (examples/<task>.jsonl.gz, "
+    "qrels/<task>.txt) or the hub's parquet layout (examples/, documents/, long_documents/ holding "
+    "<task>-00000-of-00001.parquet), e.g. `--bright-dir DIR --documents DIR` or "
+    "load_bright(task, source=DIR, documents=DIR)"
+)
 
 
-def load_bright(task: str, *, source: str | os.PathLike[str] | None = None,
-                documents: str | os.PathLike[str] | None = None, long: bool = False) -> Collection:
+def load_bright(
+    task: str,
+    *,
+    source: str | os.PathLike[str] | None = None,
+    documents: str | os.PathLike[str] | None = None,
+    long: bool = False,
+) -> Collection:
     """Load one BRIGHT task.
 
     ``source``: a local directory (parquet or shared layout) or ``None``/``"hub"`` for ``xlangai/BRIGHT``.
@@ -72,11 +91,15 @@ def bright_answers(task: str, *, source: str | os.PathLike[str] | None = None) -
     """``(query, gold_answer)`` of each example of a BRIGHT StackExchange task (the accepted answer, BRIGHT's
     ``gold_answer``); ``source`` as in :func:`load_bright`. The other tasks have no gold answers: an error."""
     rows = _examples(task, source, ["query", "gold_answer"])
-    pairs = [(row["query"], row["gold_answer"]) for row in rows
-             if isinstance(row.get("gold_answer"), str) and row["gold_answer"].strip() not in ("", "N/A")]
+    pairs = [
+        (row["query"], row["gold_answer"])
+        for row in rows
+        if isinstance(row.get("gold_answer"), str) and row["gold_answer"].strip() not in ("", "N/A")
+    ]
     if not pairs:
-        raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
-                               f"{', '.join(STACKEXCHANGE_TASKS)})")
+        raise InputFormatError(
+            f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: {', '.join(STACKEXCHANGE_TASKS)})"
+        )
     return pairs
 
 
@@ -96,8 +119,9 @@ def load_bright_answers(task: str, *, source: str | os.PathLike[str] | None = No
         queries[qid] = row["query"]
         qrels[qid] = {doc_ids.setdefault(answer, f"answer-{len(doc_ids)}"): 1}
     if not queries:
-        raise InputFormatError(f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: "
-                               f"{', '.join(STACKEXCHANGE_TASKS)})")
+        raise InputFormatError(
+            f"BRIGHT {task} has no gold answers (only the StackExchange tasks do: {', '.join(STACKEXCHANGE_TASKS)})"
+        )
     answers = [(doc_id, text) for text, doc_id in doc_ids.items()]
     return Collection(f"bright-answers:{task}", queries, qrels, lambda: iter(answers))
 

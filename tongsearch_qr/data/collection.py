@@ -25,9 +25,7 @@ class Collection:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.qrels) - set(self.queries))
         if unknown:
-            raise InputFormatError(
-                f"{self.name}: qrels reference {len(unknown)} unknown queries, e.g. {unknown[:3]}"
-            )
+            raise InputFormatError(f"{self.name}: qrels reference {len(unknown)} unknown queries, e.g. {unknown[:3]}")
 
     def exclusions(self, qids: Iterable[str]) -> list[set[str]]:
         """The excluded doc ids of each query in ``qids`` (empty sets where none are), for ``search(exclude=...)``."""

@@ -27,8 +27,9 @@ class QAPair:
     answer: str
 
 
-def read_qa_pairs(path: str | os.PathLike[str], *, question_fields: Sequence[str] = QUESTION_FIELDS,
-                  answer_field: str = ANSWER_FIELD) -> list[QAPair]:
+def read_qa_pairs(
+    path: str | os.PathLike[str], *, question_fields: Sequence[str] = QUESTION_FIELDS, answer_field: str = ANSWER_FIELD
+) -> list[QAPair]:
     """The pairs of a Q/A JSONL file; a missing field is an error naming ``path:line``. Ids default to the
     line number when the file has no ``question_id`` / ``answer_id``."""
     path = Path(path)
@@ -41,8 +42,14 @@ def read_qa_pairs(path: str | os.PathLike[str], *, question_fields: Sequence[str
             if missing:
                 raise InputFormatError(f"{path}:{line_no}: missing field(s) {missing}")
             question = "\n\n".join(str(row[f]).strip() for f in question_fields if str(row[f] or "").strip())
-            pairs.append(QAPair(str(row.get("question_id", line_no)), question, str(row.get("answer_id", f"a{line_no}")),
-                                str(row[answer_field] or "")))
+            pairs.append(
+                QAPair(
+                    str(row.get("question_id", line_no)),
+                    question,
+                    str(row.get("answer_id", f"a{line_no}")),
+                    str(row[answer_field] or ""),
+                )
+            )
     return pairs
 
 

@@ -26,8 +26,9 @@ class Retriever(Protocol):
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "Retriever": ...
 
-    def search(self, queries: Sequence[Query], k: int = 1000,
-               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]: ...
+    def search(
+        self, queries: Sequence[Query], k: int = 1000, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[Ranking]: ...
 
     def save(self, directory: str | os.PathLike[str]) -> None: ...
 
@@ -55,8 +56,7 @@ def collect_documents(docs: Iterable[tuple[str, str]]) -> tuple[list[str], list[
     return ids, texts
 
 
-def check_search_args(queries: Sequence[Query], k: int, exclude: Sequence[Collection[str]] | None,
-                      terms: bool = True) -> None:
+def check_search_args(queries: Sequence[Query], k: int, exclude: Sequence[Collection[str]] | None, terms: bool = True) -> None:
     """Validate the arguments of ``search`` (``terms``: whether the retriever takes :class:`TermQuery` queries)."""
     if isinstance(queries, (str, TermQuery)):
         raise TypeError("pass a list of queries, not a single query")

@@ -55,8 +55,15 @@ class BM25Retriever:
 
     takes_terms = True
 
-    def __init__(self, k1: float = 0.9, b: float = 0.4, method: str = "lucene", stemmer: str | None = "english",
-                 stopwords: str | None = "en", show_progress: bool = False):
+    def __init__(
+        self,
+        k1: float = 0.9,
+        b: float = 0.4,
+        method: str = "lucene",
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+        show_progress: bool = False,
+    ):
         self.config = {"k1": k1, "b": b, "method": method, "stemmer": stemmer, "stopwords": stopwords}
         self.show_progress = show_progress
         self._model = None
@@ -69,8 +76,7 @@ class BM25Retriever:
             import Stemmer
 
             stemmer = Stemmer.Stemmer(self.config["stemmer"])
-        return bm25s.tokenize(texts, stopwords=self.config["stopwords"], stemmer=stemmer,
-                              show_progress=self.show_progress)
+        return bm25s.tokenize(texts, stopwords=self.config["stopwords"], stemmer=stemmer, show_progress=self.show_progress)
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "BM25Retriever":
         """Index ``(doc id, text)`` pairs (ids unique, corpus non-empty)."""
@@ -84,8 +90,7 @@ class BM25Retriever:
         self.doc_ids = ids
         return self
 
-    def search(self, queries: Sequence[Query], k: int = 1000,
-               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+    def search(self, queries: Sequence[Query], k: int = 1000, exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` (doc id, score) per query, best first, without each query's ``exclude`` ids."""
         if self._model is None:
             raise RuntimeError("index documents (or load an index) before searching")
@@ -93,8 +98,13 @@ class BM25Retriever:
         if not queries:
             return []
         depth = min(search_depth(k, exclude), len(self.doc_ids))
-        docs, scores = self._model.retrieve(self._tokenize([query_text(q) for q in queries]), k=depth, backend_selection="numpy",
-                                            show_progress=self.show_progress, n_threads=1)
+        docs, scores = self._model.retrieve(
+            self._tokenize([query_text(q) for q in queries]),
+            k=depth,
+            backend_selection="numpy",
+            show_progress=self.show_progress,
+            n_threads=1,
+        )
         rankings = []
         for row, (row_docs, row_scores) in enumerate(zip(docs, scores)):
             candidates = ((self.doc_ids[d], float(s)) for d, s in zip(row_docs, row_scores) if s > 0)

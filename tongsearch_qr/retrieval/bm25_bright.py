@@ -80,8 +80,7 @@ class BrightBM25Retriever:
         tf.sort_indices()
         return self._weigh(tf, np.asarray(tf.sum(axis=1)).ravel())
 
-    def search(self, queries: Sequence[Query], k: int = 1000,
-               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+    def search(self, queries: Sequence[Query], k: int = 1000, exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` (doc id, score) per query, BRIGHT's order, without each query's ``exclude`` ids."""
         if self.weights is None:
             raise RuntimeError("index documents (or load an index) before searching")
@@ -126,8 +125,9 @@ class BrightBM25Retriever:
         """Write weights, vocabulary, statistics and document ids to ``directory``."""
         if self.weights is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        path = write_index_meta(directory, "bm25-bright", k1=self.k1, b=self.b, avgdl=self.avgdl,
-                                doc_ids=self.doc_ids, vocabulary=self.vocabulary)
+        path = write_index_meta(
+            directory, "bm25-bright", k1=self.k1, b=self.b, avgdl=self.avgdl, doc_ids=self.doc_ids, vocabulary=self.vocabulary
+        )
         sp.save_npz(path / "weights.npz", self.weights)
         np.save(path / "idfs.npy", self.idfs)
 

@@ -25,8 +25,14 @@ OTHER, LETTER, DIGIT, UNDERSCORE, MID_LETTER, MID_NUM, MID_NUM_LET = range(7)
 def _classes() -> np.ndarray:
     """Word-break class of every byte (UAX #29 properties of the ASCII characters)."""
     table = np.full(256, OTHER, dtype=np.uint8)
-    for chars, kind in ((b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", LETTER), (b"0123456789", DIGIT),
-                        (b"_", UNDERSCORE), (b":", MID_LETTER), (b",;", MID_NUM), (b".'", MID_NUM_LET)):
+    for chars, kind in (
+        (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", LETTER),
+        (b"0123456789", DIGIT),
+        (b"_", UNDERSCORE),
+        (b":", MID_LETTER),
+        (b",;", MID_NUM),
+        (b".'", MID_NUM_LET),
+    ):
         table[list(chars)] = kind
     return table
 
@@ -135,8 +141,7 @@ def _tokenize(buf, bounds, classes):
                     if 2 * distinct > len(table):
                         table = _grow(table)
                     break
-                if table[slot, 0] == key and table[slot, 3] == length and _same_token(pool, table[slot, 2], buf, i,
-                                                                                         length):
+                if table[slot, 0] == key and table[slot, 3] == length and _same_token(pool, table[slot, 2], buf, i, length):
                     break
                 slot = (slot + np.uint64(1)) & mask
             ids[total] = found
@@ -152,8 +157,7 @@ def _renumber(ids, new_ids):
         ids[k] = new_ids[ids[k]]
 
 
-def tokenize(buf: np.ndarray, bounds: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                         list[str]]:
+def tokenize(buf: np.ndarray, bounds: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Tokens of the ASCII pieces ``buf[bounds[p]:bounds[p + 1]]`` as ids of distinct lowercased tokens.
 
     Returns the token ids in order, the number of tokens per piece, a flag per piece with a token longer than
@@ -172,11 +176,14 @@ def tokenize(buf: np.ndarray, bounds: np.ndarray, workers: int) -> tuple[np.ndar
     for ids, _, _, chars, ends in parts:
         text = chars.tobytes().decode("ascii")
         tokens = [text[a:b] for a, b in zip(ends[:-1].tolist(), ends[1:].tolist())]
-        _renumber(ids, np.fromiter((numbers.setdefault(t, len(numbers)) for t in tokens), dtype=np.int32,
-                                   count=len(tokens)))
+        _renumber(ids, np.fromiter((numbers.setdefault(t, len(numbers)) for t in tokens), dtype=np.int32, count=len(tokens)))
         all_ids.append(ids)
-    return (np.concatenate(all_ids), np.concatenate([part[1] for part in parts]),
-            np.concatenate([part[2] for part in parts]), list(numbers))
+    return (
+        np.concatenate(all_ids),
+        np.concatenate([part[1] for part in parts]),
+        np.concatenate([part[2] for part in parts]),
+        list(numbers),
+    )
 
 
 @njit(cache=True, nogil=True)

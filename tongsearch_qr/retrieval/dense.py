@@ -45,8 +45,16 @@ class DenseRetriever:
 
     takes_terms = False
 
-    def __init__(self, model: str | None = None, *, max_length: int | None = None, batch_size: int = 64,
-                 device: str | None = None, cache_embeddings: bool = True, show_progress: bool = False):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        cache_embeddings: bool = True,
+        show_progress: bool = False,
+    ):
         self.model_name = model or default_embedder_path()
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
         self.cache_embeddings, self.show_progress = cache_embeddings, show_progress
@@ -64,8 +72,7 @@ class DenseRetriever:
             local = Path(self.model_name).expanduser().exists()
             source = ModelSource(self.model_name, self.model_name, local=local)
             try:  # hub ids: local HF cache first, then the hub, failing fast offline
-                self._model = load_pretrained(lambda path, **kw: SentenceTransformer(path, device=self.device, **kw),
-                                              source)
+                self._model = load_pretrained(lambda path, **kw: SentenceTransformer(path, device=self.device, **kw), source)
             except ModelNotAvailableError:
                 raise
             except OSError as exc:
@@ -75,8 +82,13 @@ class DenseRetriever:
         return self._model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=self.show_progress).astype(np.float32)
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=self.show_progress,
+        ).astype(np.float32)
 
     def index(self, docs: Iterable[tuple[str, str]]) -> "DenseRetriever":
         """Embed ``(doc id, text)`` pairs (or load their cached embeddings)."""
@@ -100,8 +112,7 @@ class DenseRetriever:
             digest.update(f"\x00{doc_id}\x01{text}".encode())
         return cache_root() / "embeddings" / f"{digest.hexdigest()[:32]}.npy"
 
-    def search(self, queries: Sequence[str], k: int = 1000,
-               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+    def search(self, queries: Sequence[str], k: int = 1000, exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` documents by cosine similarity per query, without each query's ``exclude`` ids."""
         if self.embeddings is None:
             raise RuntimeError("index documents (or load an index) before searching")
@@ -124,15 +135,20 @@ class DenseRetriever:
         lengths = [len(ids) for ids in self.model.tokenizer(queries, add_special_tokens=True)["input_ids"]]
         cut = sum(length > limit for length in lengths)
         if cut:
-            log.warning("%d of %d queries are longer than the embedder's max_seq_length=%d tokens and were cut "
-                        "(longest: %d); set max_length (--max-length) to change it", cut, len(queries), limit, max(lengths))
+            log.warning(
+                "%d of %d queries are longer than the embedder's max_seq_length=%d tokens and were cut "
+                "(longest: %d); set max_length (--max-length) to change it",
+                cut,
+                len(queries),
+                limit,
+                max(lengths),
+            )
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write embeddings, document ids and settings to ``directory``."""
         if self.embeddings is None:
             raise RuntimeError("nothing to save: the retriever has no index")
-        path = write_index_meta(directory, "dense", model=self.model_name, max_length=self.max_length,
-                                doc_ids=self.doc_ids)
+        path = write_index_meta(directory, "dense", model=self.model_name, max_length=self.max_length, doc_ids=self.doc_ids)
         np.save(path / "embeddings.npy", self.embeddings)
 
     @classmethod

@@ -105,8 +105,7 @@ def analyze_ids(texts: Sequence[str], show_progress: bool = False) -> tuple[np.n
             raise RuntimeError(f"Lucene splits the token {token!r} of the compiled tokenizer: a bug, please report")
         if terms:
             term_of_id[k] = vocabulary.setdefault(terms[0], len(vocabulary))
-    jvm_terms, jvm_counts = _jvm_terms([piece for piece, kind in zip(pieces, source) if kind != FAST], vocabulary,
-                                       show_progress)
+    jvm_terms, jvm_counts = _jvm_terms([piece for piece, kind in zip(pieces, source) if kind != FAST], vocabulary, show_progress)
     terms, per_piece = merge_pieces(ids, counts, term_of_id, jvm_terms, jvm_counts, source)
     lengths = np.add.reduceat(per_piece, _bounds(pieces_per_text)[0]) if len(texts) else np.zeros(0, dtype=np.int64)
     return terms, lengths, list(vocabulary)
@@ -145,8 +144,7 @@ def _jvm_terms(pieces: list[str], vocabulary: dict[str, int], show_progress: boo
     each distinct piece is analysed once (words repeat)."""
     number = {piece: k for k, piece in enumerate(dict.fromkeys(pieces))}
     words, word_counts = _jvm_analyze_flat(list(number), show_progress=show_progress)
-    word_terms = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int32,
-                             count=len(words))
+    word_terms = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), dtype=np.int32, count=len(words))
     which = np.fromiter((number[piece] for piece in pieces), dtype=np.int64, count=len(pieces))
     counts = word_counts[which]
     return word_terms[np.repeat(_bounds(word_counts)[0][which], counts) + _ranks(counts)], counts
@@ -175,8 +173,9 @@ def _per_text(tokens: np.ndarray, lengths: np.ndarray) -> list[list[str]]:
     return [tokens[a:b].tolist() for a, b in zip(starts.tolist(), ends.tolist())]
 
 
-def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 1000, show_progress: bool = False,
-                      threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _jvm_analyze_flat(
+    texts: Sequence[str], batch_size: int = 1000, show_progress: bool = False, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """All tokens of all texts in one object array, and the number of tokens of each text.
 
     Texts are joined around a separator token and analysed together, batches spread over ``threads``
@@ -210,8 +209,9 @@ def _jvm_analyze_flat(texts: Sequence[str], batch_size: int = 1000, show_progres
     workers = max(1, min(threads or os.cpu_count() or 1, len(starts)))
     arrays, lengths = [], []
     with ThreadPoolExecutor(workers) as pool:
-        for batch_tokens, batch_lengths in tqdm(pool.map(one_batch, starts), total=len(starts), desc="analyzing",
-                                                unit="batch", disable=not show_progress):
+        for batch_tokens, batch_lengths in tqdm(
+            pool.map(one_batch, starts), total=len(starts), desc="analyzing", unit="batch", disable=not show_progress
+        ):
             arrays.append(batch_tokens)
             lengths.append(batch_lengths)
     if not arrays:

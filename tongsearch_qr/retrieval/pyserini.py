@@ -28,9 +28,19 @@ class PyseriniRetriever:
 
     takes_terms = True
 
-    def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4,
-                 threads: int = 1, show_progress: bool = False, rm3: bool = False, fb_terms: int = 10,
-                 fb_docs: int = 10, original_query_weight: float = 0.5):
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str] | None = None,
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        threads: int = 1,
+        show_progress: bool = False,
+        rm3: bool = False,
+        fb_terms: int = 10,
+        fb_docs: int = 10,
+        original_query_weight: float = 0.5,
+    ):
         if fb_terms < 1 or fb_docs < 1 or not 0 <= original_query_weight <= 1:
             raise ValueError("RM3 needs fb_terms >= 1, fb_docs >= 1 and original_query_weight in [0, 1]")
         self.k1, self.b, self.threads, self.show_progress = k1, b, threads, show_progress
@@ -59,11 +69,15 @@ class PyseriniRetriever:
             raise FileExistsError(f"{self.index_dir} is not empty; index into a new directory")
         from tqdm.auto import tqdm
 
-        indexer = LuceneIndexer(args=["-index", str(self.index_dir), "-storeDocvectors"], threads=self.threads) \
-            if self.rm3 else LuceneIndexer(str(self.index_dir), threads=self.threads)
+        indexer = (
+            LuceneIndexer(args=["-index", str(self.index_dir), "-storeDocvectors"], threads=self.threads)
+            if self.rm3
+            else LuceneIndexer(str(self.index_dir), threads=self.threads)
+        )
         for start in tqdm(range(0, len(ids), 1000), desc="indexing", unit="batch", disable=not self.show_progress):
-            indexer.add_batch_dict([{"id": i, "contents": t} for i, t in zip(ids[start:start + 1000],
-                                                                              texts[start:start + 1000])])
+            indexer.add_batch_dict(
+                [{"id": i, "contents": t} for i, t in zip(ids[start : start + 1000], texts[start : start + 1000])]
+            )
         indexer.close()
         self._searcher = None
         return self
@@ -82,12 +96,13 @@ class PyseriniRetriever:
                 try:
                     self._searcher.set_rm3(*self.rm3)
                 except TypeError as exc:  # pyserini's words for an index without document vectors
-                    raise ValueError(f"{self.index_dir}: RM3 needs an index with document vectors "
-                                     "(-storeDocvectors); let this retriever index the documents") from exc
+                    raise ValueError(
+                        f"{self.index_dir}: RM3 needs an index with document vectors "
+                        "(-storeDocvectors); let this retriever index the documents"
+                    ) from exc
         return self._searcher
 
-    def search(self, queries: Sequence[Query], k: int = 1000,
-               exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
+    def search(self, queries: Sequence[Query], k: int = 1000, exclude: Sequence[Collection[str]] | None = None) -> list[Ranking]:
         """Top-``k`` Lucene BM25 hits per query, without each query's ``exclude`` ids."""
         check_search_args(queries, k, exclude)
         if not queries:
@@ -95,14 +110,19 @@ class PyseriniRetriever:
         depth = search_depth(k, exclude)
         qids = [str(i) for i in range(len(queries))]
         texts = [(qid, q) for qid, q in zip(qids, queries) if isinstance(q, str)]
-        hits = self.searcher.batch_search([q for _, q in texts], [qid for qid, _ in texts], k=depth,
-                                          threads=self.threads) if texts else {}
+        hits = (
+            self.searcher.batch_search([q for _, q in texts], [qid for qid, _ in texts], k=depth, threads=self.threads)
+            if texts
+            else {}
+        )
         for qid, query in zip(qids, queries):
             if isinstance(query, TermQuery):
                 boosted = boosted_query(query)
                 hits[qid] = self.searcher.search(boosted, k=depth) if boosted is not None else []
-        return [drop_excluded(((h.docid, float(h.score)) for h in hits[qid]), exclude[i] if exclude else (), k)
-                for i, qid in enumerate(qids)]
+        return [
+            drop_excluded(((h.docid, float(h.score)) for h in hits[qid]), exclude[i] if exclude else (), k)
+            for i, qid in enumerate(qids)
+        ]
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Copy the Lucene index and settings to ``directory``."""

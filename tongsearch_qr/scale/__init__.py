@@ -12,5 +12,17 @@ from .ray_job import ActorPool, RayPoolBackend, connect, plan_pool, ray_reasoner
 from .spec import ReasonerSpec, ResolvedSettings
 from .tables import read_query_file, reasoning_rows, write_reasoning
 
-__all__ = ["ActorPool", "RayPoolBackend", "ReasonerSpec", "ResolvedSettings", "connect", "plan_pool", "ray_reasoner",
-           "read_query_file", "read_query_source", "reason_dataset", "reasoning_rows", "write_reasoning"]
+__all__ = [
+    "ActorPool",
+    "RayPoolBackend",
+    "ReasonerSpec",
+    "ResolvedSettings",
+    "connect",
+    "plan_pool",
+    "ray_reasoner",
+    "read_query_file",
+    "read_query_source",
+    "reason_dataset",
+    "reasoning_rows",
+    "write_reasoning",
+]

@@ -39,8 +39,9 @@ def import_ray() -> Any:
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("ray"):
             raise
-        raise ModuleNotFoundError(f"reasoning on Ray needs Ray Data ({exc}): pip install 'tongsearch-qr[ray]'",
-                                  name="ray") from exc
+        raise ModuleNotFoundError(
+            f"reasoning on Ray needs Ray Data ({exc}): pip install 'tongsearch-qr[ray]'", name="ray"
+        ) from exc
     return ray
 
 
@@ -60,17 +61,20 @@ def connect(address: str | None = None) -> None:
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
         except OSError as exc:
-            raise BackendUnavailableError(f"no Ray cluster answers at {target} ({exc}): start one there with "
-                                          "`ray start --head`, or check the address") from exc
+            raise BackendUnavailableError(
+                f"no Ray cluster answers at {target} ({exc}): start one there with `ray start --head`, or check the address"
+            ) from exc
     try:
         ray.init(address=address)
     except ConnectionError as exc:
         hint = ""
         if target not in (None, "auto", "local") and not os.environ.get("RAY_AUTH_MODE"):
-            hint = ("; if the cluster uses Ray's token authentication (`ray start --head` turns it on since Ray 2.59), "
-                    "set RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN "
-                    "(`ray get-auth-token` on the head prints it): Ray sends it to an address given explicitly only "
-                    "then")
+            hint = (
+                "; if the cluster uses Ray's token authentication (`ray start --head` turns it on since Ray 2.59), "
+                "set RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN "
+                "(`ray get-auth-token` on the head prints it): Ray sends it to an address given explicitly only "
+                "then"
+            )
         raise BackendUnavailableError(f"cannot join a Ray cluster at {target}: {exc}{hint}") from exc
 
 
@@ -83,8 +87,13 @@ class ActorPool:
     gpus: float
 
 
-def plan_pool(spec: ReasonerSpec, resources: Mapping[str, float], actors: int | None = None,
-              cpus_per_actor: float | None = None, gpus_per_actor: float | None = None) -> ActorPool:
+def plan_pool(
+    spec: ReasonerSpec,
+    resources: Mapping[str, float],
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    gpus_per_actor: float | None = None,
+) -> ActorPool:
     """The actor pool for ``spec`` on a cluster with ``resources`` (``ray.cluster_resources()``). By default an
     actor takes one CPU, and, when the cluster has GPUs and the backend uses them (auto, transformers or vllm, not
     ``device="cpu"``; llamacpp with ``device="cuda[:N]"``), one GPU (vllm: ``tensor_parallel_size`` of them); as
@@ -96,16 +105,19 @@ def plan_pool(spec: ReasonerSpec, resources: Mapping[str, float], actors: int | 
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if gpus_per_actor is None:
         device = str(spec.kwargs.get("device", "auto"))
-        uses_gpus = (spec.backend in ("auto", "transformers", "vllm") and device != "cpu") or \
-            (spec.backend == "llamacpp" and device.startswith("cuda"))  # llama.cpp offloads only when asked
+        uses_gpus = (spec.backend in ("auto", "transformers", "vllm") and device != "cpu") or (
+            spec.backend == "llamacpp" and device.startswith("cuda")
+        )  # llama.cpp offloads only when asked
         gpus_per_actor = float(spec.kwargs.get("tensor_parallel_size", 1)) if uses_gpus and resources.get("GPU") else 0.0
     cpus_per_actor = 1.0 if cpus_per_actor is None else float(cpus_per_actor)
     if actors is None:
         kind, need = ("GPU", gpus_per_actor) if gpus_per_actor else ("CPU", cpus_per_actor)
         actors = int(resources.get(kind, 0) // need) if need else 1
         if actors < 1:
-            raise TongSearchError(f"the Ray cluster has {resources.get(kind, 0):g} {kind}s: not enough for one actor "
-                                  f"of {need:g}; lower the {kind}s per actor")
+            raise TongSearchError(
+                f"the Ray cluster has {resources.get(kind, 0):g} {kind}s: not enough for one actor "
+                f"of {need:g}; lower the {kind}s per actor"
+            )
     return ActorPool(actors, cpus_per_actor, float(gpus_per_actor))
 
 
@@ -145,8 +157,14 @@ class RayPoolBackend:
         self.spec, self.cache_id, self.pool, self.rows_per_task = spec, cache_id, pool, rows_per_task
         self.duplicates = 0
 
-    def generate(self, questions: Sequence[str], template: PromptTemplate, params: GenerationParams,
-                 on_result: ResultCallback | None = None, samples: Sequence[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        questions: Sequence[str],
+        template: PromptTemplate,
+        params: GenerationParams,
+        on_result: ResultCallback | None = None,
+        samples: Sequence[int] | None = None,
+    ) -> list[str]:
         """Completions for ``questions``, in input order, generated by the pool."""
         import pyarrow as pa
 
@@ -155,18 +173,32 @@ class RayPoolBackend:
         if not questions:
             return []
         order = sorted(range(len(questions)), key=lambda i: len(questions[i]), reverse=True)
-        tasks = [order[start:start + self.rows_per_task] for start in range(0, len(order), self.rows_per_task)]
-        blocks = [pa.table({"row": rows, "question": [questions[i] for i in rows], "sample": [samples[i] for i in rows]})
-                  for rows in tasks]
+        tasks = [order[start : start + self.rows_per_task] for start in range(0, len(order), self.rows_per_task)]
+        blocks = [
+            pa.table({"row": rows, "question": [questions[i] for i in rows], "sample": [samples[i] for i in rows]})
+            for rows in tasks
+        ]
         dataset = ray.data.from_arrow(blocks).map_batches(
-            ReasonerWorker, fn_constructor_args=(self.spec, template, params), batch_size=self.rows_per_task,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=min(self.pool.actors, len(tasks))),
-            num_cpus=self.pool.cpus, num_gpus=self.pool.gpus)
+            ReasonerWorker,
+            fn_constructor_args=(self.spec, template, params),
+            batch_size=self.rows_per_task,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(self.pool.actors, len(tasks))),
+            num_cpus=self.pool.cpus,
+            num_gpus=self.pool.gpus,
+        )
         dataset.context.enable_progress_bars = False  # the reasoner's own bar counts the queries
         dataset.context.raise_original_map_exception = True  # a worker's error as it raised it, not Ray's wrapper
         results: list[str | None] = [None] * len(questions)
-        log.info("%d rows in %d tasks of %d for %d actor(s) of %g CPU, %g GPU", len(questions), len(tasks),
-                 self.rows_per_task, self.pool.actors, self.pool.cpus, self.pool.gpus)
+        log.info(
+            "%d rows in %d tasks of %d for %d actor(s) of %g CPU, %g GPU",
+            len(questions),
+            len(tasks),
+            self.rows_per_task,
+            self.pool.actors,
+            self.pool.cpus,
+            self.pool.gpus,
+        )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 self._collect(batch, results, on_result)
@@ -180,8 +212,10 @@ class RayPoolBackend:
     def _collect(self, batch: Any, results: list[str | None], on_result: ResultCallback | None) -> None:
         for row, text, cache_id in zip(*(batch[name].to_pylist() for name in ("row", "completion", "cache_id"))):
             if cache_id != self.cache_id:
-                raise TongSearchError(f"a Ray worker generated with {cache_id}, not {self.cache_id} as the first one "
-                                      "did (e.g. dtype auto on unlike hardware): give the dtype (--dtype)")
+                raise TongSearchError(
+                    f"a Ray worker generated with {cache_id}, not {self.cache_id} as the first one "
+                    "did (e.g. dtype auto on unlike hardware): give the dtype (--dtype)"
+                )
             if results[row] is not None:
                 self.duplicates += 1
                 log.warning("row %d came back twice (a retried task): kept the first", row)
@@ -191,10 +225,18 @@ class RayPoolBackend:
                 on_result(row, text)
 
 
-def ray_reasoner(spec: ReasonerSpec | None = None, *, cache: CacheSpec = None, address: str | None = None,
-                 actors: int | None = None, cpus_per_actor: float | None = None, gpus_per_actor: float | None = None,
-                 rows_per_task: int = 64, progress: bool = False,
-                 feedback: Feedback | None = None) -> QRReasoner:
+def ray_reasoner(
+    spec: ReasonerSpec | None = None,
+    *,
+    cache: CacheSpec = None,
+    address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    gpus_per_actor: float | None = None,
+    rows_per_task: int = 64,
+    progress: bool = False,
+    feedback: Feedback | None = None,
+) -> QRReasoner:
     """A :class:`~tongsearch_qr.QRReasoner` on this machine (the driver) that generates on a Ray actor pool.
 
     It joins the cluster (see :func:`connect`), builds ``spec``'s reasoner once on a worker to learn its settings
@@ -215,8 +257,16 @@ def ray_reasoner(spec: ReasonerSpec | None = None, *, cache: CacheSpec = None, a
     except ray.exceptions.RayError as exc:
         raise remote_error(ray, exc) from None
     backend = RayPoolBackend(spec, settings.cache_id, pool, rows_per_task=rows_per_task)
-    return QRReasoner(backend=backend, template=settings.template, generation=settings.generation,
-                      mode=settings.mode, samples=settings.samples, cache=cache, progress=progress, feedback=feedback)
+    return QRReasoner(
+        backend=backend,
+        template=settings.template,
+        generation=settings.generation,
+        mode=settings.mode,
+        samples=settings.samples,
+        cache=cache,
+        progress=progress,
+        feedback=feedback,
+    )
 
 
 def read_query_source(queries: str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | Dataset) -> list[QueryRecord]:
@@ -234,8 +284,10 @@ def read_query_source(queries: str | os.PathLike[str] | Mapping[str, str] | Sequ
         kept, options.preserve_order = options.preserve_order, True  # rows in the dataset's order, not as blocks finish
         try:
             batches = selected.iter_batches(batch_size=None, batch_format="pyarrow")
-            return query_records(((qid, query) for batch in batches for qid, query in
-                                  zip(*(batch.column(name).to_pylist() for name in columns))), "the dataset")
+            return query_records(
+                ((qid, query) for batch in batches for qid, query in zip(*(batch.column(name).to_pylist() for name in columns))),
+                "the dataset",
+            )
         finally:
             options.preserve_order = kept
     if isinstance(queries, Sequence):
@@ -243,10 +295,15 @@ def read_query_source(queries: str | os.PathLike[str] | Mapping[str, str] | Sequ
     raise TypeError(f"queries must be a file path, a ray.data.Dataset, a mapping or a sequence, got {type(queries)}")
 
 
-def reason_dataset(queries: str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | Dataset,
-                   spec: ReasonerSpec | None = None, *, output: str | os.PathLike[str] | None = None,
-                   mode: str | RewriteMode | None = None, progress: bool = True,
-                   **ray_options: Any) -> list[dict[str, object]]:
+def reason_dataset(
+    queries: str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | Dataset,
+    spec: ReasonerSpec | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    mode: str | RewriteMode | None = None,
+    progress: bool = True,
+    **ray_options: Any,
+) -> list[dict[str, object]]:
     """Reason about every query on a Ray cluster and return (and, with ``output``, write: JSONL, or Parquet for a
     ``.parquet`` path) the rows ``tongsearch-qr reason`` writes: ``id, query, reasoning, rewritten`` (and
     ``samples`` with several). ``queries``: see :func:`read_query_source`; ``ray_options`` go to
@@ -258,7 +315,8 @@ def reason_dataset(queries: str | os.PathLike[str] | Mapping[str, str] | Sequenc
     rows = reasoning_rows(records, samples, get_mode(mode) if mode is not None else reasoner.mode)
     if output is not None:
         write_reasoning(output, rows)
-    log.info("reasoning on Ray: %(queries)d unique queries, %(cached)d from the cache, %(generated)d generated, "
-             "%(empty)d empty", {name: reasoner.stats[name] for name in ("queries", "cached", "generated", "empty")})
+    log.info(
+        "reasoning on Ray: %(queries)d unique queries, %(cached)d from the cache, %(generated)d generated, %(empty)d empty",
+        {name: reasoner.stats[name] for name in ("queries", "cached", "generated", "empty")},
+    )
     return rows
-

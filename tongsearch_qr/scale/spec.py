@@ -26,12 +26,15 @@ class ReasonerSpec:
     :class:`~tongsearch_qr.backends.Backend`, called on each worker (``model`` then stays ``None``).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *,
-                 backend: str | Callable[[], Backend] = "auto", **kwargs: Any):
+    def __init__(
+        self, model: str | os.PathLike[str] | None = None, *, backend: str | Callable[[], Backend] = "auto", **kwargs: Any
+    ):
         driver_only = sorted(set(DRIVER_ONLY) & set(kwargs))
         if driver_only:
-            raise ValueError(f"{', '.join(driver_only)} belong to the driver: give them to ray_reasoner or "
-                             "reason_dataset, not to the ReasonerSpec")
+            raise ValueError(
+                f"{', '.join(driver_only)} belong to the driver: give them to ray_reasoner or "
+                "reason_dataset, not to the ReasonerSpec"
+            )
         if not isinstance(backend, str) and not callable(backend):
             raise TypeError(f"backend must be a backend name or a callable returning a Backend, got {backend!r}")
         if callable(backend) and model is not None:
@@ -69,5 +72,4 @@ class ResolvedSettings(NamedTuple):
 def resolve_settings(spec: ReasonerSpec) -> ResolvedSettings:
     """Build ``spec``'s reasoner and return its settings (run on a worker: it loads the model)."""
     reasoner = spec.build()
-    return ResolvedSettings(reasoner.backend.cache_id, reasoner.template, reasoner.generation, reasoner.mode,
-                            reasoner.samples)
+    return ResolvedSettings(reasoner.backend.cache_id, reasoner.template, reasoner.generation, reasoner.mode, reasoner.samples)

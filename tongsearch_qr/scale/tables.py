@@ -63,14 +63,22 @@ def query_records(pairs: Iterable[tuple[object, object]], source: str) -> list[Q
     return records
 
 
-def reasoning_rows(records: Sequence[QueryRecord], samples: Sequence[Sequence[str]],
-                   mode: RewriteMode) -> list[dict[str, object]]:
+def reasoning_rows(
+    records: Sequence[QueryRecord], samples: Sequence[Sequence[str]], mode: RewriteMode
+) -> list[dict[str, object]]:
     """One output row per query: ``id, query, reasoning, rewritten`` and, with several samples, ``samples``."""
     rows = []
     for record, texts in zip(records, samples, strict=True):
         query, reasoning = str(record.query), "\n".join(texts)
-        rows.append({"id": record.id, "query": query, "reasoning": reasoning, "rewritten": mode.apply(query, reasoning),
-                     **({"samples": list(texts)} if len(texts) > 1 else {})})
+        rows.append(
+            {
+                "id": record.id,
+                "query": query,
+                "reasoning": reasoning,
+                "rewritten": mode.apply(query, reasoning),
+                **({"samples": list(texts)} if len(texts) > 1 else {}),
+            }
+        )
     return rows
 
 
