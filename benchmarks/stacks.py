@@ -22,9 +22,10 @@ with ``--seed``; ``--dtype`` pins the engine's precision, as every figure for it
 bf16 too: ``--dtype float16`` is what llama.cpp runs there), ``question-terms`` (no model: the adapters in mode
 ``original``, the question's own term query, which shows what the hygiene alone does), ``7b`` and ``1.5b`` (the
 paper's published reasoning, mode replace; BRIGHT pools only; ``7b-text`` sends it as text, the way the adapters
-did before term queries). Reasoning is cached (``--cache``), so a rerun only retrieves. Writes ``stacks-<dtype>.md``, ``.json`` and ``.png`` (a heatmap) to ``--output`` and prints the table
-and the shipped reasoner's verdict: no cell below the question by more than 0.005 on SciFact and NFCorpus, and its
-held-out gains (matheducators, BRIGHT earth_science) above 0 through every retriever.
+did before term queries). Reasoning is cached (``--cache``), so a rerun only retrieves. Writes ``stacks-<dtype>.md``,
+``.json`` and ``.png`` (a heatmap) to ``--output`` and prints the table and the shipped reasoner's verdict: no cell
+below the question by more than 0.005 on SciFact and NFCorpus, and its held-out gains (matheducators, BRIGHT
+earth_science) above 0 through every retriever.
 """
 
 from __future__ import annotations
