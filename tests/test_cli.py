@@ -1,6 +1,5 @@
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -278,25 +277,6 @@ def test_errors_from_inside_libraries_keep_their_cause_and_v_shows_the_traceback
     assert "-v" in line
     assert main(["-v", *argv]) == 2
     assert "Traceback" in capsys.readouterr().err
-
-
-def test_every_command_line_option_is_documented_in_the_readme():
-    import argparse
-
-    from conftest import REPO
-
-    from tongsearch_qr.cli import build_parser
-
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    missing = {
-        f"{name} {option}"
-        for name, parser in commands.items()
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--") and option != "--help" and not re.search(re.escape(option) + r"(?![\w-])", readme)
-    }
-    assert not missing, sorted(missing)
 
 
 def test_train_help_names_every_bundled_config(capsys):

@@ -61,15 +61,3 @@ def test_the_core_never_imports_the_adapters():
     from tongsearch_qr.evaluation import stacks
 
     assert {"pyterrier", "llama-index", "haystack"} <= set(stacks())
-
-
-def test_the_readmes_retrieval_snippet_runs_on_a_beir_collection(monkeypatch):
-    from conftest import REPO
-
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Retrieval and evaluation", 1)[1]
-    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(REPO)
-    scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)
-    assert len(scope["rankings"]) == len(scope["qids"]) == 300 and len(scope["rankings"][0]) == 1000

@@ -1,5 +1,5 @@
 """Seeded sampling and batching in bfloat16 on a CPU with native bf16 (avx512_bf16), what ``dtype="auto"`` picks
-there: where a seeded query's text depends on the other queries generated beside it, as the README says."""
+there: where a seeded query's text depends on the other queries generated beside it, as docs/reasoners.md says."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_in_bf16_the_same_queries_in_one_batch_repeat_in_any_order(bf16):
 def test_in_bf16_a_seeded_querys_text_depends_on_the_batch_it_is_generated_in(bf16):
     # bf16 matrix products round differently for another number of rows, so a query generated alone (or at another
     # batch size) can draw another text; in float32 it does not (test_reasoner). Should this start to fail, bf16
-    # became batch-invariant here: the README's --seed sentence says where it holds and must be updated.
+    # became batch-invariant here: docs/reasoners.md' --seed sentence says where it holds and must be updated.
     backend, together = bf16
     alone = [backend.generate([q], TEMPLATE, PARAMS)[0] for q in QUESTIONS]
     assert sum(a != b for a, b in zip(alone, together)) >= 2
