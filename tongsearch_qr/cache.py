@@ -59,7 +59,9 @@ class ReasoningCache:
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections must not be used (nor closed) here
-            self._inherited.append(getattr(self._local, "conn", None))
+            inherited = getattr(self._local, "conn", None)
+            if inherited is not None:
+                self._inherited.append(inherited)
             self._local, self._pid = threading.local(), os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:

@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import TongSearchError
 from .generation import GenerationParams
@@ -155,7 +156,7 @@ def seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def backend_options(args: argparse.Namespace) -> dict[str, object]:
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of the chosen ``--backend``."""
     if args.backend == "vllm":
         return {
@@ -175,7 +176,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
     llamacpp = {"device": args.device, "parallel": args.parallel, "threads": args.threads, "kv_cache_gib": args.kv_cache_gib}
     if args.backend == "llamacpp":
         return {**llamacpp, "weights_type": None if args.dtype == "auto" else args.dtype}
-    transformers: dict[str, object] = {"device": args.device, "dtype": args.dtype}
+    transformers: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
     if args.batch_size is not None:  # else the backend sizes batches for its device (on CUDA, by free memory)
         transformers["batch_size"] = args.batch_size
     return {**transformers, **llamacpp} if args.backend == "auto" else transformers
@@ -208,7 +209,7 @@ def reasoner_from_args(args: argparse.Namespace):
         params = GenerationParams.greedy(length, sampling.repetition_penalty)
     else:
         params = sampling.with_(max_new_tokens=length, seed=args.seed)
-    common = dict(
+    common: dict[str, Any] = dict(
         think=args.think,
         generation=params,
         cache=cache_spec(args),
@@ -229,7 +230,7 @@ def reasoner_from_args(args: argparse.Namespace):
     return QRReasoner(args.model, backend=args.backend, **backend_options(args), **common)
 
 
-def ray_reasoner_from_args(args: argparse.Namespace, settings: dict[str, object]):
+def ray_reasoner_from_args(args: argparse.Namespace, settings: dict[str, Any]):
     """The reasoner of ``reason --ray``: ``settings`` (the reasoner's, cache and progress included) on a Ray pool."""
     from .models import is_embedded
     from .scale import ReasonerSpec, ray_reasoner

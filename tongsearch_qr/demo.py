@@ -73,8 +73,8 @@ def run_demo(
         print(f"[{qid}] {text}")
         print(f"      relevant: {', '.join(sorted(qrels[qid]))}")
         for prefix, texts_of in reasoning.items():
-            if texts_of[i] is not None:
-                snippet = textwrap.shorten(" ".join(texts_of[i].split()), 220, placeholder=" …")
+            if (reasoned := texts_of[i]) is not None:
+                snippet = textwrap.shorten(" ".join(reasoned.split()), 220, placeholder=" …")
                 print(f"      {'untrained ' if prefix else ''}reasoning: {snippet}")
         for name in rows:
             top = sorted(runs[name][qid].items(), key=lambda kv: -kv[1])[:show]

@@ -240,7 +240,7 @@ def paired_difference(
     confidence: float = 0.95,
     resamples: int = 10000,
     seed: int = 0,
-) -> dict[str, float] | None:
+) -> dict[str, str | float] | None:
     """The mean per-query difference ``reasoning - baseline`` in ``metric``, with a paired bootstrap
     ``confidence`` interval (scipy's percentile bootstrap over queries, seeded); ``None`` without both runs."""
     if not {"reasoning", "baseline"} <= set(results):

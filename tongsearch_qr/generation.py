@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class GenerationParams:
         """Deterministic decoding (argmax at every step)."""
         return cls(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, do_sample=False)
 
-    def with_(self, **changes: object) -> "GenerationParams":
+    def with_(self, **changes: Any) -> "GenerationParams":
         """A copy with some fields changed."""
         return replace(self, **changes)
 

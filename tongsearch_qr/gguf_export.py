@@ -41,7 +41,7 @@ class GGUFModel:
 
 def is_gguf_file(spec: str | os.PathLike[str] | None) -> bool:
     """Whether a model spec is a ``.gguf`` file (run by llama.cpp as it is)."""
-    if is_embedded(spec):
+    if spec is None or is_embedded(spec):
         return False
     path = Path(os.fspath(spec)).expanduser()
     return path.suffix == ".gguf" and path.is_file()
@@ -70,7 +70,7 @@ def gguf_model(spec: str | os.PathLike[str] | None, weights_type: str = "BF16") 
     from transformers import AutoTokenizer
 
     weights_type = check_weights_type(weights_type)
-    path = None if is_embedded(spec) else Path(os.fspath(spec)).expanduser()
+    path = None if spec is None or is_embedded(spec) else Path(os.fspath(spec)).expanduser()
     if path is not None and path.is_file() and path.suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return GGUFModel(path.resolve(), tokenizer, f"{path.name}@{file_fingerprint(path)}")

@@ -117,7 +117,7 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     """Turn ``None``/``"default"`` (the shipped trained reasoner), ``"base"`` (the untrained embedded model), a
     local directory (full weights, or a LoRA adapter: merged into its base once and cached) or a hub id into a
     :class:`ModelSource`."""
-    if is_default(spec):
+    if spec is None or is_default(spec):
         adapter = embedded_adapter()
         # the weights' identity: the settings file (prompt, mode, length) keys the reasoning cache on its own
         weights = {name: digest for name, digest in EMBEDDED_ADAPTER_SHA256.items() if name != REASONER_SETTINGS}
@@ -192,13 +192,13 @@ def reasoner_settings(spec: str | os.PathLike[str] | None) -> dict[str, Any]:
     shipped adapter's for the default reasoner (``{}`` for anything else)."""
     if is_base(spec):
         return {}
-    folder = embedded_adapter() if is_default(spec) else Path(os.fspath(spec)).expanduser()
+    folder = embedded_adapter() if spec is None or is_default(spec) else Path(os.fspath(spec)).expanduser()
     file = folder / REASONER_SETTINGS
     if not file.is_file():
         return {}
     try:
         settings = json.loads(file.read_text(encoding="utf-8"))
-        found = {"template": dict(settings["template"]), "mode": str(settings["mode"])}
+        found: dict[str, Any] = {"template": dict(settings["template"]), "mode": str(settings["mode"])}
         if settings.get("max_new_tokens"):
             found["max_new_tokens"] = int(settings["max_new_tokens"])
         if "terms" in settings:

@@ -134,7 +134,7 @@ class QRReasoner:
                 )
             if think:
                 raise ValueError("think mode belongs to TongSearch QR's prompt; drop think=True or method=")
-            defaults = {
+            defaults: dict[str, Any] = {
                 "template": chosen.template,
                 "mode": chosen.mode,
                 "generation": chosen.generation,
@@ -149,7 +149,7 @@ class QRReasoner:
         if template is None and "template" in defaults and not think:
             template = defaults["template"]
         self.template = template or PromptTemplate.paper(think=think)
-        self.generation = generation or defaults.get("generation") or GenerationParams()
+        self.generation: GenerationParams = generation or defaults.get("generation") or GenerationParams()
         self.mode = get_mode(mode if mode is not None else defaults.get("mode", "replace"))
         if samples is None:  # a method's samples, unless decoding is greedy
             samples = defaults.get("samples", 1) if self.generation.do_sample else 1

@@ -92,7 +92,7 @@ def llamacpp_problem(model: str | os.PathLike[str] | None) -> str | None:
     from ..gguf_export import export_problem
     from ..models import is_embedded, resolve_model
 
-    if is_embedded(model):
+    if model is None or is_embedded(model):
         return None
     if not Path(os.fspath(model)).expanduser().is_dir():
         return f"llama.cpp runs local models only, and {os.fspath(model)!r} is not a local directory"

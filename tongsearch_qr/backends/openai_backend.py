@@ -300,9 +300,13 @@ class OpenAIBackend:
             from ..models import load_pretrained, resolve_model
 
             served = self._served.id if self._served else self.model
-            specs = [self.tokenizer] if self.tokenizer else list(dict.fromkeys([self.model, served, served.rpartition("@")[0]]))
+            specs: list[str | os.PathLike[str]] = (
+                [self.tokenizer]
+                if self.tokenizer
+                else [s for s in dict.fromkeys([self.model, served, served.rpartition("@")[0]]) if s]
+            )
             problems = []
-            for spec in filter(None, specs):
+            for spec in specs:
                 try:
                     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, resolve_model(spec))
                 except (OSError, ValueError) as exc:
@@ -354,7 +358,8 @@ class OpenAIBackend:
         """The server that answered and its ``n`` completions for ``body``, with retries and failover."""
         import httpx
 
-        problem, attempt, tried = "", 0, set()
+        problem, attempt = "", 0
+        tried: set[str] = set()
         while attempt <= self.max_retries:
             url, client = await pool.acquire(tried)
             sent = self._body_for(url, body)

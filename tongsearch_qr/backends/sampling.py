@@ -29,7 +29,7 @@ class TopKTopPSampler:
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generators = generators
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = scores.shape[-1] if self.top_k == 0 else min(self.top_k, scores.shape[-1])
         values, candidates = (scores / self.temperature).topk(k, dim=-1)  # sorted, best first
         probs = values.softmax(dim=-1)

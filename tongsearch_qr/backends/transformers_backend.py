@@ -116,7 +116,8 @@ class TransformersBackend:
         device = pick_device(device)
         dtype_ = pick_dtype(dtype, device)
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.source)
-        loaded = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=dtype_).to(device)
+        # transformers decorates PreTrainedModel.to with functools.wraps, which typeshed types as an unbound function
+        loaded = load_pretrained(AutoModelForCausalLM.from_pretrained, self.source, dtype=dtype_).to(device)  # type: ignore[arg-type]
         self._attach(loaded, tokenizer, self.source.identity(), batch_size, max_batch_tokens, step_overhead_tokens)
 
     @classmethod

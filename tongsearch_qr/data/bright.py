@@ -61,9 +61,9 @@ def load_bright(
     ``long_documents`` and ``gold_ids_long``.
     """
     split = "long_documents" if long else "documents"
-    hub = _is_hub(source)
+    root = _local_root(source)
     examples = _examples(task, source, ["id", "query", "gold_ids", "gold_ids_long", "excluded_ids"])
-    qrels_file = None if hub or long else Path(source) / "qrels" / f"{task}.txt"
+    qrels_file = None if root is None or long else root / "qrels" / f"{task}.txt"
 
     queries: dict[str, str] = {}
     excluded: dict[str, set[str]] = {}
@@ -75,12 +75,12 @@ def load_bright(
         gold[qid] = {d: 1 for d in row["gold_ids_long" if long else "gold_ids"]}
     qrels = read_qrels(qrels_file) if qrels_file is not None and qrels_file.is_file() else gold
 
-    doc_dir = Path(documents) if documents is not None else (None if hub else Path(source))
+    doc_dir = Path(documents) if documents is not None else root
     if doc_dir is not None and _parquet_files(doc_dir / split, task):
         stream: Any = lambda: _parquet_documents(doc_dir / split, task)  # noqa: E731
     elif documents is not None:
         raise DataNotAvailableError(f"BRIGHT {task}: no {split}/{task}-*.parquet under {documents}")
-    elif hub:
+    elif root is None:
         stream = lambda: ((str(r["id"]), r["content"]) for r in _hub_rows(split, task))  # noqa: E731
     else:
         stream = None  # only examples and qrels are available locally
@@ -130,13 +130,15 @@ def _examples(task: str, source: str | os.PathLike[str] | None, columns: list[st
     """A task's example rows from the hub (``source`` ``None``/``"hub"``) or a local copy (there only ``columns``)."""
     if task not in BRIGHT_TASKS:
         raise ValueError(f"unknown BRIGHT task {task!r}; choose one of: {', '.join(BRIGHT_TASKS)} (or 'all')")
-    if _is_hub(source):
+    root = _local_root(source)
+    if root is None:
         return _hub_rows("examples", task)
-    return _local_examples(Path(source), task, columns)
+    return _local_examples(root, task, columns)
 
 
-def _is_hub(source: str | os.PathLike[str] | None) -> bool:
-    return source is None or str(source) == "hub"
+def _local_root(source: str | os.PathLike[str] | None) -> Path | None:
+    """The local directory ``source`` names, or ``None`` for the hub (``source`` ``None`` or ``"hub"``)."""
+    return None if source is None or str(source) == "hub" else Path(source)
 
 
 def _local_examples(root: Path, task: str, columns: list[str]) -> list[dict]:

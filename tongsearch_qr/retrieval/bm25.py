@@ -66,7 +66,7 @@ class BM25Retriever:
     ):
         self.config = {"k1": k1, "b": b, "method": method, "stemmer": stemmer, "stopwords": stopwords}
         self.show_progress = show_progress
-        self._model = None
+        self._model: Any = None  # a bm25s.BM25 once indexed (bm25s has no type information)
         self.doc_ids: list[str] = []
 
     def _tokenize(self, texts: list[str]):

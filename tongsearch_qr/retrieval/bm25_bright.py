@@ -123,7 +123,7 @@ class BrightBM25Retriever:
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write weights, vocabulary, statistics and document ids to ``directory``."""
-        if self.weights is None:
+        if self.weights is None or self.idfs is None:
             raise RuntimeError("nothing to save: the retriever has no index")
         path = write_index_meta(
             directory, "bm25-bright", k1=self.k1, b=self.b, avgdl=self.avgdl, doc_ids=self.doc_ids, vocabulary=self.vocabulary

@@ -167,8 +167,8 @@ def tokenize(buf: np.ndarray, bounds: np.ndarray, workers: int) -> tuple[np.ndar
     from concurrent.futures import ThreadPoolExecutor
 
     pieces = len(bounds) - 1
-    cuts = np.unique(np.searchsorted(bounds[:-1], np.linspace(0, bounds[-1], max(1, workers) + 1)[:-1]))
-    cuts = [*cuts.tolist(), pieces] if pieces else [0, 0]
+    starts = np.unique(np.searchsorted(bounds[:-1], np.linspace(0, bounds[-1], max(1, workers) + 1)[:-1]))
+    cuts = [*starts.tolist(), pieces] if pieces else [0, 0]
     with ThreadPoolExecutor(len(cuts) - 1) as pool:
         parts = list(pool.map(lambda a, b: _tokenize(buf, bounds[a : b + 1], CLASSES), cuts[:-1], cuts[1:]))
     numbers: dict[str, int] = {}

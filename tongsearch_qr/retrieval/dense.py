@@ -13,12 +13,16 @@ import logging
 import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ModelNotAvailableError
 from ..paths import cache_root
 from .base import Ranking, check_search_args, collect_documents, drop_excluded, read_index_meta, search_depth, write_index_meta
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,12 @@ class DenseRetriever:
         self.model_name = model or default_embedder_path()
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
         self.cache_embeddings, self.show_progress = cache_embeddings, show_progress
-        self._model = None
+        self._model: SentenceTransformer | None = None
         self.doc_ids: list[str] = []
         self.embeddings: np.ndarray | None = None
 
     @property
-    def model(self):
+    def model(self) -> SentenceTransformer:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
@@ -132,6 +136,8 @@ class DenseRetriever:
 
     def _warn_truncation(self, queries: list[str]) -> None:
         limit = self.model.max_seq_length
+        if limit is None:  # a model without a sequence limit cuts nothing
+            return
         lengths = [len(ids) for ids in self.model.tokenizer(queries, add_special_tokens=True)["input_ids"]]
         cut = sum(length > limit for length in lengths)
         if cut:

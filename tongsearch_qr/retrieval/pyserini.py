@@ -11,6 +11,7 @@ import tempfile
 import weakref
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..query_terms import TermQuery
 from .base import Query, Ranking, check_search_args, drop_excluded, read_index_meta, search_depth, write_index_meta
@@ -46,7 +47,7 @@ class PyseriniRetriever:
         self.k1, self.b, self.threads, self.show_progress = k1, b, threads, show_progress
         self.rm3 = (fb_terms, fb_docs, float(original_query_weight)) if rm3 else None
         self.index_dir = Path(index_dir) if index_dir is not None else None
-        self._searcher = None
+        self._searcher: Any = None  # a pyserini LuceneSearcher once opened (pyserini has no type information)
         self._cleanup: weakref.finalize | None = None
         if self.index_dir is not None and not self.index_dir.is_dir():
             raise FileNotFoundError(f"Lucene index directory {self.index_dir} does not exist")

@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..backends.base import ResultCallback, generate_rows, sample_indices
 from ..errors import BackendUnavailableError, TongSearchError
@@ -311,7 +311,7 @@ def reason_dataset(
     ``rows_per_task``)."""
     records = read_query_source(queries)
     reasoner = ray_reasoner(spec, progress=progress, **ray_options)
-    samples = reasoner.reason_samples([r.query for r in records])  # type: ignore[arg-type]  # it checks them
+    samples = reasoner.reason_samples(cast("list[str]", [r.query for r in records]))  # unchecked: the reasoner checks them
     rows = reasoning_rows(records, samples, get_mode(mode) if mode is not None else reasoner.mode)
     if output is not None:
         write_reasoning(output, rows)

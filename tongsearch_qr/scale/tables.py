@@ -50,7 +50,8 @@ def read_query_file(path: str | os.PathLike[str]) -> list[QueryRecord]:
 def query_records(pairs: Iterable[tuple[object, object]], source: str) -> list[QueryRecord]:
     """Records of ``(id, query)`` pairs (``line``: the position, from 1), checked as a query file is: ids are
     strings or integers, none twice, and there is at least one."""
-    records, seen = [], {}
+    records: list[QueryRecord] = []
+    seen: dict[str, int] = {}
     for line, (qid, query) in enumerate(pairs, 1):
         if not isinstance(qid, (str, int)) or isinstance(qid, bool):
             raise InputFormatError(f"{source}: row {line}: query id must be a string or integer, got {qid!r}")
@@ -67,7 +68,7 @@ def reasoning_rows(
     records: Sequence[QueryRecord], samples: Sequence[Sequence[str]], mode: RewriteMode
 ) -> list[dict[str, object]]:
     """One output row per query: ``id, query, reasoning, rewritten`` and, with several samples, ``samples``."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for record, texts in zip(records, samples, strict=True):
         query, reasoning = str(record.query), "\n".join(texts)
         rows.append(
