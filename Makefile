@@ -27,7 +27,7 @@ MIN_SKIP := tests/test_packaging.py::test_every_imported_module_is_declared \
 	tests/test_reasoner.py::test_seeded_sampling_depends_only_on_seed_query_prompt_and_params
 MIN_PYTEST = $(MIN_BIN)/python -m pytest $(MIN_TESTS) $(addprefix --deselect ,$(MIN_SKIP))
 
-.PHONY: setup setup-vllm setup-min demo test test-fast test-min docs docs-serve
+.PHONY: setup setup-vllm setup-min demo lint test test-fast test-min docs docs-serve
 
 setup: $(VENV)/.installed
 
@@ -75,7 +75,14 @@ docs: setup
 docs-serve: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
-test: setup setup-vllm setup-min
+# ruff (lint and format, pyproject.toml's settings) over the code and tests, mypy over the package ([tool.mypy]);
+# make test runs it first
+lint: setup
+	$(BIN)/ruff check tongsearch_qr integrations training benchmarks tests
+	$(BIN)/ruff format --check tongsearch_qr integrations training benchmarks tests
+	$(BIN)/mypy
+
+test: lint setup-vllm setup-min
 	$(BIN)/python -m pytest -m "not vllm" tests
 	VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_BIN)/python -m pytest -m vllm tests/test_vllm_backend.py
 	$(MIN_PYTEST)
