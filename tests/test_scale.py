@@ -254,6 +254,7 @@ def test_seeded_samples_on_two_actors_equal_one_process_and_cached_ones_are_not_
         "queries": len(QUERIES),
         "cached": half * SAMPLES,
         "generated": (len(QUERIES) - half) * SAMPLES,
+        "joined": 0,  # no query was in flight for another call
     }
     assert reasoner.backend.duplicates == 0
     with sqlite3.connect(cache) as conn:

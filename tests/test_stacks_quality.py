@@ -26,8 +26,8 @@ MARKS = {
 }
 
 
-def _difference(stack: str, name: str, reasoner: QRReasoner, limit: int | None = None) -> float:
-    c = collection(name, limit)
+def _difference(stack: str, name: str, reasoner: QRReasoner) -> float:
+    c = collection(name, None)
     qids = list(c.queries)
     texts = [c.queries[q] for q in qids]
     rank = STACKS[stack](list(c.iter_documents()))
@@ -46,13 +46,15 @@ def test_the_published_7b_reasoning_lifts_each_stacks_default_bm25(stack):
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    # llama.cpp's float32 weights: the same text on CPUs with and without native bf16
-    return QRReasoner(generation=GenerationParams.greedy(48), dtype="float32")
+def shipped(tmp_path_factory):
+    # llama.cpp's float32 weights: the same text on CPUs with and without native bf16; reasoned once for every stack
+    cache = tmp_path_factory.mktemp("stacks") / "reasoning.sqlite"
+    return QRReasoner(generation=GenerationParams.greedy(48), dtype="float32", cache=cache)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stack", [pytest.param(s, marks=MARKS.get(s, ())) for s in STACKS])
 def test_the_shipped_reasoner_makes_no_stacks_bm25_worse(stack, shipped):
-    # NFCorpus (evaluation only): short lay questions against medical text, where rewriting must not hurt
-    assert _difference(stack, "nfcorpus", shipped, limit=80) >= -MARGIN
+    # NFCorpus (evaluation only): short lay questions against medical text, where rewriting must not hurt; the
+    # bound holds for the collection's mean (all 323 queries), not for any subset (its first 80: -0.009 through PISA)
+    assert _difference(stack, "nfcorpus", shipped) >= -MARGIN

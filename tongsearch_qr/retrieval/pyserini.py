@@ -25,7 +25,9 @@ class PyseriniRetriever:
     ``rm3=True`` expands every query with RM3 pseudo-relevance feedback (pyserini's ``set_rm3`` with its
     defaults ``fb_terms=10, fb_docs=10, original_query_weight=0.5``); indexes built here then store document
     vectors, which RM3 needs. A :class:`~tongsearch_qr.query_terms.TermQuery` is searched as a Lucene
-    ``BooleanQuery`` of its words, each boosted by its weight (:func:`boosted_query`)."""
+    ``BooleanQuery`` of its words, each boosted by its weight (:func:`boosted_query`); with RM3, which pyserini
+    applies to query strings only, as its words repeated (:meth:`~tongsearch_qr.query_terms.TermQuery.as_repeated`:
+    Anserini weighs a string's words by their counts)."""
 
     takes_terms = True
 
@@ -110,12 +112,14 @@ class PyseriniRetriever:
             return []
         depth = search_depth(k, exclude)
         qids = [str(i) for i in range(len(queries))]
-        texts = [(qid, q) for qid, q in zip(qids, queries) if isinstance(q, str)]
-        hits = (
-            self.searcher.batch_search([q for _, q in texts], [qid for qid, _ in texts], k=depth, threads=self.threads)
-            if texts
-            else {}
-        )
+        if self.rm3:
+            queries = [q.as_repeated() if isinstance(q, TermQuery) else q for q in queries]
+        texts = [(qid, q) for qid, q in zip(qids, queries) if isinstance(q, str) and q]
+        hits: dict[str, Any] = {qid: [] for qid, q in zip(qids, queries) if isinstance(q, str) and not q}
+        if texts:
+            hits.update(
+                self.searcher.batch_search([q for _, q in texts], [qid for qid, _ in texts], k=depth, threads=self.threads)
+            )
         for qid, query in zip(qids, queries):
             if isinstance(query, TermQuery):
                 boosted = boosted_query(query)
