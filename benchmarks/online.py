@@ -19,8 +19,8 @@ it loads the shipped reasoner's settings once (its prompt, mode and 48 new token
   its rows are done, as the llama.cpp backend did before requests shared the engine (for transformers, where
   concurrent calls used to run side by side in threads, ``turns`` is a stand-in).
 
-Today's code itself can run the same rows (``--label today`` with ``PYTHONPATH`` at a checkout of an earlier commit,
-writing its JSON) and ``--merge`` adds them to this run's table and ratios.
+An earlier commit's code can run the same rows (``--label NAME`` with ``PYTHONPATH`` at its checkout, writing its
+JSON; it needs ``QRReasoner.rewrites``, 902e733 or later) and ``--merge`` adds them to this run's table and ratios.
 
 Then queries/s, p50/p95/p99 latency and ratios side by side: at 32 users against one batch call, and the p95 at 8
 users of ``turns`` against the shared engine. ``new`` and ``turns`` rows run one after the other at each
@@ -51,24 +51,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import REPO, bright_queries
+from _common import REPO, bright_queries, vllm_cpu_serve_options
 
 from tongsearch_qr import QRReasoner
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "online" / "online.md"
-#: vLLM-CPU in a small share of RAM, whole-prompt prefill (seeded requests, see cpu_engine_defaults)
-VLLM_SERVE_OPTIONS = [
-    "--gpu-memory-utilization",
-    "0.2",
-    "--max-model-len",
-    "2048",
-    "--dtype",
-    "bfloat16",
-    "--no-enable-chunked-prefill",
-    "--max-num-batched-tokens",
-    "4096",
-]
 
 
 class TakingTurns:
@@ -227,7 +215,7 @@ def start_server(python: Path | None, port: int, log: Path, threads: int | None)
             None,
             port=port,
             python=str(python),
-            extra=VLLM_SERVE_OPTIONS,
+            extra=vllm_cpu_serve_options(0.2),
             log=log,
             env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **cores},
             startup_timeout=900,

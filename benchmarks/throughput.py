@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, bright_queries
+from _common import REPO, bright_queries, vllm_cpu_serve_options
 
 from tongsearch_qr import GenerationParams, PromptTemplate, QRReasoner
 from tongsearch_qr.models import resolve_model
@@ -156,18 +156,7 @@ def run_vllm_engine(python: str, queries: list[str], eager: bool, repeats: int) 
 def run_http(python: str, queries: list[str], concurrencies: list[int], baseline: int, eager: bool, repeats: int) -> list[dict]:
     from tongsearch_qr.serving import LocalServer
 
-    # whole-prompt prefill: vLLM-CPU's engine dies on seeded requests whose prefill is split (see cpu_engine_defaults)
-    extra = [
-        "--gpu-memory-utilization",
-        "0.3",
-        "--max-model-len",
-        "2048",
-        "--dtype",
-        "bfloat16",
-        "--no-enable-chunked-prefill",
-        "--max-num-batched-tokens",
-        "4096",
-    ]
+    extra = vllm_cpu_serve_options(0.3)
     extra += ["--enforce-eager"] if eager else []
     rows = []
     start = time.perf_counter()

@@ -137,3 +137,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def scripted():
+    """Scripted stand-ins for OpenAI-compatible servers (``fake_openai_server.Servers``), closed after the test."""
+    from fake_openai_server import Servers
+
+    servers = Servers()
+    yield servers
+    servers.close()

@@ -14,19 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import EVERYDAY_QUESTIONS as QUESTIONS
 from conftest import free_port
-from fake_openai_server import ScriptedServer, Servers, Sleep
+from fake_openai_server import ScriptedServer, Sleep
 
 from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner, ReasoningTimeoutError
 from tongsearch_qr.query_terms import term_query
 
 GREEDY = GenerationParams.greedy(8)
-
-
-@pytest.fixture
-def scripted():
-    servers = Servers()
-    yield servers
-    servers.close()
 
 
 @pytest.fixture(scope="module")

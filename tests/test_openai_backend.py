@@ -11,19 +11,12 @@ import time
 import pytest
 from conftest import EVERYDAY_QUESTIONS as QUESTIONS
 from conftest import free_port
-from fake_openai_server import DROP, Servers
+from fake_openai_server import DROP
 
 from tongsearch_qr import BackendUnavailableError, GenerationParams, QRReasoner, ReasoningCache
 from tongsearch_qr.backends.base import row_seed
 from tongsearch_qr.backends.openai_backend import OpenAIBackend
 from tongsearch_qr.prompts import PromptTemplate
-
-
-@pytest.fixture
-def scripted():
-    servers = Servers()
-    yield servers
-    servers.close()
 
 
 def backend(url, **options) -> OpenAIBackend:  # url: one or a list

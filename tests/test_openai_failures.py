@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import EVERYDAY_QUESTIONS as QUESTIONS
-from fake_openai_server import Servers, Sleep, echo_completion
+from fake_openai_server import Sleep, echo_completion
 
 from tongsearch_qr import GenerationParams, QRReasoner
 from tongsearch_qr.backends.openai_backend import OpenAIBackend
@@ -20,13 +20,6 @@ from tongsearch_qr.prompts import PromptTemplate
 
 TEMPLATE = PromptTemplate.paper()
 LONG = "Why does the ocean taste salty when the rivers that feed it are fresh? " * 120  # ~1,900 tokens
-
-
-@pytest.fixture
-def scripted():
-    servers = Servers()
-    yield servers
-    servers.close()
 
 
 @pytest.fixture(scope="module")
