@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -147,3 +150,21 @@ def scripted():
     servers = Servers()
     yield servers
     servers.close()
+
+
+@contextlib.contextmanager
+def native_fault_handlers():
+    """Keep this process's native SIGSEGV and SIGBUS handlers across the block. A Ray driver replaces them and
+    ``ray.shutdown()`` resets them to the default, which kills a JVM started earlier in the process (pyserini's): the
+    JVM takes SIGSEGV for its safepoint polls and null checks, and then dies with the default action."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = {}
+    for signum in (signal.SIGSEGV, signal.SIGBUS):
+        action = ctypes.create_string_buffer(256)  # a struct sigaction, copied as it is (152 bytes on x86-64 glibc)
+        libc.sigaction(signum, None, action)
+        saved[signum] = action
+    try:
+        yield
+    finally:
+        for signum, action in saved.items():
+            libc.sigaction(signum, action, None)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, free_port, native_fault_handlers
 
 from tongsearch_qr import (
     BackendUnavailableError,
@@ -75,14 +75,18 @@ def ray_address():
     """A local Ray instance for the module (2 CPUs); its workers can import this test module."""
     import ray
 
-    context = ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=200 * 2**20,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "tests")}},
-    )
+    # Ray's driver replaces the process's SIGSEGV handler and its shutdown resets it: pyserini's JVM, started by
+    # earlier tests, keeps its own
+    with native_fault_handlers():
+        context = ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 2**20,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "tests")}},
+        )
     yield context.address_info["gcs_address"]
-    ray.shutdown()
+    with native_fault_handlers():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
